@@ -1,0 +1,56 @@
+"""The ``pimpic`` command line (typer).
+
+Heavy modules (torch, MONAI, nibabel) are imported inside each command, so ``pimpic --help``
+answers instantly. Commands are registered by small per-stage modules:
+
+* :mod:`pimpic.cli.data`       — ``synth``, ``prepare``
+* :mod:`pimpic.cli.pretrain`   — ``pretrain``, ``bench pretrain-step``, ``bench loader``
+* :mod:`pimpic.cli.finetune`   — ``finetune``, ``evaluate``, ``predict``
+* :mod:`pimpic.cli.experiment` — ``experiment``, ``visualize embeddings``, ``demo``
+"""
+
+from __future__ import annotations
+
+import typer
+
+from pimpic import __version__
+from pimpic.cli import data, experiment, finetune, pretrain
+
+app = typer.Typer(
+    name="pimpic",
+    help="Overlap-aware self-supervised pretraining (PiM + PiC) for 3D CT segmentation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+bench_app = typer.Typer(help="Benchmarks of the hot paths (one JSON line each).",
+                        no_args_is_help=True)
+visualize_app = typer.Typer(help="Figures of a pretrained encoder.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+app.add_typer(visualize_app, name="visualize")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"pimpic {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """pimpic: pretrain a 3D U-Net encoder on unlabelled CT, fine-tune it on a few labels,
+    and measure whether it helped."""
+
+
+data.register(app)
+pretrain.register(app, bench_app)
+finetune.register(app)
+experiment.register(app, visualize_app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

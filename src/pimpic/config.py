@@ -1,0 +1,334 @@
+"""Configuration as data: frozen dataclasses are the schema.
+
+Each stage (pretraining, fine-tuning, experiment) has a frozen dataclass whose defaults
+reproduce the paper. A config is built from defaults, then an optional YAML file, then
+``--set key=value`` overrides (dotted keys reach nested dataclasses), validated here at the
+boundary, and saved with every run (``config.yaml`` in the run folder).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pimpic.errors import PimpicError
+
+T = TypeVar("T")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, YAML-able dict of a (nested) config dataclass; tuples become lists."""
+    out = dataclasses.asdict(cfg)
+    return _untuple(out)  # type: ignore[no-any-return]
+
+
+def _untuple(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _untuple(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_untuple(v) for v in obj]
+    return obj
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types are errors."""
+    if not isinstance(data, Mapping):
+        raise PimpicError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise PimpicError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}"
+        )
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise PimpicError(f"{where}: {err}") from None
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if dataclasses.is_dataclass(value):
+            return value
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where)
+            except PimpicError as err:
+                errors.append(str(err))
+        raise PimpicError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise PimpicError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise PimpicError(f"{where}: expected {len(args)} values, got {len(value)}")
+            return tuple(_coerce(a, v, where) for a, v in zip(args, value, strict=True))
+        inner = args[0] if args else Any
+        items = [_coerce(inner, v, where) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise PimpicError(f"{where}: expected a mapping")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise PimpicError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise PimpicError(f"{where}: expected an integer, got {value!r}")
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise PimpicError(f"{where}: expected an integer, got {value!r}") from None
+        if f != int(f):
+            raise PimpicError(f"{where}: expected an integer, got {value!r}")
+        return int(f)
+    if tp is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise PimpicError(f"{where}: expected a number, got {value!r}") from None
+    if tp is str:
+        return str(value)
+    return value
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` → nested ``{"a": {"b": "1"}, "c": "x"}`` (values typed later)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise PimpicError(f"--set {pair!r}: expected key=value")
+        key, raw = pair.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(dict(out[k]), v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing or malformed file is a one-line error naming it."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise PimpicError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise PimpicError(f"{path}: malformed YAML ({' '.join(str(err).split())})") from None
+    if not isinstance(data, dict):
+        raise PimpicError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def build_config(
+    cls: type[T],
+    yaml_path: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    base: Mapping[str, Any] | None = None,
+) -> T:
+    """Defaults ← ``base`` ← YAML file ← ``--set`` overrides, validated into ``cls``."""
+    data: dict[str, Any] = dict(base or {})
+    where = "config"
+    if yaml_path is not None:
+        data = _merge(data, load_yaml(yaml_path))
+        where = str(yaml_path)
+    data = _merge(data, parse_overrides(overrides))
+    return from_dict(cls, data, where)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    import yaml
+
+    from pimpic.io import atomic_open
+
+    with atomic_open(path) as fh:
+        yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------
+# The schemas. Defaults reproduce the paper (METHOD.md §2–§6); every deviation is a named option.
+# --------------------------------------------------------------------------------------------
+
+PRETRAIN_METHODS = ("pimpic", "pim", "pic", "voco", "voco-ema", "vox2vec")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """Overlapping-patch sampler (METHOD.md §2). Defaults = the reference sampler."""
+
+    #: ``uniform``: anchor start ~ U{0, dim − p − 1} (reference); ``foreground``: anchor centred
+    #: on a random voxel above ``foreground_threshold`` (no patches of pure air).
+    anchor: typing.Literal["uniform", "foreground"] = "uniform"
+    foreground_threshold: float = 0.05
+    #: jitter half-width m = floor(overlap_margin · p); reference (4p)//5 ⇔ 0.8. Smaller → more
+    #: overlap, larger → more non-overlapping pairs.
+    overlap_margin: float = 0.8
+    #: per-patch random intensity scale/shift/noise so overlapping voxels differ (option)
+    intensity_aug: bool = False
+    #: value used to pad volumes smaller than the patch (0 = the bottom of the HU window)
+    pad_value: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class VoCoConfig:
+    """VoCo baseline (METHOD.md §7): base-crop grid and random crops per volume."""
+
+    grid: tuple[int, int] = (4, 4)
+    #: random crops per volume (each compared against all bases)
+    num_random: int = 4
+    #: projector width (3-layer MLP on global-average-pooled deepest features)
+    proj_dim: int = 2048
+    #: weight of the base-orthogonality regulariser
+    reg_weight: float = 1.0
+    #: momentum of the teacher for ``voco-ema``
+    ema_momentum: float = 0.996
+
+
+@dataclasses.dataclass(frozen=True)
+class Vox2VecConfig:
+    """vox2vec baseline (METHOD.md §7): voxel-level contrast over an FPN of features."""
+
+    proj_dim: int = 128
+    #: positive voxels sampled per crop pair
+    num_voxels: int = 1024
+    tau: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """Self-supervised pretraining. Defaults = the paper (K=32, d=128, 64³, N=32, Adam 1e-5)."""
+
+    method: str = "pimpic"
+    # encoder
+    in_channels: int = 1
+    width: int = 32
+    depth: int = 5
+    patch_size: int = 64
+    # batch: ``patches`` patches from each of ``volumes`` volumes per step and rank
+    patches: int = 32
+    volumes: int = 1
+    # heads and losses
+    proj_dim: int = 128
+    tau: float = 1.0
+    pim_weight: float = 1.0
+    pic_weight: float = 1.0
+    pim_reduction: typing.Literal["all", "lower"] = "all"
+    pic_variant: typing.Literal["reference", "paper"] = "reference"
+    min_overlap: float = 0.01
+    sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
+    voco: VoCoConfig = dataclasses.field(default_factory=VoCoConfig)
+    vox2vec: Vox2VecConfig = dataclasses.field(default_factory=Vox2VecConfig)
+    # optimisation
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    steps: int = 20000
+    seed: int = 0
+    # engine
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = False
+    compile: bool = False
+    num_workers: int = 2
+    checkpoint_every: int = 500
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.method not in PRETRAIN_METHODS:
+            raise ValueError(f"method {self.method!r} is not one of {', '.join(PRETRAIN_METHODS)}")
+        if self.patch_size % 2**self.depth:
+            raise ValueError(f"patch_size {self.patch_size} must be divisible by 2^depth "
+                             f"= {2**self.depth}")
+        for name in ("width", "depth", "patch_size", "patches", "volumes", "steps", "proj_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """Supervised fine-tuning (METHOD.md §6). Defaults = the paper (Dice loss, Adam 1e-5,
+    64³ patches, early stopping with patience 15 epochs, Random+Aug augmentation)."""
+
+    fraction: int = 100
+    seed: int = 0
+    num_classes: int = 3
+    # used only without an encoder (from scratch); otherwise the encoder's metadata decides
+    width: int = 32
+    depth: int = 5
+    patch_size: int = 64
+    loss: typing.Literal["dice", "dicece"] = "dice"
+    lr: float = 1e-5
+    lr_schedule: typing.Literal["constant", "cosine"] = "constant"
+    weight_decay: float = 0.0
+    #: volumes per batch; each gives ``samples_per_volume`` label-balanced crops
+    batch_size: int = 2
+    samples_per_volume: int = 2
+    #: positive : negative crop ratio (RandCropByPosNegLabeld)
+    pos_ratio: float = 1.0
+    #: an epoch = this many optimiser steps (None: one pass over the training cases)
+    steps_per_epoch: int | None = None
+    max_epochs: int = 1000
+    max_steps: int | None = None
+    patience: int = 15
+    freeze_encoder_epochs: int = 0
+    val_criterion: typing.Literal["dice", "dice_loss"] = "dice"
+    val_every: int = 1
+    augment: bool = True
+    rotate_deg: float = 15.0
+    scale: float = 0.1
+    shift_vox: float = 8.0
+    noise_std: float = 0.02
+    sw_overlap: float = 0.5
+    sw_batch_size: int = 4
+    device: str = "auto"
+    amp: bool = True
+    num_workers: int = 2
+    log_every: int = 10

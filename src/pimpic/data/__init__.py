@@ -1,0 +1,1 @@
+"""Data: dataset readers, preprocessing cache, splits, synthetic cohort, patch sampling."""

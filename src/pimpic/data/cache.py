@@ -1,0 +1,98 @@
+"""Read access to a prepared cache (written by :mod:`pimpic.data.preprocess`).
+
+Layout of ``CACHE/``::
+
+    manifest.json            {"format": "pimpic-cache", "version": 1, "pimpic_version": ...,
+                              "settings": {...preprocessing settings...}, "source": ...,
+                              "layout": ..., "cases": [ids...]}
+    splits.json              {"seed", "ratios", "train", "val", "test", "fractions": {"5": [...]}}
+    cases/<id>/image.npy     (X, Y, Z) RAS voxel grid at the target spacing, values in [0, 1]
+    cases/<id>/label.npy     (X, Y, Z) uint8, only for labelled cases
+    cases/<id>/meta.json     per-case metadata (original affine/shape/spacing, crop box, ...)
+
+Arrays are opened memory-mapped, so the patch sampler reads only the voxels of a patch.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pimpic.errors import PimpicError
+from pimpic.io import read_json
+
+MANIFEST = "manifest.json"
+SPLITS = "splits.json"
+CASES_DIR = "cases"
+
+
+class Cache:
+    """A prepared dataset cache.
+
+    Args:
+        root: the cache folder made by ``pimpic prepare``.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise PimpicError(f"{self.root}: cache folder does not exist (run `pimpic prepare`)")
+        if not (self.root / MANIFEST).is_file():
+            raise PimpicError(f"{self.root}: not a pimpic cache (no {MANIFEST}; run `pimpic prepare`)")
+
+    @cached_property
+    def manifest(self) -> dict[str, Any]:
+        data = read_json(self.root / MANIFEST)
+        if not isinstance(data, dict) or data.get("format") != "pimpic-cache":
+            raise PimpicError(f"{self.root / MANIFEST}: not a pimpic cache manifest")
+        return data
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Preprocessing settings: ``spacing`` (mm, 3 floats), ``window`` (HU, 2 floats), ..."""
+        return dict(self.manifest["settings"])
+
+    @property
+    def case_ids(self) -> list[str]:
+        """All finished cases, in manifest order."""
+        return list(self.manifest["cases"])
+
+    def case_dir(self, case_id: str) -> Path:
+        return self.root / CASES_DIR / case_id
+
+    def _check(self, case_id: str) -> Path:
+        d = self.case_dir(case_id)
+        if not (d / "image.npy").is_file():
+            raise PimpicError(f"{d}: case {case_id!r} is not in the cache")
+        return d
+
+    def image(self, case_id: str, mmap: bool = True) -> np.ndarray:
+        """The preprocessed image, ``(X, Y, Z)``, float16/float32 in [0, 1] (memory-mapped)."""
+        d = self._check(case_id)
+        return np.load(d / "image.npy", mmap_mode="r" if mmap else None)
+
+    def label(self, case_id: str, mmap: bool = True) -> np.ndarray | None:
+        """The preprocessed label, ``(X, Y, Z)`` uint8, or None for an unlabelled case."""
+        d = self._check(case_id)
+        p = d / "label.npy"
+        return np.load(p, mmap_mode="r" if mmap else None) if p.is_file() else None
+
+    def meta(self, case_id: str) -> dict[str, Any]:
+        """Per-case metadata (see :mod:`pimpic.data.preprocess`)."""
+        return dict(read_json(self._check(case_id) / "meta.json"))
+
+    def has_splits(self) -> bool:
+        return (self.root / SPLITS).is_file()
+
+    def splits(self) -> dict[str, Any]:
+        """The saved split (``train``/``val``/``test`` id lists and nested ``fractions``)."""
+        if not self.has_splits():
+            raise PimpicError(f"{self.root}: no {SPLITS} (run `pimpic prepare` or pass --splits)")
+        return dict(read_json(self.root / SPLITS))
+
+    def train_ids(self) -> list[str]:
+        """The pretraining pool: exactly the training split (all cases if unsplit)."""
+        return list(self.splits()["train"]) if self.has_splits() else self.case_ids

@@ -1,0 +1,1 @@
+"""Losses: pure, vectorised, shape-documented (one per file)."""

@@ -1,0 +1,121 @@
+"""The reference 3D U-Net (METHOD.md §3).
+
+Encoder: ``depth`` blocks of widths ``K·2^l``; a block is three 3×3×3 convolutions, each
+followed by InstanceNorm3d (no affine) and ReLU, and returns ``out1 + out3``. A MaxPool3d(2)
+follows every block. The pre-pool block outputs are the feature pyramid ``f1..f5`` at
+resolutions 1, 1/2, …, 1/16 of the patch; ``maxpool(f5)`` (1/32) feeds the decoder bottleneck.
+
+The encoder's ``state_dict`` is the pretraining artifact; the decoder is always freshly
+initialised for fine-tuning.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _conv_in_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv3d(cin, cout, kernel_size=3, padding=1, bias=True),
+        nn.InstanceNorm3d(cout, affine=False),
+        nn.ReLU(inplace=True),
+    )
+
+
+class ConvBlock(nn.Module):
+    """Three conv–IN–ReLU layers with a skip from the first to the third: ``out1 + out3``.
+
+    ``(B, cin, D, H, W) → (B, cout, D, H, W)``.
+    """
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv1 = _conv_in_relu(cin, cout)
+        self.conv2 = _conv_in_relu(cout, cout)
+        self.conv3 = _conv_in_relu(cout, cout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out1 = self.conv1(x)
+        return out1 + self.conv3(self.conv2(out1))
+
+
+class Encoder(nn.Module):
+    """3D U-Net encoder returning its feature pyramid.
+
+    Args:
+        in_channels: image channels (1 for CT).
+        width: base width K (paper: 32); block ``l`` has ``K·2^l`` channels.
+        depth: number of blocks (paper: 5).
+
+    ``forward(x)`` with ``x (B, in_channels, D, H, W)``, D/H/W divisible by ``2^depth``, returns
+    ``[f1, …, f_depth]`` with ``f_l (B, K·2^(l−1), D/2^(l−1), H/2^(l−1), W/2^(l−1))``.
+    """
+
+    def __init__(self, in_channels: int = 1, width: int = 32, depth: int = 5) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.width = width
+        self.depth = depth
+        widths = [width * 2**level for level in range(depth)]
+        self.widths = widths
+        cins = [in_channels, *widths[:-1]]
+        self.blocks = nn.ModuleList(ConvBlock(ci, co) for ci, co in zip(cins, widths, strict=True))
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        feats = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            feats.append(x)
+            if i < self.depth - 1:
+                x = F.max_pool3d(x, 2)
+        return feats
+
+    def architecture(self) -> dict[str, object]:
+        """The constructor arguments: what an exported encoder's metadata records."""
+        return {"name": "unet3d-encoder", "in_channels": self.in_channels,
+                "width": self.width, "depth": self.depth}
+
+
+class Decoder(nn.Module):
+    """Bottleneck at 1/2^depth, then ``depth`` up-blocks (trilinear ×2, concat skip, block).
+
+    ``forward(pyramid) → logits (B, num_classes, D, H, W)``.
+    """
+
+    def __init__(self, widths: list[int], num_classes: int) -> None:
+        super().__init__()
+        top = widths[-1]
+        self.bottleneck = _conv_in_relu(top, top)
+        ups = []
+        cin = top
+        for w in reversed(widths):
+            ups.append(ConvBlock(cin + w, w))
+            cin = w
+        self.up_blocks = nn.ModuleList(ups)
+        self.head = nn.Conv3d(widths[0], num_classes, kernel_size=3, padding=1)
+
+    def forward(self, pyramid: list[Tensor]) -> Tensor:
+        x = self.bottleneck(F.max_pool3d(pyramid[-1], 2))
+        for block, skip in zip(self.up_blocks, reversed(pyramid), strict=True):
+            x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False)
+            x = block(torch.cat([x, skip], dim=1))
+        return self.head(x)
+
+
+class SegmentationNet(nn.Module):
+    """Encoder (pretrained or random) + randomly initialised decoder.
+
+    ``(B, in_channels, D, H, W) → logits (B, num_classes, D, H, W)``; spatial sizes must be
+    divisible by ``2^depth`` (the bottleneck sits at 1/2^depth).
+    """
+
+    def __init__(self, encoder: Encoder, num_classes: int = 3) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = Decoder(encoder.widths, num_classes)
+        self.num_classes = num_classes
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decoder(self.encoder(x))  # type: ignore[no-any-return]
