@@ -1,9 +1,81 @@
-"""CLI commands of this stage (registered by :mod:`pimpic.cli`)."""
+"""CLI commands of this stage: ``finetune``, ``evaluate``, ``predict``.
+
+Heavy imports (torch, MONAI) happen inside the command bodies so ``pimpic --help`` is instant.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from pimpic.errors import friendly_errors
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to ``app``."""
+
+    @app.command("finetune")
+    @friendly_errors
+    def finetune_cmd(
+        cache: Path = typer.Argument(..., help="Prepared cache (`pimpic prepare`)."),
+        out: Path = typer.Option(..., "--out", "-o", help="Run folder to create."),
+        fraction: int | None = typer.Option(
+            None, "--fraction", help="Label fraction in percent (5, 10, 20, 50, 100)."),
+        encoder: Path | None = typer.Option(
+            None, "--encoder", help="Pretrained encoder.safetensors (omit: random init)."),
+        seed: int | None = typer.Option(None, "--seed", help="Random seed."),
+        allow: list[str] = typer.Option(
+            [], "--allow", help="Accept a named encoder metadata mismatch (e.g. patch_size)."),
+        config: Path | None = typer.Option(None, "--config", help="YAML FinetuneConfig."),
+        set_: list[str] = typer.Option(
+            [], "--set", help="Override a config key: key=value (repeatable)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run."),
+        no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+    ) -> None:
+        """Fine-tune a segmentation network (pretrained or random encoder + new decoder)."""
+        from pimpic.config import FinetuneConfig, build_config
+        from pimpic.finetune import finetune
+
+        flags = [f"{k}={v}" for k, v in (("fraction", fraction), ("seed", seed))
+                 if v is not None]
+        # explicit flags win over the YAML file and --set
+        cfg = build_config(FinetuneConfig, config, [*set_, *flags])
+        run = finetune(cache, out, cfg, encoder=encoder, allow=allow, resume=resume,
+                       overwrite=overwrite, progress=not no_progress)
+        typer.echo(f"model: {run / 'model.safetensors'}")
+
+    @app.command("evaluate")
+    @friendly_errors
+    def evaluate_cmd(
+        run: Path = typer.Argument(..., help="Fine-tuning run folder."),
+        split: str = typer.Option("test", "--split", help="train, val or test."),
+        cache: Path | None = typer.Option(None, "--cache", help="Cache (default: the run's)."),
+        lcc: bool = typer.Option(False, "--lcc", help="Keep the largest connected component."),
+        original_space: bool = typer.Option(
+            False, "--original-space", help="Metrics on the original image grid."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
+        no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+    ) -> None:
+        """Dice and HD95 per structure on held-out cases; writes RUN/eval-<split>/."""
+        from pimpic.evaluate import evaluate
+
+        evaluate(run, split=split, cache=cache, lcc=lcc, original_space=original_space,
+                 device=device, progress=not no_progress)
+
+    @app.command("predict")
+    @friendly_errors
+    def predict_cmd(
+        images: list[Path] = typer.Argument(..., help="NIfTI images and/or folders of them."),
+        model: Path = typer.Option(..., "--model", "-m", help="Fine-tuning run folder."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output folder for <name>_seg.nii.gz."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Write into an existing folder."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
+        no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+    ) -> None:
+        """Segment new scans; masks have the input's shape and affine."""
+        from pimpic.predict import predict
+
+        predict(images, model, out, overwrite=overwrite, device=device,
+                progress=not no_progress)

@@ -1,9 +1,101 @@
-"""CLI commands of this stage (registered by :mod:`pimpic.cli`)."""
+"""CLI commands of the pretraining stage: ``pretrain``, ``bench pretrain-step``, ``bench loader``.
+
+``pimpic pretrain`` also runs under ``torchrun`` (it reads ``WORLD_SIZE``/``RANK`` itself); only
+rank 0 prints.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+from pathlib import Path
+
 import typer
+
+from pimpic.errors import friendly_errors
+
+
+def _is_main() -> bool:
+    return os.environ.get("RANK", "0") == "0"
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     """Add this stage's commands to ``app`` and ``bench_app``."""
+
+    @app.command("pretrain")
+    @friendly_errors
+    def pretrain_cmd(
+        cache: Path = typer.Argument(..., help="A prepared cache (pimpic prepare)."),
+        out: Path = typer.Option(..., "--out", help="Run folder to create (or resume)."),
+        method: str | None = typer.Option(None, "--method",
+                                          help="pimpic (default), pim, pic, voco, voco-ema, "
+                                          "vox2vec."),
+        config: Path | None = typer.Option(None, "--config", help="PretrainConfig YAML."),
+        set_: list[str] = typer.Option([], "--set", help="Override a key, e.g. lr=1e-4 or "
+                                       "sampler.intensity_aug=true (repeatable)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue RUN from its checkpoint "
+                                    "(its config.yaml is the base; --steps may grow)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Delete RUN and start over."),
+        steps: int | None = typer.Option(None, "--steps", help="Optimiser steps (paper: 20000)."),
+        device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
+        progress: bool | None = typer.Option(None, "--progress/--no-progress",
+                                             help="Progress bar (default: when a terminal)."),
+    ) -> None:
+        """Pretrain a 3D U-Net encoder on the cache's training images and write
+        RUN/encoder.safetensors. Multi-GPU: torchrun --nproc_per_node=G $(which pimpic)
+        pretrain ..."""
+        from pimpic.config import PretrainConfig, build_config, load_yaml
+        from pimpic.engine import pretrain
+        from pimpic.errors import PimpicError
+
+        if resume and overwrite:
+            raise PimpicError("--resume and --overwrite exclude each other")
+        base = None
+        if resume and (out / "config.yaml").is_file():
+            base = load_yaml(out / "config.yaml")
+        flags = [f"{k}={v}" for k, v in (("method", method), ("steps", steps),
+                                         ("device", device)) if v is not None]
+        cfg = build_config(PretrainConfig, config, [*set_, *flags], base=base)
+        show = sys.stderr.isatty() if progress is None else progress
+        encoder = pretrain(cache, out, cfg, resume=resume, overwrite=overwrite, progress=show)
+        if _is_main():
+            typer.echo(f"encoder: {encoder}")
+
+    @bench_app.command("pretrain-step")
+    @friendly_errors
+    def bench_step_cmd(
+        patch_size: int = typer.Option(32, "--patch-size", help="Patch edge (voxels)."),
+        width: int = typer.Option(8, "--width", help="Encoder base width K."),
+        patches: int = typer.Option(16, "--patches", help="Patches per step N."),
+        steps: int = typer.Option(6, "--steps", help="Timed steps (after one warm-up)."),
+        depth: int = typer.Option(5, "--depth", help="Encoder blocks."),
+        device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
+    ) -> None:
+        """One full PiMPiC training step (forward, PiM + PiC, backward, Adam) on random data with
+        the reference sampler's boxes; prints one JSON line (median_step_s, patches_per_s,
+        peak_rss_mb, ...)."""
+        from pimpic.benchmarks.pretrain_step import run
+
+        result = run(patch_size=patch_size, width=width, patches=patches, steps=steps,
+                     depth=depth, device=device)
+        typer.echo(json.dumps(result))
+
+    @bench_app.command("loader")
+    @friendly_errors
+    def bench_loader_cmd(
+        cache: Path = typer.Argument(..., help="A prepared cache."),
+        patch_size: int = typer.Option(64, "--patch-size", help="Patch edge (voxels)."),
+        patches: int = typer.Option(32, "--patches", help="Patches per volume N."),
+        seconds: float = typer.Option(10.0, "--seconds", help="Measuring time."),
+        workers: int = typer.Option(2, "--workers", help="DataLoader worker processes."),
+        volumes: int = typer.Option(1, "--volumes", help="Volumes per batch V."),
+        method: str = typer.Option("pimpic", "--method", help="Whose sampler to use."),
+    ) -> None:
+        """Patches per second read from the cache through the pretraining loader (one JSON
+        line)."""
+        from pimpic.benchmarks.loader import run
+
+        result = run(cache, patch_size=patch_size, patches=patches, seconds=seconds,
+                     workers=workers, volumes=volumes, method=method)
+        typer.echo(json.dumps(result))

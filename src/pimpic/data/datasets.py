@@ -1,0 +1,200 @@
+"""Dataset readers: turn a dataset root into a list of cases ``{"id", "image", "label"}``.
+
+Four layouts are understood (detected automatically, or forced with ``layout=``):
+
+``msd``
+    Medical Segmentation Decathlon: ``dataset.json`` with a ``training`` list of
+    ``{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}`` and ``labels``
+    ``{"0": "background", "1": "pancreas", "2": "cancer"}``. Only the labelled ``training``
+    list is read. Names starting with ``.`` (the ``._x.nii.gz`` resource forks inside the
+    real archives) are skipped.
+``kits19``
+    ``case_XXXXX/imaging.nii.gz`` + ``case_XXXXX/segmentation.nii.gz`` (0 background,
+    1 kidney, 2 tumour). The files are slices-first; orientation comes from the affine
+    during preprocessing, never from a hand-written transpose.
+``nnunet``
+    nnU-Net v2 raw: ``dataset.json`` (``channel_names``, ``labels`` name → value,
+    ``file_ending``), ``imagesTr/{case}_0000.nii.gz``, ``labelsTr/{case}.nii.gz``.
+``folder``
+    Any folder of NIfTI volumes (searched recursively), unlabelled — a pretraining pool.
+
+Each case dict may also carry ``label_values``: the label values the dataset declares (a
+label volume holding any other value is rejected during preprocessing). Files are not opened
+here; a listed file that is missing is reported when its case is preprocessed, so
+``prepare --skip-bad`` can carry on with the others.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pimpic.errors import PimpicError
+from pimpic.io import read_json
+
+LAYOUTS = ("msd", "kits19", "nnunet", "folder")
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+DEFAULT_LABELS = [0, 1, 2]
+
+
+def read_dataset(root: str | Path, layout: str | None = None) -> tuple[str, list[dict[str, Any]]]:
+    """Read the case list of a dataset.
+
+    Args:
+        root: dataset folder.
+        layout: one of ``msd``, ``kits19``, ``nnunet``, ``folder``; ``None`` detects it.
+
+    Returns:
+        ``(layout, cases)``; each case is ``{"id": str, "image": Path, "label": Path | None,
+        "label_values": list[int] | None}``, sorted by id.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise PimpicError(f"{root}: dataset folder does not exist")
+    if layout is None:
+        layout = detect_layout(root)
+    readers = {"msd": _read_msd, "kits19": _read_kits19, "nnunet": _read_nnunet,
+               "folder": _read_folder}
+    if layout not in readers:
+        raise PimpicError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    cases = readers[layout](root)
+    if not cases:
+        raise PimpicError(f"{root}: no cases found for layout '{layout}'")
+    ids = [c["id"] for c in cases]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise PimpicError(f"{root}: duplicate case id(s) {dupes[:5]}")
+    return layout, sorted(cases, key=lambda c: c["id"])
+
+
+def detect_layout(root: Path) -> str:
+    """Guess the layout of ``root`` from the files it holds."""
+    ds = root / "dataset.json"
+    if ds.is_file():
+        meta = read_json(ds)
+        if isinstance(meta, dict) and ("channel_names" in meta or "file_ending" in meta):
+            return "nnunet"
+        return "msd"
+    if (root / "imagesTr").is_dir():
+        raise PimpicError(f"{ds}: file not found (an imagesTr/ layout needs its dataset.json)")
+    if any(_visible(p) and (p / "imaging.nii.gz").is_file() for p in root.glob("case_*")):
+        return "kits19"
+    if _nifti_files(root):
+        return "folder"
+    raise PimpicError(f"{root}: empty folder — no dataset.json, case_*/imaging.nii.gz or NIfTI files")
+
+
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".")
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.name.endswith(NIFTI_SUFFIXES)
+
+
+def _strip_nifti(name: str) -> str:
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _nifti_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*")
+                  if p.is_file() and _is_nifti(p)
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def _dataset_json(root: Path) -> dict[str, Any]:
+    path = root / "dataset.json"
+    meta = read_json(path)
+    if not isinstance(meta, dict):
+        raise PimpicError(f"{path}: malformed dataset.json (expected a JSON object)")
+    return meta
+
+
+def _declared_labels(labels: Any, where: Path, by_name: bool) -> list[int]:
+    """Label values from an MSD ``{"0": "background"}`` or nnU-Net ``{"background": 0}`` map."""
+    if labels is None:
+        return DEFAULT_LABELS
+    if not isinstance(labels, dict):
+        raise PimpicError(f"{where}: 'labels' must be a mapping")
+    raw = labels.values() if by_name else labels.keys()
+    values: set[int] = set()
+    try:
+        for v in raw:
+            # nnU-Net region labels map a name to a list of values
+            values.update(int(x) for x in (v if isinstance(v, list) else [v]))
+    except (TypeError, ValueError):
+        raise PimpicError(f"{where}: 'labels' has a non-integer label value") from None
+    return sorted(values)
+
+
+def _read_msd(root: Path) -> list[dict[str, Any]]:
+    path = root / "dataset.json"
+    meta = _dataset_json(root)
+    training = meta.get("training")
+    if not isinstance(training, list):
+        raise PimpicError(f"{path}: malformed dataset.json (no 'training' list)")
+    label_values = _declared_labels(meta.get("labels"), path, by_name=False)
+    cases = []
+    for n, entry in enumerate(training):
+        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
+            raise PimpicError(f"{path}: training entry {n} has no 'image' path")
+        image = (root / entry["image"]).resolve()
+        if not _visible(image):
+            continue
+        label = entry.get("label")
+        cases.append({
+            "id": _strip_nifti(image.name),
+            "image": image,
+            "label": (root / label).resolve() if isinstance(label, str) else None,
+            "label_values": label_values,
+        })
+    return cases
+
+
+def _read_kits19(root: Path) -> list[dict[str, Any]]:
+    cases = []
+    for d in sorted(root.glob("case_*")):
+        if not (d.is_dir() and _visible(d)):
+            continue
+        seg = d / "segmentation.nii.gz"
+        cases.append({
+            "id": d.name,
+            "image": d / "imaging.nii.gz",
+            # KiTS19 test cases (210+) ship without segmentation
+            "label": seg if seg.is_file() else None,
+            "label_values": DEFAULT_LABELS,
+        })
+    return cases
+
+
+def _read_nnunet(root: Path) -> list[dict[str, Any]]:
+    path = root / "dataset.json"
+    meta = _dataset_json(root)
+    ending = meta.get("file_ending", ".nii.gz")
+    if not isinstance(ending, str):
+        raise PimpicError(f"{path}: malformed dataset.json ('file_ending' must be a string)")
+    label_values = _declared_labels(meta.get("labels"), path, by_name=True)
+    images = root / "imagesTr"
+    if not images.is_dir():
+        raise PimpicError(f"{images}: folder not found")
+    suffix = "_0000" + ending
+    cases = []
+    for img in sorted(images.iterdir()):
+        if not (_visible(img) and img.name.endswith(suffix)):
+            continue
+        cid = img.name[: -len(suffix)]
+        cases.append({"id": cid, "image": img, "label": root / "labelsTr" / (cid + ending),
+                      "label_values": label_values})
+    return cases
+
+
+def _read_folder(root: Path) -> list[dict[str, Any]]:
+    cases = []
+    for p in _nifti_files(root):
+        rel = p.relative_to(root)
+        cid = "_".join([*rel.parts[:-1], _strip_nifti(p.name)])
+        cases.append({"id": cid, "image": p, "label": None, "label_values": None})
+    return cases

@@ -1,0 +1,265 @@
+"""Preprocessing of one CT case (METHOD.md §1), and the way back to the original grid.
+
+One case goes through MONAI's dictionary transforms::
+
+    LoadImaged(NibabelReader, channel first) → Orientationd("RAS")
+    → Spacingd(1.5 mm, image bilinear / label nearest)
+    → ScaleIntensityRanged([-200, 400] HU → [0, 1], clipped) → [CropForegroundd(body)]
+
+Before any voxel is read the NIfTI headers are checked (3D, image and label on the same grid),
+and after loading the voxels are (finite image, label values among the declared ones), so a
+bad case fails with a one-line :class:`PimpicError` naming the file.
+
+The per-case ``meta`` records both grids: ``affine`` maps a preprocessed voxel index to world
+millimetres (RAS, crop offset included) and ``original_affine`` does the same for the source
+image, which is all :func:`to_original_grid` needs to put a prediction back on the source grid.
+The whole-dataset runner (parallel, resumable cache writer) is :mod:`pimpic.data.prepare`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pimpic.errors import PimpicError
+
+DTYPES = ("float16", "float32")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Preprocessing settings, stored in the cache manifest.
+
+    Args:
+        spacing: output voxel size in mm, ``(x, y, z)`` in RAS order.
+        window: HU clip range ``(low, high)``, mapped linearly to ``[0, 1]``.
+        crop_foreground: crop each case to the bounding box of the body (HU above ``low``).
+        dtype: storage dtype of the image arrays (``float16`` halves the cache).
+    """
+
+    spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
+    window: tuple[float, float] = (-200.0, 400.0)
+    crop_foreground: bool = False
+    dtype: str = "float16"
+
+    def __post_init__(self) -> None:
+        spacing = tuple(float(s) for s in self.spacing)
+        window = tuple(float(w) for w in self.window)
+        if len(spacing) != 3 or min(spacing) <= 0:
+            raise PimpicError(f"spacing {self.spacing} must be three positive millimetre values")
+        if len(window) != 2 or not window[0] < window[1]:
+            raise PimpicError(f"HU window {self.window} must be (low, high) with low < high")
+        if self.dtype not in DTYPES:
+            raise PimpicError(f"dtype {self.dtype!r} must be one of {', '.join(DTYPES)}")
+        object.__setattr__(self, "spacing", spacing)
+        object.__setattr__(self, "window", window)
+        object.__setattr__(self, "crop_foreground", bool(self.crop_foreground))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (tuples as lists), as written to ``manifest.json``."""
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Settings:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise PimpicError(f"preprocessing settings: unknown key(s) {', '.join(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def _header(path: Path, what: str) -> tuple[tuple[int, ...], np.ndarray]:
+    """Shape and affine of a NIfTI file without reading its voxels."""
+    import nibabel as nib
+
+    if not path.is_file():
+        raise PimpicError(f"{path}: {what} file not found")
+    try:
+        img = nib.load(str(path))
+        shape = tuple(int(s) for s in img.shape)
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except Exception as err:  # nibabel raises many types for damaged files
+        raise PimpicError(f"{path}: cannot read NIfTI header ({_short(err)})") from None
+    if len(shape) != 3:
+        raise PimpicError(f"{path}: {what} is {len(shape)}D with shape {shape}, expected a 3D volume")
+    return shape, affine
+
+
+def _short(err: BaseException) -> str:
+    msg = " ".join(str(err).split()) or type(err).__name__
+    return msg[:160]
+
+
+def _transforms(keys: list[str], settings: Settings) -> Any:
+    from monai.transforms import (
+        Compose,
+        CropForegroundd,
+        Orientationd,
+        ScaleIntensityRanged,
+        Spacingd,
+    )
+
+    low, high = settings.window
+    modes = ["bilinear", "nearest"][: len(keys)]
+    steps: list[Any] = [
+        Orientationd(keys, axcodes="RAS", labels=None),  # None: RAS, no warning
+        # float32 compute: float64 (the default) doubles time and memory for no visible gain
+        Spacingd(keys, pixdim=settings.spacing, mode=modes, dtype=np.float32),
+        ScaleIntensityRanged("image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True),
+    ]
+    if settings.crop_foreground:
+        # body = anything denser than the window floor (air outside the patient is cut away)
+        steps.append(CropForegroundd(keys, source_key="image", select_fn=_above_floor,
+                                     allow_smaller=True))
+    return Compose(steps)
+
+
+def _above_floor(x: Any) -> Any:
+    return x > 0
+
+
+def load_and_preprocess(
+    image_path: str | Path,
+    label_path: str | Path | None = None,
+    settings: Settings = Settings(),
+    label_values: Sequence[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """Load one case and preprocess it exactly as ``pimpic prepare`` does.
+
+    Args:
+        image_path: CT volume (NIfTI, HU).
+        label_path: optional label volume on the same grid.
+        settings: spacing / window / crop.
+        label_values: allowed label values (default: any non-negative integer).
+
+    Returns:
+        ``image`` (X, Y, Z) float32 in [0, 1], RAS at ``settings.spacing``; ``label`` (X, Y, Z)
+        uint8 or None; ``meta`` with ``shape``, ``spacing``, ``affine`` (preprocessed grid,
+        crop included), ``original_affine``, ``original_shape``, ``original_spacing``,
+        ``crop_box`` (``[[start], [end]]`` in the resampled grid) and ``label_values``.
+    """
+    import torch
+    from monai.transforms import LoadImaged
+
+    image_path = Path(image_path)
+    shape, affine = _header(image_path, "image")
+    keys = ["image"]
+    data: dict[str, Any] = {"image": str(image_path)}
+    if label_path is not None:
+        label_path = Path(label_path)
+        lshape, laffine = _header(label_path, "label")
+        if lshape != shape:
+            raise PimpicError(f"{label_path}: label shape {lshape} differs from image shape {shape}")
+        if not np.allclose(laffine, affine, rtol=1e-4, atol=1e-3):
+            raise PimpicError(f"{label_path}: label affine differs from the image affine "
+                              f"({image_path.name})")
+        keys.append("label")
+        data["label"] = str(label_path)
+
+    for key in keys:
+        try:
+            data = LoadImaged(key, reader="NibabelReader", ensure_channel_first=True)(data)
+        except Exception as err:  # truncated gzip, bad payload, ...
+            raise PimpicError(f"{data[key]}: corrupt or truncated NIfTI ({_short(err)})") from None
+
+    if not bool(torch.isfinite(data["image"]).all()):
+        raise PimpicError(f"{image_path}: image holds NaN or Inf voxels")
+    if "label" in data:
+        _check_label_values(data["label"], label_path, label_values)  # type: ignore[arg-type]
+
+    data = _transforms(keys, settings)(data)
+    image = data["image"]
+    out_affine = np.asarray(image.affine, dtype=np.float64)
+    image_np = np.ascontiguousarray(image.numpy()[0], dtype=np.float32)
+    label_np = None
+    if "label" in data:
+        label_np = np.ascontiguousarray(np.rint(data["label"].numpy()[0]).astype(np.uint8))
+
+    start = data.get("foreground_start_coord") if settings.crop_foreground else None
+    start = [int(s) for s in start] if start is not None else [0, 0, 0]
+    crop_box = [start, [s + n for s, n in zip(start, image_np.shape, strict=True)]]
+    meta = {
+        "shape": list(image_np.shape),
+        "spacing": list(settings.spacing),
+        "affine": out_affine.tolist(),
+        "original_affine": affine.tolist(),
+        "original_shape": list(shape),
+        "original_spacing": [float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)],
+        "crop_box": crop_box,
+        "has_label": label_np is not None,
+        "label_values": sorted(int(v) for v in np.unique(label_np)) if label_np is not None else [],
+    }
+    return image_np, label_np, meta
+
+
+def _check_label_values(label: Any, path: Path, allowed: Sequence[int] | None) -> None:
+    import torch
+
+    values = torch.unique(label)
+    if not bool(torch.isfinite(values).all()) or not bool((values == torch.round(values)).all()):
+        raise PimpicError(f"{path}: label holds non-integer values")
+    found = [int(v) for v in values.tolist()]
+    bad = [v for v in found if v < 0 or (allowed is not None and v not in allowed)]
+    if bad:
+        declared = list(allowed) if allowed is not None else "non-negative integers"
+        raise PimpicError(f"{path}: label values {bad[:5]} outside the declared labels {declared}")
+
+
+def to_original_grid(mask: np.ndarray, meta: Mapping[str, Any]) -> np.ndarray:
+    """Map a preprocessed-space mask back onto the source image grid (nearest neighbour).
+
+    Each source voxel is sent through ``original_affine`` to world millimetres and through the
+    inverse of ``affine`` to a preprocessed voxel, rounded; voxels that land outside the
+    preprocessed (possibly cropped) grid get 0. Save the result with ``original_affine``.
+
+    Args:
+        mask: ``(X, Y, Z)`` labels on the preprocessed grid (shape ``meta["shape"]``).
+        meta: the case's ``meta.json``.
+
+    Returns:
+        ``(original_shape)`` array of ``mask.dtype``.
+    """
+    mask = np.asarray(mask)
+    if list(mask.shape) != list(meta["shape"]):
+        raise PimpicError(f"mask shape {mask.shape} differs from the case shape {meta['shape']}")
+    shape = [int(s) for s in meta["original_shape"]]
+    # source voxel → preprocessed voxel, one 4x4 map
+    m = np.linalg.inv(np.asarray(meta["affine"], np.float64)) @ np.asarray(
+        meta["original_affine"], np.float64)
+    ii, jj = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    base = m[:3, :3] @ np.stack([ii.ravel(), jj.ravel(), np.zeros(ii.size)]) + m[:3, 3:4]
+    out = np.zeros(shape, dtype=mask.dtype)
+    limit = np.asarray(mask.shape)[:, None]
+    # one source slice at a time keeps memory at O(X·Y) for 512² × 600 volumes
+    for k in range(shape[2]):
+        idx = np.rint(base + k * m[:3, 2:3]).astype(np.int64)
+        ok = np.all((idx >= 0) & (idx < limit), axis=0)
+        vals = np.zeros(idx.shape[1], dtype=mask.dtype)
+        vals[ok] = mask[idx[0, ok], idx[1, ok], idx[2, ok]]
+        out[:, :, k] = vals.reshape(shape[0], shape[1])
+    return out
+
+
+def prepare(
+    src: str | Path,
+    out: str | Path,
+    settings: Settings = Settings(),
+    layout: str | None = None,
+    workers: int = 2,
+    skip_bad: bool = False,
+    seed: int = 0,
+    splits_file: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Preprocess dataset ``src`` into cache ``out``; see :func:`pimpic.data.prepare.prepare`."""
+    from pimpic.data.prepare import prepare as _prepare
+
+    return _prepare(src, out, settings=settings, layout=layout, workers=workers,
+                    skip_bad=skip_bad, seed=seed, splits_file=splits_file, progress=progress)

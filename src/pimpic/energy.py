@@ -1,0 +1,167 @@
+"""Energy used by a stage (pretraining, fine-tuning), measured as well as the machine allows.
+
+Sources, best first:
+
+* ``nvml`` — on CUDA, the GPU's cumulative energy counter
+  (``pynvml.nvmlDeviceGetTotalEnergyConsumption``, mJ; Volta and newer). GPU only: the host CPU
+  and memory are not included.
+* ``rapl`` — on CPU, Intel/AMD RAPL package counters
+  (``/sys/class/powercap/intel-rapl:<n>/energy_uj``), polled in a background thread so counter
+  wrap-around is handled. Whole sockets: other processes on the machine are included.
+* ``estimate`` — when neither is readable (no pynvml, counters root-only, not Linux): CPU time
+  of this process × an assumed power per busy core, plus wall time × an assumed GPU board power
+  on CUDA. Clearly labelled; the assumption is stated in ``note``.
+
+Usage::
+
+    with EnergyMeter(device) as meter:
+        train()
+    meter.write(run_dir / "energy.json")   # {"joules", "kwh", "seconds", "source", "note"}
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: assumed power of one fully busy CPU core (W): a 200 W server CPU with 20 cores
+CPU_WATTS_PER_CORE = 10.0
+#: assumed GPU board power under training load (W) when NVML is not available
+GPU_WATTS = 300.0
+RAPL_ROOT = Path("/sys/class/powercap")
+JOULES_PER_KWH = 3.6e6
+
+
+class _Rapl:
+    """Package-level RAPL counters, polled so that wrap-arounds are counted."""
+
+    def __init__(self, root: Path | None = None, interval: float = 5.0) -> None:
+        root = RAPL_ROOT if root is None else root
+        # top-level zones are packages; sub-zones (intel-rapl:0:0, cores/dram) are inside them
+        zones = [p for p in sorted(root.glob("intel-rapl:*")) if p.name.count(":") == 1]
+        if not zones:
+            raise OSError("no RAPL package zones")
+        self.files = [z / "energy_uj" for z in zones]
+        self.ranges = [int((z / "max_energy_range_uj").read_text()) for z in zones]
+        self.last = self._read()  # raises PermissionError when root-only
+        self.total_uj = 0
+        self.interval = interval
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> list[int]:
+        return [int(f.read_text()) for f in self.files]
+
+    def poll(self) -> None:
+        with self._lock:
+            now = self._read()
+            for k, (a, b) in enumerate(zip(self.last, now, strict=True)):
+                self.total_uj += b - a if b >= a else b + self.ranges[k] - a
+            self.last = now
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        self.poll()
+        return self.total_uj / 1e6
+
+
+def _nvml_handle(device: torch.device) -> Any:
+    import pynvml
+
+    pynvml.nvmlInit()
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+    if uuid is not None:
+        # CUDA_VISIBLE_DEVICES may renumber GPUs: the UUID names the physical one
+        try:
+            return pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
+        except pynvml.NVMLError:
+            pass
+    return pynvml.nvmlDeviceGetHandleByIndex(index)
+
+
+class EnergyMeter:
+    """Context manager measuring the energy used inside its block.
+
+    Args:
+        device: the compute device (``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a ``torch.device``).
+    """
+
+    def __init__(self, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.source = "estimate"
+        self.note = ""
+        self._joules: float | None = None
+        self._seconds = 0.0
+        self._handle: Any = None
+        self._rapl: _Rapl | None = None
+
+    def __enter__(self) -> EnergyMeter:
+        self._t0 = time.perf_counter()
+        self._cpu0 = time.process_time()
+        self._joules = None
+        if self.device.type == "cuda":
+            try:
+                self._handle = _nvml_handle(self.device)
+                import pynvml
+
+                self._mj0 = pynvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
+                self.source = "nvml"
+                self.note = "GPU board energy from NVML (host CPU and memory not included)"
+                return self
+            except Exception:  # no pynvml, no driver support: fall through to the estimate
+                self._handle = None
+        else:
+            try:
+                self._rapl = _Rapl()
+                self.source = "rapl"
+                self.note = ("RAPL package energy of all CPU sockets (includes other processes "
+                             "on this machine; GPUs not included)")
+                return self
+            except (OSError, ValueError):
+                self._rapl = None
+        self.source = "estimate"
+        self.note = (f"estimate, not a measurement: process CPU time × {CPU_WATTS_PER_CORE:g} W "
+                     "per busy core (DataLoader worker processes not counted)")
+        if self.device.type == "cuda":
+            self.note += f" + wall time × {GPU_WATTS:g} W assumed GPU board power"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._seconds = time.perf_counter() - self._t0
+        if self.source == "nvml":
+            import pynvml
+
+            mj = pynvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
+            self._joules = (mj - self._mj0) / 1e3
+        elif self.source == "rapl" and self._rapl is not None:
+            self._joules = self._rapl.stop()
+        else:
+            cpu_s = time.process_time() - self._cpu0
+            self._joules = cpu_s * CPU_WATTS_PER_CORE
+            if self.device.type == "cuda":
+                self._joules += self._seconds * GPU_WATTS
+
+    def result(self) -> dict[str, Any]:
+        """``{"joules", "kwh", "seconds", "source", "note"}`` of the finished block."""
+        if self._joules is None:
+            raise RuntimeError("EnergyMeter.result() before the measured block ended")
+        return {"joules": self._joules, "kwh": self._joules / JOULES_PER_KWH,
+                "seconds": self._seconds, "source": self.source, "note": self.note}
+
+    def write(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+        """Write :meth:`result` (plus ``extra`` fields) as JSON, atomically."""
+        from pimpic.io import write_json
+
+        write_json(path, {**self.result(), **(extra or {})})

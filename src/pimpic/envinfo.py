@@ -1,0 +1,61 @@
+"""What a run was made with: versions, git commit, host and device (saved as ``env.json``)."""
+
+from __future__ import annotations
+
+import platform
+import socket
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit(path: str | Path | None = None) -> str | None:
+    """The commit of the pimpic checkout (``+dirty`` if modified), or None if not a git tree."""
+    where = Path(path) if path is not None else Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=where, capture_output=True, text=True, timeout=5,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{sha}+dirty" if dirty else sha or None
+
+
+def device_name(device: torch.device) -> str:
+    """A human name of ``device`` (the GPU model, or the CPU and its thread count)."""
+    if device.type == "cuda":
+        return str(torch.cuda.get_device_name(device))
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def collect(device: str | torch.device = "cpu", world_size: int = 1) -> dict[str, Any]:
+    """Versions of python/torch/monai/numpy/pimpic, git commit, hostname, device, world size."""
+    from pimpic import __version__
+
+    device = torch.device(device)
+    return {
+        "pimpic": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "monai": _version("monai"),
+        "numpy": _version("numpy"),
+        "git_commit": git_commit(),
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": device_name(device),
+        "world_size": world_size,
+    }

@@ -1,0 +1,353 @@
+"""The paper's protocol in one call: pretrain → fine-tune → evaluate over a grid, then report.
+
+Layout of ``EXP/``::
+
+    config.yaml                                 the resolved ExperimentConfig
+    timings.json                                wall seconds per finished stage
+    pretrain/<method>/                          one pretraining run per non-random method
+    finetune/<method>/f<fraction>/s<seed>/      one fine-tuning run per cell (no encoder: random)
+        eval-test/{per_case.csv,summary.json,pred/}
+    results.csv · table.md · stats.md · report.md · figures/*.png
+
+Every stage is resumable on its own, so a killed experiment rerun does only what is missing:
+
+* a pretraining run is complete when ``encoder.safetensors`` exists; a partial run resumes from
+  ``checkpoint.pt`` if there is one, otherwise it restarts (``overwrite=True``);
+* a cell is complete when its ``eval-<split>/summary.json`` exists; a fine-tuning run that
+  finished (``run.json`` ``completed``) is only evaluated; a partial one resumes or restarts.
+
+``pimpic demo`` builds an :class:`ExperimentConfig` in code and calls :func:`run_experiment`;
+``on_stage`` lets it show its own progress display (the default prints one line per stage with
+elapsed time and an ETA from the durations of the stages finished in this invocation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pimpic.config import (
+    PRETRAIN_METHODS,
+    FinetuneConfig,
+    PretrainConfig,
+    _merge,
+    build_config,
+    from_dict,
+    save_config,
+    to_dict,
+)
+from pimpic.errors import PimpicError
+
+METHODS = ("random", *PRETRAIN_METHODS)
+#: config keys that may change between invocations on the same EXP folder (they only add cells
+#: or change the report); everything else must match what the finished runs were made with
+GRID_KEYS = ("methods", "fractions", "seeds", "overlay_fraction", "overlay_case")
+#: settings that do not change results (where and how fast a run executes)
+FREE_KEYS = ("device", "num_workers", "log_every", "checkpoint_every")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment grid. Defaults = the paper's Table 1 (all methods, 5–100 % labels)."""
+
+    #: the prepared cache (``pimpic prepare``); its split decides train/val/test
+    cache: str = ""
+    methods: tuple[str, ...] = ("random", "voco", "vox2vec", "pim", "pic", "pimpic")
+    fractions: tuple[int, ...] = (5, 10, 20, 50, 100)
+    seeds: tuple[int, ...] = (0,)
+    #: shared pretraining settings; ``method`` is set per row of the grid
+    pretrain: PretrainConfig = dataclasses.field(default_factory=PretrainConfig)
+    #: per-method pretraining overrides, e.g. ``{"voco": {"lr": 1e-4}}`` (baselines' own recipes)
+    pretrain_overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    #: shared fine-tuning settings; ``fraction`` and ``seed`` are set per cell
+    finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
+    split: str = "test"
+    lcc: bool = False
+    #: the fraction shown in the overlay figure (None: the smallest, where pretraining matters)
+    overlay_fraction: int | None = None
+    #: the test case shown in the overlay figure (None: the one with the largest organ)
+    overlay_case: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise ValueError("methods: at least one method is needed")
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad:
+            raise ValueError(f"methods: unknown {', '.join(bad)}; choose from {', '.join(METHODS)}")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError("methods: listed twice")
+        if not self.fractions or any(not 0 < f <= 100 for f in self.fractions):
+            raise ValueError("fractions: need percentages in (0, 100]")
+        if not self.seeds:
+            raise ValueError("seeds: at least one seed is needed")
+        unknown = sorted(set(self.pretrain_overrides) - set(PRETRAIN_METHODS))
+        if unknown:
+            raise ValueError(f"pretrain_overrides: unknown method(s) {', '.join(unknown)}")
+        for m in self.methods:
+            if m != "random":
+                self.pretrain_config(m)  # validates the overrides early
+        if self.overlay_fraction is not None and self.overlay_fraction not in self.fractions:
+            raise ValueError(f"overlay_fraction {self.overlay_fraction} is not in fractions")
+
+    def pretrain_config(self, method: str) -> PretrainConfig:
+        """The pretraining config of ``method``: shared settings ← its overrides."""
+        data = _merge(to_dict(self.pretrain), self.pretrain_overrides.get(method, {}))
+        data["method"] = method
+        return from_dict(PretrainConfig, data, f"pretrain_overrides.{method}")
+
+    def finetune_config(self, fraction: int, seed: int) -> FinetuneConfig:
+        return dataclasses.replace(self.finetune, fraction=fraction, seed=seed)
+
+
+def load_experiment_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> ExperimentConfig:
+    """Defaults ← YAML ← ``--set`` overrides; ``cache`` is required."""
+    cfg = build_config(ExperimentConfig, path, overrides)
+    if not cfg.cache:
+        raise PimpicError(f"{path or 'config'}: 'cache' (a prepared cache folder) is required")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Stage:
+    """One unit of resumable work. ``kind`` groups stages of similar cost for the ETA."""
+
+    name: str
+    kind: str
+    run_dir: Path
+    is_done: Callable[[], bool]
+    run: Callable[[], None]
+
+
+def pretrain_dir(exp: Path, method: str) -> Path:
+    return exp / "pretrain" / method
+
+
+def cell_dir(exp: Path, method: str, fraction: int, seed: int) -> Path:
+    return exp / "finetune" / method / f"f{fraction}" / f"s{seed}"
+
+
+def eval_dir(run_dir: Path, split: str = "test") -> Path:
+    return run_dir / f"eval-{split}"
+
+
+def _resume_flags(run_dir: Path) -> dict[str, bool]:
+    """Resume a partial run that left a checkpoint; otherwise start over in place."""
+    if (run_dir / "checkpoint.pt").is_file():
+        return {"resume": True, "overwrite": False}
+    return {"resume": False, "overwrite": run_dir.exists()}
+
+
+def _finetune_finished(run_dir: Path) -> bool:
+    from pimpic.io import read_json
+
+    info = run_dir / "run.json"
+    if not info.is_file() or not (run_dir / "model.safetensors").is_file():
+        return False
+    try:
+        return bool(read_json(info).get("completed"))
+    except PimpicError:
+        return False
+
+
+# The stage functions, imported lazily (torch/MONAI) and looked up at call time so tests can
+# replace them with stubs.
+def _pretrain(*args: Any, **kwargs: Any) -> Any:
+    from pimpic.engine import pretrain
+
+    return pretrain(*args, **kwargs)
+
+
+def _finetune(*args: Any, **kwargs: Any) -> Any:
+    from pimpic.finetune import finetune
+
+    return finetune(*args, **kwargs)
+
+
+def _evaluate(*args: Any, **kwargs: Any) -> Any:
+    from pimpic.evaluate import evaluate
+
+    return evaluate(*args, **kwargs)
+
+
+def plan_stages(cfg: ExperimentConfig, exp: Path, *, progress: bool = True) -> list[Stage]:
+    """The grid as an ordered list of stages: every pretraining first, then every cell."""
+    cache = Path(cfg.cache)
+    stages: list[Stage] = []
+    for method in cfg.methods:
+        if method == "random":
+            continue
+        rd = pretrain_dir(exp, method)
+        pcfg = cfg.pretrain_config(method)
+
+        def run_pre(rd: Path = rd, pcfg: PretrainConfig = pcfg) -> None:
+            _pretrain(cache, rd, pcfg, progress=progress, **_resume_flags(rd))
+
+        stages.append(Stage(f"pretrain {method}", "pretrain", rd,
+                            lambda rd=rd: (rd / "encoder.safetensors").is_file(), run_pre))
+    for method in cfg.methods:
+        encoder = None if method == "random" else pretrain_dir(exp, method) / "encoder.safetensors"
+        for fraction in cfg.fractions:
+            for seed in cfg.seeds:
+                rd = cell_dir(exp, method, fraction, seed)
+                fcfg = cfg.finetune_config(fraction, seed)
+
+                def run_cell(rd: Path = rd, fcfg: FinetuneConfig = fcfg,
+                             encoder: Path | None = encoder) -> None:
+                    if not _finetune_finished(rd):
+                        _finetune(cache, rd, fcfg, encoder=encoder, progress=progress,
+                                  **_resume_flags(rd))
+                    _evaluate(rd, split=cfg.split, cache=cache, lcc=cfg.lcc, progress=progress,
+                              save_predictions=True)
+
+                stages.append(Stage(
+                    f"finetune {method} {fraction}% seed {seed}", "finetune", rd,
+                    lambda rd=rd: (eval_dir(rd, cfg.split) / "summary.json").is_file(),
+                    run_cell))
+    return stages
+
+
+def _fmt_s(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+@dataclasses.dataclass
+class StageEvent:
+    """What ``on_stage`` receives before (``finished=False``) and after each stage."""
+
+    index: int  # 1-based position in the plan
+    total: int
+    stage: Stage
+    finished: bool
+    skipped: bool  # complete before this invocation
+    seconds: float  # this stage's duration (0 before it runs)
+    elapsed: float  # seconds since run_experiment started
+    eta: float | None  # seconds left (None: no finished stage to estimate from yet)
+
+
+def estimate_eta(remaining: list[Stage], durations: dict[str, list[float]]) -> float | None:
+    """Sum over ``remaining`` of the mean duration of finished stages of the same kind (of any
+    kind where that kind has none yet); None before any stage finished."""
+    every = [d for ds in durations.values() for d in ds]
+    if not every:
+        return None if remaining else 0.0
+    fallback = sum(every) / len(every)
+    mean = {k: sum(v) / len(v) for k, v in durations.items() if v}
+    return sum(mean.get(s.kind, fallback) for s in remaining)
+
+
+def print_status(event: StageEvent) -> None:
+    """The default progress line on stderr, e.g. ``[3/14] pretrain pimpic: done in 1m02s ...``."""
+    head = f"[{event.index}/{event.total}] {event.stage.name}"
+    if event.skipped:
+        line = f"{head}: already complete, skipped"
+    elif event.finished:
+        line = f"{head}: done in {_fmt_s(event.seconds)}"
+    else:
+        line = f"{head}: running"
+    eta = "?" if event.eta is None else _fmt_s(event.eta)
+    print(f"{line} (elapsed {_fmt_s(event.elapsed)}, ETA {eta})", file=sys.stderr, flush=True)
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check_same_setup(cfg: ExperimentConfig, exp: Path) -> None:
+    """Refuse to mix runs made with other settings into one table."""
+    from pimpic.config import load_yaml
+
+    saved_path = exp / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved, now = _flat(load_yaml(saved_path)), _flat(to_dict(cfg))
+    diffs = [k for k in sorted(set(saved) | set(now))
+             if k.split(".")[0] not in GRID_KEYS and k.split(".")[-1] not in FREE_KEYS
+             and saved.get(k) != now.get(k)]
+    if diffs:
+        raise PimpicError(
+            f"{exp}: holds an experiment made with different settings ({', '.join(diffs)}); "
+            "use a new --out folder (methods, fractions and seeds may change)")
+
+
+def run_experiment(
+    config: str | Path | ExperimentConfig,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    on_stage: Callable[[StageEvent], None] | None = print_status,
+    report: bool = True,
+) -> Path:
+    """Run (or resume) the whole grid in ``out`` and write the report; returns ``out``.
+
+    Args:
+        config: an :class:`ExperimentConfig` or the path of its YAML file.
+        out: the experiment folder (created; reused to resume).
+        progress: show the stages' own progress bars.
+        on_stage: called before and after every stage (None: silent).
+        report: write results.csv, table.md, stats.md, figures and report.md at the end.
+    """
+    from pimpic.data.cache import Cache
+    from pimpic.io import read_json, write_json
+
+    cfg = config if isinstance(config, ExperimentConfig) else load_experiment_config(config)
+    if not cfg.cache:
+        raise PimpicError("experiment config: 'cache' (a prepared cache folder) is required")
+    cache = Cache(cfg.cache)
+    if not cache.has_splits():
+        raise PimpicError(f"{cache.root}: no splits.json (run `pimpic prepare`)")
+    exp = Path(out)
+    exp.mkdir(parents=True, exist_ok=True)
+    _check_same_setup(cfg, exp)
+    save_config(cfg, exp / "config.yaml")
+
+    timings_path = exp / "timings.json"
+    timings: dict[str, float] = read_json(timings_path) if timings_path.is_file() else {}
+    stages = plan_stages(cfg, exp, progress=progress)
+    durations: dict[str, list[float]] = {}
+    start = time.perf_counter()
+    for i, stage in enumerate(stages, 1):
+        remaining = [s for s in stages[i - 1:] if not s.is_done()]
+        if stage.is_done():
+            if on_stage:
+                on_stage(StageEvent(i, len(stages), stage, True, True, 0.0,
+                                    time.perf_counter() - start,
+                                    estimate_eta(remaining, durations)))
+            continue
+        if on_stage:
+            on_stage(StageEvent(i, len(stages), stage, False, False, 0.0,
+                                time.perf_counter() - start, estimate_eta(remaining, durations)))
+        t0 = time.perf_counter()
+        stage.run()
+        seconds = time.perf_counter() - t0
+        durations.setdefault(stage.kind, []).append(seconds)
+        timings[stage.name] = round(seconds, 2)
+        write_json(timings_path, timings)
+        if on_stage:
+            on_stage(StageEvent(i, len(stages), stage, True, False, seconds,
+                                time.perf_counter() - start,
+                                estimate_eta(remaining[1:], durations)))
+    if report:
+        from pimpic.report import write_all
+
+        write_all(exp, cfg)
+    return exp

@@ -1,0 +1,475 @@
+"""Supervised fine-tuning of a (pretrained or random) encoder + new decoder (METHOD.md §3, §6).
+
+The paper's protocol by default: Dice loss (softmax, one-hot), Adam lr 1e-5, 64³ label-balanced
+patches, Random+Aug augmentation, validation by sliding-window inference on whole volumes,
+the best model kept, early stopping after ``patience`` epochs without improvement. Options
+(:class:`~pimpic.config.FinetuneConfig`): DiceCE loss, cosine schedule, a frozen encoder for the
+first epochs, Dice-loss validation criterion, epoch/step caps.
+
+Launch::
+
+    pimpic finetune CACHE --out runs/ft5 --fraction 5 --encoder runs/pre/encoder.safetensors
+    pimpic finetune CACHE --out runs/ft5 --fraction 5 --resume        # continue after a kill
+
+Run folder: ``config.yaml``, ``run.json``, ``env.json``, ``model.safetensors`` (best),
+``checkpoint.pt`` (last epoch; resume is bit-for-bit on CPU), ``metrics.jsonl``, ``tb/``,
+``energy.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pimpic.config import FinetuneConfig, save_config, to_dict
+from pimpic.data.cache import Cache
+from pimpic.errors import PimpicError
+from pimpic.io import append_jsonl, atomic_path, read_json, read_jsonl, write_json
+from pimpic.models.unet import Encoder, SegmentationNet
+
+MODEL_FORMAT = "pimpic-segmentation"
+RUN_ARTIFACTS = ("config.yaml", "run.json", "env.json", "model.safetensors", "checkpoint.pt",
+                 "metrics.jsonl", "energy.json", "tb")
+#: config fields that may change when resuming (caps and machinery, not the experiment)
+RESUMABLE = {"max_epochs", "max_steps", "patience", "device", "num_workers", "log_every",
+             "sw_batch_size"}
+
+
+# ---------------------------------------------------------------------------------- model I/O
+
+
+def save_model(path: str | Path, model: SegmentationNet, meta: dict[str, Any]) -> None:
+    """Write the network's ``state_dict`` as safetensors with JSON metadata, atomically."""
+    from safetensors.torch import save_file
+
+    from pimpic import __version__
+
+    full = {"architecture": model.encoder.architecture(), "num_classes": model.num_classes,
+            "pimpic_version": __version__, **meta}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": MODEL_FORMAT, "pimpic": json.dumps(full)})
+
+
+def load_model(run_dir: str | Path) -> tuple[SegmentationNet, dict[str, Any]]:
+    """The best fine-tuned network of ``run_dir`` (eval mode, CPU) and its run information.
+
+    ``run_info`` is ``run.json`` (cache, cases, encoder metadata, ...) completed with the model
+    file's metadata (``architecture``, ``num_classes``, ``patch_size``, ``settings``).
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PimpicError(f"{run_dir}: run folder does not exist")
+    path = run_dir / "model.safetensors"
+    if not path.is_file():
+        raise PimpicError(f"{run_dir}: no model.safetensors — not a fine-tuning run, or it has "
+                          "not finished its first epoch (`pimpic finetune ... --resume`)")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+        meta = json.loads(header["pimpic"]) if header.get("format") == MODEL_FORMAT else None
+        state = load_file(str(path))
+    except Exception as err:
+        raise PimpicError(f"{path}: corrupt model file ({err})") from None
+    if meta is None:
+        raise PimpicError(f"{path}: not a pimpic segmentation model")
+    arch = meta["architecture"]
+    model = SegmentationNet(Encoder(int(arch["in_channels"]), int(arch["width"]),
+                                    int(arch["depth"])), int(meta["num_classes"]))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise PimpicError(f"{path}: weights do not fit the architecture ({err})") from None
+    info = dict(read_json(run_dir / "run.json")) if (run_dir / "run.json").is_file() else {}
+    for key, value in meta.items():
+        info.setdefault(key, value)
+    return model.eval(), info
+
+
+def build_model(cfg: FinetuneConfig, cache: Cache, encoder: str | Path | None,
+                allow: Iterable[str] = ()) -> tuple[SegmentationNet, dict[str, Any] | None]:
+    """Encoder (from ``encoder`` after checking its metadata, or random) + new decoder."""
+    torch.manual_seed(cfg.seed)
+    meta = None
+    if encoder is not None:
+        from pimpic.models.export import load_encoder
+
+        settings = cache.settings
+        expected = {"in_channels": 1, "spacing": settings["spacing"],
+                    "window": settings["window"], "patch_size": cfg.patch_size}
+        enc, meta = load_encoder(encoder, expected=expected, allow=allow)
+    else:
+        enc = Encoder(1, cfg.width, cfg.depth)
+    check_patch(cfg.patch_size, enc.depth)
+    return SegmentationNet(enc, cfg.num_classes), meta
+
+
+def check_patch(patch_size: int, depth: int) -> None:
+    """The bottleneck sits at ``patch / 2^depth`` and needs > 1 voxel for InstanceNorm."""
+    unit = 2**depth
+    if patch_size % unit or patch_size < 2 * unit:
+        raise PimpicError(f"patch_size {patch_size} must be a multiple of 2^depth = {unit} and at "
+                          f"least {2 * unit} (the depth-{depth} bottleneck needs ≥ 2 voxels)")
+
+
+# ------------------------------------------------------------------------------- run folder
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
+    """Returns True when resuming from an existing checkpoint."""
+    has_ckpt = (run_dir / "checkpoint.pt").is_file()
+    if resume and has_ckpt:
+        return True
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if overwrite:
+            for name in RUN_ARTIFACTS:
+                p = run_dir / name
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
+            for p in run_dir.glob("eval-*"):
+                shutil.rmtree(p)
+        elif resume:
+            raise PimpicError(f"{run_dir}: nothing to resume (no checkpoint.pt) and the folder is "
+                              "not empty; pass --overwrite to start again")
+        else:
+            raise PimpicError(f"{run_dir}: run folder exists and is not empty; pass --resume to "
+                              "continue it or --overwrite to replace it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return False
+
+
+def _check_resume_config(run_dir: Path, cfg: FinetuneConfig) -> None:
+    from pimpic.config import load_yaml
+
+    saved = load_yaml(run_dir / "config.yaml")
+    now = to_dict(cfg)
+    diffs = [f"{k}: run has {saved.get(k)!r}, now {now[k]!r}" for k in now
+             if k not in RESUMABLE and saved.get(k) != now[k]]
+    if diffs:
+        raise PimpicError(f"{run_dir}: cannot resume with a different config — " + "; ".join(diffs))
+
+
+def _cases(cache: Cache, fraction: float) -> tuple[list[str], list[str]]:
+    from pimpic.data.splits import fraction_cases
+
+    splits = cache.splits()
+    if not splits.get("train"):
+        raise PimpicError(f"{cache.root}: the split has 0 training cases")
+    train = fraction_cases(splits, fraction)
+    val = list(splits.get("val", []))
+    for cid in [*train, *val]:
+        if not (cache.case_dir(cid) / "label.npy").is_file():
+            raise PimpicError(f"{cache.case_dir(cid)}: case {cid!r} has no label; fine-tuning "
+                              "and validation need labelled cases")
+    return train, val
+
+
+# ------------------------------------------------------------------------------- validation
+
+
+def validate(model: nn.Module, cache: Cache, case_ids: list[str], cfg: FinetuneConfig,
+             patch_size: int, device: torch.device) -> dict[str, float]:
+    """Whole-volume sliding-window validation.
+
+    Returns ``{"val_dice", "val_dice_loss", "val_dice_<class>"...}``: mean over cases of the
+    mean foreground Dice (classes with an empty ground truth are skipped per case), and the
+    mean whole-volume Dice loss (softmax, one-hot; the authors' criterion).
+    """
+    from monai.losses import DiceLoss
+
+    from pimpic.inference import sliding_window_logits
+    from pimpic.metrics import dice
+
+    loss_fn = DiceLoss(to_onehot_y=True, softmax=True)
+    model.eval()
+    per_class: list[list[float]] = [[] for _ in range(cfg.num_classes - 1)]
+    case_dice, losses = [], []
+    for cid in case_ids:
+        label = np.asarray(cache.label(cid), dtype=np.int64)
+        logits = sliding_window_logits(model, cache.image(cid), patch_size,
+                                       overlap=cfg.sw_overlap, sw_batch_size=cfg.sw_batch_size,
+                                       device=device, amp=cfg.amp)
+        y = torch.from_numpy(label).to(device)[None, None]
+        losses.append(float(loss_fn(logits[None], y)))
+        pred = logits.argmax(0).cpu().numpy()
+        ds = [dice(pred == c, label == c) for c in range(1, cfg.num_classes)]
+        for c, d in enumerate(ds):
+            per_class[c].append(d)
+        if not all(math.isnan(d) for d in ds):
+            case_dice.append(float(np.nanmean(ds)))
+    model.train()
+    out = {"val_dice": float(np.mean(case_dice)) if case_dice else math.nan,
+           "val_dice_loss": float(np.mean(losses))}
+    for c, values in enumerate(per_class, start=1):
+        finite = [v for v in values if not math.isnan(v)]
+        out[f"val_dice_{c}"] = float(np.mean(finite)) if finite else math.nan
+    return out
+
+
+# ---------------------------------------------------------------------------------- training
+
+
+def finetune(
+    cache: str | Path | Cache,
+    run_dir: str | Path,
+    cfg: FinetuneConfig,
+    *,
+    encoder: str | Path | None = None,
+    allow: Iterable[str] = (),
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    tensorboard: bool = True,
+) -> Path:
+    """Fine-tune on the label fraction ``cfg.fraction`` of ``cache``; returns ``run_dir``.
+
+    Args:
+        cache: a prepared cache (folder or :class:`Cache`) with a split.
+        run_dir: the run folder (refused if non-empty unless ``resume``/``overwrite``).
+        cfg: the fine-tuning configuration.
+        encoder: an ``encoder.safetensors`` export, or None for the from-scratch baseline.
+        allow: checked metadata names whose mismatch is accepted (e.g. ``patch_size``).
+        resume: continue from ``checkpoint.pt`` (the config may change only in its caps).
+        overwrite: delete a previous run's artifacts in ``run_dir`` first.
+        progress: show a progress bar.
+        tensorboard: also log to ``run_dir/tb``.
+    """
+    cache = cache if isinstance(cache, Cache) else Cache(cache)
+    run_dir = Path(run_dir)
+    train_ids, val_ids = _cases(cache, cfg.fraction)
+    resuming = _prepare_run_dir(run_dir, resume, overwrite)
+    model, enc_meta = build_model(cfg, cache, encoder, allow)
+    n_train = len(cache.splits()["train"])
+    print(f"fine-tuning on {len(train_ids)} of {n_train} training cases ({cfg.fraction}%), "
+          f"validating on {len(val_ids)}")
+    if resuming:
+        _check_resume_config(run_dir, cfg)
+        info = dict(read_json(run_dir / "run.json"))
+    else:
+        save_config(cfg, run_dir / "config.yaml")
+        info = {
+            "cache": str(cache.root.resolve()), "fraction": cfg.fraction,
+            "train_cases": train_ids, "val_cases": val_ids,
+            "encoder": str(Path(encoder).resolve()) if encoder is not None else None,
+            "encoder_meta": enc_meta, "settings": cache.settings,
+            "patch_size": cfg.patch_size, "num_classes": cfg.num_classes,
+            "architecture": model.encoder.architecture(),
+            "best_epoch": None, "best_score": None, "epochs": 0, "steps": 0,
+            "completed": False, "stop_reason": None, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        write_json(run_dir / "run.json", info)
+        try:
+            from pimpic.envinfo import collect
+            from pimpic.inference import resolve_device
+
+            write_json(run_dir / "env.json", collect(resolve_device(cfg.device)))
+        except ImportError:
+            pass
+    return _train(model, cache, run_dir, cfg, info, train_ids, val_ids, resuming=resuming,
+                  progress=progress, tensorboard=tensorboard)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric rows logged after the checkpoint a run resumes from."""
+    if not path.is_file():
+        return
+    rows = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= step]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _better(score: float, best: float | None, criterion: str) -> bool:
+    if math.isnan(score):
+        return False
+    if best is None:
+        return True
+    return score > best if criterion == "dice" else score < best
+
+
+def _train(model: SegmentationNet, cache: Cache, run_dir: Path, cfg: FinetuneConfig,
+           info: dict[str, Any], train_ids: list[str], val_ids: list[str], *, resuming: bool,
+           progress: bool, tensorboard: bool) -> Path:
+    """The loop: epochs of ``steps_per_epoch`` Adam steps, validation, best model, checkpoint."""
+    from monai.losses import DiceCELoss, DiceLoss
+    from tqdm.auto import tqdm
+
+    from pimpic.finetune_data import epoch_loader, train_transform
+    from pimpic.inference import autocast, resolve_device
+
+    device = resolve_device(cfg.device)
+    model.to(device).train()
+    patch = cfg.patch_size
+    steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(train_ids) / cfg.batch_size)
+    total = cfg.max_steps or cfg.max_epochs * steps_per_epoch
+    loss_fn = (DiceLoss if cfg.loss == "dice" else DiceCELoss)(to_onehot_y=True, softmax=True)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    cosine = cfg.lr_schedule == "cosine"
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)) if cosine else 1.0)
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "best_score": None, "best_epoch": None,
+                             "elapsed_s": 0.0}
+    ckpt_path = run_dir / "checkpoint.pt"
+    if resuming:
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        state = ckpt["state"]
+        _truncate_metrics(run_dir / "metrics.jsonl", int(state["step"]))
+        print(f"resuming at epoch {state['epoch']}, step {state['step']}")
+    writer = None
+    if tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=int(state["step"]) + 1)
+    meter = _energy_meter(device)
+    transform = train_transform(cfg, patch)
+    bar = tqdm(total=total, initial=int(state["step"]), disable=not progress, desc="finetune",
+               unit="step", dynamic_ncols=True)
+    t0 = time.perf_counter() - float(state["elapsed_s"])
+    stop_reason = _stop_reason(state, cfg, total, val_ids)
+    if meter is not None:
+        meter.__enter__()
+    try:
+        while stop_reason is None:
+            epoch = int(state["epoch"]) + 1
+            frozen = epoch <= cfg.freeze_encoder_epochs
+            for p in model.encoder.parameters():
+                p.requires_grad_(not frozen)
+            n_steps = min(steps_per_epoch, total - int(state["step"]))
+            loader = epoch_loader(cache.root, train_ids, cfg, patch, n_steps, epoch, transform)
+            epoch_losses, window = [], []
+            for batch in loader:
+                x = _plain(batch["image"]).to(device)
+                y = _plain(batch["label"]).to(device).long()
+                with autocast(device, cfg.amp):
+                    logits = model(x)
+                loss = loss_fn(logits.float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                state["step"] = int(state["step"]) + 1
+                value = float(loss.detach())
+                epoch_losses.append(value)
+                window.append(value)
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{value:.4f}")
+                if int(state["step"]) % cfg.log_every == 0:
+                    row = {"step": state["step"], "epoch": epoch, "loss": float(np.mean(window)),
+                           "lr": sched.get_last_lr()[0],
+                           "elapsed_s": time.perf_counter() - t0}
+                    append_jsonl(run_dir / "metrics.jsonl", row)
+                    if writer is not None:
+                        writer.add_scalar("train/loss", row["loss"], int(state["step"]))
+                        writer.add_scalar("train/lr", row["lr"], int(state["step"]))
+                    window = []
+            state["epoch"] = epoch
+            row = {"step": state["step"], "epoch": epoch,
+                   "train_loss": float(np.mean(epoch_losses)) if epoch_losses else math.nan,
+                   "frozen_encoder": frozen}
+            improved = False
+            if val_ids and (epoch % cfg.val_every == 0 or _stop_reason(
+                    state, cfg, total, val_ids) is not None):
+                scores = validate(model, cache, val_ids, cfg, patch, device)
+                score = scores["val_dice" if cfg.val_criterion == "dice" else "val_dice_loss"]
+                row.update(scores)
+                improved = _better(score, state["best_score"], cfg.val_criterion)
+                if improved:
+                    state["best_score"], state["best_epoch"] = score, epoch
+            elif not val_ids:
+                improved = True  # no validation split: the latest model is the one kept
+                state["best_epoch"] = epoch
+            row["best_epoch"] = state["best_epoch"]
+            row["elapsed_s"] = state["elapsed_s"] = time.perf_counter() - t0
+            if improved:
+                save_model(run_dir / "model.safetensors", model, _model_meta(info, epoch))
+            append_jsonl(run_dir / "metrics.jsonl", row)
+            if writer is not None:
+                for k, v in row.items():
+                    if k.startswith(("val_", "train_")) and not math.isnan(v):
+                        writer.add_scalar(k.replace("_", "/", 1), v, int(state["step"]))
+            stop_reason = _stop_reason(state, cfg, total, val_ids)
+            _checkpoint(ckpt_path, model, opt, sched, state)
+            info.update(best_epoch=state["best_epoch"], best_score=state["best_score"],
+                        epochs=epoch, steps=state["step"], completed=stop_reason is not None,
+                        stop_reason=stop_reason)
+            write_json(run_dir / "run.json", info)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+        if meter is not None:
+            meter.__exit__(None, None, None)
+            _write_energy(run_dir / "energy.json", meter.result(), resuming)
+    print(f"stopped: {stop_reason}; best epoch {state['best_epoch']} "
+          f"({cfg.val_criterion} {state['best_score']})")
+    return run_dir
+
+
+def _stop_reason(state: dict[str, Any], cfg: FinetuneConfig, total: int,
+                 val_ids: list[str]) -> str | None:
+    epoch, step = int(state["epoch"]), int(state["step"])
+    if step >= total:
+        return f"reached {total} steps"
+    if epoch >= cfg.max_epochs:
+        return f"reached {cfg.max_epochs} epochs"
+    best = state["best_epoch"]
+    if val_ids and epoch - (best or 0) >= cfg.patience:
+        return f"early stopping: no improvement for {cfg.patience} epochs"
+    return None
+
+
+def _plain(x: Any) -> torch.Tensor:
+    """MONAI MetaTensor → plain tensor (metadata tracking is overhead in the loop)."""
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
+def _model_meta(info: dict[str, Any], epoch: int) -> dict[str, Any]:
+    enc = info.get("encoder_meta") or {}
+    return {"patch_size": info["patch_size"], "settings": info["settings"],
+            "fraction": info["fraction"], "epoch": epoch,
+            "encoder": {"path": info.get("encoder"), "method": enc.get("method"),
+                        "steps": enc.get("steps")}}
+
+
+def _checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+                state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "state": dict(state)}, tmp)
+
+
+def _energy_meter(device: torch.device) -> Any:
+    try:
+        from pimpic.energy import EnergyMeter
+    except ImportError:
+        return None
+    return EnergyMeter(device)
+
+
+def _write_energy(path: Path, result: dict[str, Any], resuming: bool) -> None:
+    """A resumed run adds its energy to the previous sessions'."""
+    if resuming and path.is_file():
+        old = read_json(path)
+        for key in ("joules", "kwh", "seconds"):
+            if isinstance(old.get(key), (int, float)):
+                result[key] += old[key]
+    write_json(path, result)
+
+
+__all__ = ["build_model", "check_patch", "finetune", "load_model", "save_model", "validate"]

@@ -1,0 +1,99 @@
+"""Training state on disk: ``checkpoint.pt`` and the checks that make ``--resume`` safe.
+
+The checkpoint holds everything needed to continue bit-for-bit: model and optimiser state, the
+step, the RNG states of every rank (torch, CUDA, numpy, python) and the resolved config. The data
+stream needs no state of its own — it is a pure function of ``(seed, rank, sample index)``
+(:mod:`pimpic.data.loader`). Everything is plain tensors/containers, so it loads with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pimpic.errors import PimpicError
+
+CHECKPOINT = "checkpoint.pt"
+#: config fields that may change between a run and its resumption (length, logging, hardware)
+RESUMABLE = frozenset({"steps", "device", "num_workers", "log_every", "checkpoint_every"})
+
+
+def rng_state() -> dict[str, Any]:
+    """The RNG states of this process (numpy's as tensors, so ``weights_only`` loads them)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)  # type: ignore[misc]
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["gauss"]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_all(*entropy: int) -> None:
+    """Seed torch, numpy and python from a tuple of ints (e.g. ``(seed, rank, step)``)."""
+    s = int(np.random.SeedSequence(list(entropy)).generate_state(1)[0])
+    torch.manual_seed(s)
+    np.random.seed(s)
+    random.seed(s)
+
+
+def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
+    """Write ``state`` atomically: a crash mid-write leaves the previous checkpoint intact."""
+    from pimpic.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(dict(state), tmp)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`; unreadable → PimpicError."""
+    path = Path(path)
+    if not path.is_file():
+        raise PimpicError(f"{path}: no checkpoint to resume from")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for truncated/corrupt files
+        raise PimpicError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err})"
+                          ) from None
+    if not isinstance(state, dict) or "step" not in state or "model" not in state:
+        raise PimpicError(f"{path}: not a pimpic pretraining checkpoint")
+    return state
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(saved: Mapping[str, Any], now: Mapping[str, Any],
+                       ignore: frozenset[str] = RESUMABLE) -> list[str]:
+    """``key: run has A, now B`` for every field that differs (``ignore``d fields excepted)."""
+    a, b = _flatten(saved), _flatten(now)
+    return [f"{k}: run has {a.get(k)!r}, now {b.get(k)!r}"
+            for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k) != b.get(k)]

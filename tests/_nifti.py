@@ -1,0 +1,83 @@
+"""Tiny NIfTI trees for the data tests (MSD, KiTS19, nnU-Net raw, plain folder)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+# KiTS19 stores volumes slices-first: array axes (S→I, P→A..., R→L) with this kind of affine
+KITS_AFFINE = np.array([[0.0, 0.0, -0.8, 0.0], [0.0, -0.8, 0.0, 0.0],
+                        [-2.5, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+
+
+def save(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def phantom(shape: tuple[int, int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """HU image (int16) with a bright box (label 1) holding a darker cube (label 2)."""
+    rng = np.random.default_rng(seed)
+    image = np.full(shape, -1000, np.int16)
+    sl = tuple(slice(s // 4, s - s // 4) for s in shape)
+    image[sl] = 40
+    label = np.zeros(shape, np.uint8)
+    inner = tuple(slice(s // 3, s - s // 3) for s in shape)
+    label[inner] = 1
+    image[inner] = 120
+    core = tuple(slice(s // 2 - 1, s // 2 + 1) for s in shape)
+    label[core] = 2
+    image[core] = 60
+    image += rng.integers(-5, 5, shape).astype(np.int16)
+    return image, label
+
+
+def msd_tree(root: Path, n: int = 3, shape: tuple[int, int, int] = (12, 10, 8),
+             affine: np.ndarray | None = None) -> Path:
+    aff = np.diag([-1.5, -1.5, 3.0, 1.0]) if affine is None else affine
+    training = []
+    for i in range(n):
+        img, lab = phantom(shape, i)
+        save(root / "imagesTr" / f"pan_{i:03d}.nii.gz", img, aff)
+        save(root / "labelsTr" / f"pan_{i:03d}.nii.gz", lab, aff)
+        training.append({"image": f"./imagesTr/pan_{i:03d}.nii.gz",
+                         "label": f"./labelsTr/pan_{i:03d}.nii.gz"})
+    (root / "imagesTr" / "._pan_000.nii.gz").write_bytes(b"\x00\x05\x16\x07junk")
+    (root / "dataset.json").write_text(json.dumps({
+        "name": "tiny", "labels": {"0": "background", "1": "pancreas", "2": "cancer"},
+        "numTraining": n, "training": training, "test": ["./imagesTs/pan_999.nii.gz"]}))
+    return root
+
+
+def kits_tree(root: Path, n: int = 3, shape: tuple[int, int, int] = (6, 10, 12)) -> Path:
+    for i in range(n):
+        img, lab = phantom(shape, i)
+        save(root / f"case_{i:05d}" / "imaging.nii.gz", img, KITS_AFFINE)
+        save(root / f"case_{i:05d}" / "segmentation.nii.gz", lab, KITS_AFFINE)
+    (root / "._case_00000").write_bytes(b"junk")
+    return root
+
+
+def nnunet_tree(root: Path, n: int = 3, shape: tuple[int, int, int] = (10, 10, 8)) -> Path:
+    aff = np.diag([1.5, 1.5, 3.0, 1.0])
+    for i in range(n):
+        img, lab = phantom(shape, i)
+        save(root / "imagesTr" / f"kid_{i:03d}_0000.nii.gz", img, aff)
+        save(root / "labelsTr" / f"kid_{i:03d}.nii.gz", lab, aff)
+    (root / "imagesTr" / "._kid_000_0000.nii.gz").write_bytes(b"junk")
+    (root / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "CT"}, "labels": {"background": 0, "kidney": 1, "tumor": 2},
+        "numTraining": n, "file_ending": ".nii.gz"}))
+    return root
+
+
+def folder_tree(root: Path, n: int = 3, shape: tuple[int, int, int] = (10, 10, 8)) -> Path:
+    for i in range(n):
+        img, _ = phantom(shape, i)
+        save(root / ("sub" if i == 0 else "") / f"vol{i}.nii.gz", img, np.diag([2.0, 2, 2, 1]))
+    (root / "._vol0.nii.gz").write_bytes(b"junk")
+    return root

@@ -1,0 +1,131 @@
+"""The pretraining engine: run folder, artifacts, resume bit-for-bit, guards (dummy method)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import _pretrain_dummy as dummy
+from pimpic.config import PretrainConfig
+from pimpic.data.cache import Cache
+from pimpic.engine import load_pretext_module, pretrain
+from pimpic.errors import PimpicError
+from pimpic.io import read_json, read_jsonl
+from pimpic.models.export import load_encoder, read_encoder_metadata
+
+TINY = PretrainConfig(width=2, depth=3, patch_size=16, patches=3, steps=4, log_every=2,
+                      checkpoint_every=2, num_workers=0, seed=3)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(cache, run) of one finished 4-step run on five 24×20×24 volumes."""
+    from conftest import write_cache
+
+    root = tmp_path_factory.mktemp("engine")
+    cache = write_cache(root / "cache", n_cases=5, shape=(24, 20, 24))
+    with pytest.MonkeyPatch.context() as mp:
+        dummy.install(mp)
+        pretrain(cache, root / "run", TINY, progress=False)
+    return cache, root / "run"
+
+
+def test_run_folder_and_artifacts(finished: tuple[Path, Path],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    cache, run = finished
+    for name in ("config.yaml", "env.json", "run.json", "metrics.jsonl", "checkpoint.pt",
+                 "method.safetensors", "encoder.safetensors", "energy.json", "tb"):
+        assert (run / name).exists(), name
+    rows = read_jsonl(run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [2, 4]
+    assert {"loss", "zmean", "lr", "patches_per_s", "elapsed_s"} <= set(rows[0])
+    train = Cache(cache).train_ids()
+    assert read_json(run / "run.json")["case_ids"] == train
+    meta = read_encoder_metadata(run / "encoder.safetensors")
+    assert meta["pretrain_cases"] == train
+    assert meta["patch_size"] == 16 and meta["steps"] == 4 and meta["method"] == "pimpic"
+    assert meta["spacing"] == [1.5, 1.5, 1.5] and meta["window"] == [-200.0, 400.0]
+    encoder, _ = load_encoder(run / "encoder.safetensors", {"width": 2, "depth": 3})
+    energy = read_json(run / "energy.json")
+    assert energy["source"] in ("nvml", "rapl", "estimate") and energy["joules"] > 0
+    env = read_json(run / "env.json")
+    assert env["torch"] == torch.__version__ and env["world_size"] == 1
+
+    dummy.install(monkeypatch)
+    module, cfg = load_pretext_module(run)
+    assert cfg == TINY and not module.training
+    state = load_file(str(run / "method.safetensors"))
+    assert all(torch.equal(v, state[k]) for k, v in module.state_dict().items())
+    assert all(torch.equal(v, module.encoder.state_dict()[k])
+               for k, v in encoder.state_dict().items())
+
+
+def test_existing_run_folder_is_protected(finished: tuple[Path, Path],
+                                          monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cache, run = finished
+    dummy.install(monkeypatch)
+    with pytest.raises(PimpicError, match="exists and is not empty.*--resume.*--overwrite"):
+        pretrain(cache, run, TINY, progress=False)
+    with pytest.raises(PimpicError, match=r"different config — lr: run has 1e-05, now 0\.1"):
+        pretrain(cache, run, dataclasses.replace(TINY, lr=0.1), resume=True, progress=False)
+    with pytest.raises(PimpicError, match="no checkpoint to resume"):
+        pretrain(cache, tmp_path / "new", TINY, resume=True, progress=False)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    with pytest.raises(PimpicError, match="not a pimpic run folder"):
+        pretrain(cache, tmp_path / "mine", TINY, overwrite=True, progress=False)
+    assert (tmp_path / "mine" / "thesis.tex").exists()
+
+
+def test_bad_inputs(make_cache, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    dummy.install(monkeypatch)
+    with pytest.raises(PimpicError, match="does not exist"):
+        pretrain(tmp_path / "nope", tmp_path / "run", TINY)
+    cache = make_cache(n_cases=3, shape=(16, 16, 16), labelled=False)
+    with pytest.raises(PimpicError, match="no training cases"):
+        pretrain(cache, tmp_path / "run", TINY, case_ids=[])
+    with pytest.raises(PimpicError, match="not in the cache: ghost"):
+        pretrain(cache, tmp_path / "run", TINY, case_ids=["ghost"])
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_resume_is_bit_for_bit(make_cache, monkeypatch: pytest.MonkeyPatch,
+                               tmp_path: Path) -> None:
+    dummy.install(monkeypatch)
+    cache = make_cache(n_cases=4, shape=(20, 20, 20), labelled=False)
+    six = dataclasses.replace(TINY, steps=6, checkpoint_every=3, log_every=1)
+    pretrain(cache, tmp_path / "straight", six, progress=False)
+    pretrain(cache, tmp_path / "split", dataclasses.replace(six, steps=3), progress=False)
+    pretrain(cache, tmp_path / "split", six, resume=True, progress=False)
+    a = load_file(str(tmp_path / "straight" / "method.safetensors"))
+    b = load_file(str(tmp_path / "split" / "method.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows_a = read_jsonl(tmp_path / "straight" / "metrics.jsonl")
+    rows_b = read_jsonl(tmp_path / "split" / "metrics.jsonl")
+    assert [r["step"] for r in rows_b] == list(range(1, 7))
+    assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]
+    assert read_json(tmp_path / "split" / "run.json")["resumed_from"] == [3]
+
+
+def test_nan_loss_stops_and_keeps_checkpoint(make_cache, monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:
+    dummy.install(monkeypatch)
+    dummy.DummyModule.nan_at = 3
+    cache = make_cache(n_cases=3, shape=(16, 16, 16), labelled=False)
+    with pytest.raises(PimpicError, match=r"not finite at step 3 .*last good checkpoint "
+                                          r"\(step 2\) is kept"):
+        pretrain(cache, tmp_path / "run", TINY, progress=False)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 2
+    assert not (tmp_path / "run" / "encoder.safetensors").exists()
+
+
+def test_load_pretext_module_needs_a_finished_run(tmp_path: Path) -> None:
+    with pytest.raises(PimpicError, match="method.safetensors: not found"):
+        load_pretext_module(tmp_path)
