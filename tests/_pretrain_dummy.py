@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -35,9 +36,9 @@ class RandomCrops:
 class DummyModule(nn.Module):
     """Loss = mean square of the deepest features + a small head; ``nan_at`` injects NaN."""
 
-    nan_at: int | None = None
-    seen: list[float] = []
-    last: DummyModule | None = None
+    nan_at: ClassVar[int | None] = None
+    seen: ClassVar[list[float]] = []
+    last: ClassVar[DummyModule | None] = None
 
     def __init__(self, encoder: nn.Module, cfg: object) -> None:
         super().__init__()

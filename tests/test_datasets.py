@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from _nifti import folder_tree, kits_tree, msd_tree, nnunet_tree
 
+from _nifti import folder_tree, kits_tree, msd_tree, nnunet_tree
 from pimpic.data.datasets import read_dataset
 from pimpic.errors import PimpicError
 

@@ -68,7 +68,7 @@ def test_existing_run_folder_is_protected(finished: tuple[Path, Path],
                                           monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     cache, run = finished
     dummy.install(monkeypatch)
-    with pytest.raises(PimpicError, match="exists and is not empty.*--resume.*--overwrite"):
+    with pytest.raises(PimpicError, match=r"exists and is not empty.*--resume.*--overwrite"):
         pretrain(cache, run, TINY, progress=False)
     with pytest.raises(PimpicError, match=r"different config — lr: run has 1e-05, now 0\.1"):
         pretrain(cache, run, dataclasses.replace(TINY, lr=0.1), resume=True, progress=False)
@@ -127,5 +127,5 @@ def test_nan_loss_stops_and_keeps_checkpoint(make_cache, monkeypatch: pytest.Mon
 
 
 def test_load_pretext_module_needs_a_finished_run(tmp_path: Path) -> None:
-    with pytest.raises(PimpicError, match="method.safetensors: not found"):
+    with pytest.raises(PimpicError, match=r"method\.safetensors: not found"):
         load_pretext_module(tmp_path)

@@ -82,8 +82,8 @@ def _naive_pairs(boxes: torch.Tensor, s: torch.Tensor, min_overlap: float) -> tu
                 hi = [min(b[i][1][a], b[j][1][a]) for a in range(3)]
                 pairs.append([i, j])
                 local.append([
-                    [[lo[a] - b[i][0][a] for a in range(3)], [hi[a] - b[i][0][a] for a in range(3)]],
-                    [[lo[a] - b[j][0][a] for a in range(3)], [hi[a] - b[j][0][a] for a in range(3)]],
+                    [[lo[a] - b[k][0][a] for a in range(3)], [hi[a] - b[k][0][a] for a in range(3)]]
+                    for k in (i, j)
                 ])
     return pairs, local
 

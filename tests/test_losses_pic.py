@@ -82,7 +82,8 @@ def test_region_means_full_overlap_gives_zero_rest() -> None:
 
 def test_region_means_border_boxes_and_coarse_levels() -> None:
     # a volume-corner patch and one shifted by 1 voxel: slivers that round outward at scale 4
-    boxes = torch.tensor([[[0, 0, 0], [8, 8, 8]], [[1, 7, 0], [9, 15, 8]], [[7, 0, 7], [15, 8, 15]]])
+    boxes = torch.tensor([[[0, 0, 0], [8, 8, 8]], [[1, 7, 0], [9, 15, 8]],
+                          [[7, 0, 7], [15, 8, 15]]])
     pairs, local = intersection_pairs(boxes, overlap_matrix(boxes, 8), min_overlap=0.0)
     g = torch.Generator().manual_seed(3)
     for scale in (1, 2, 4, 8):

@@ -71,8 +71,8 @@ def test_pim_loss_batched_is_mean_over_volumes() -> None:
     p = F.normalize(torch.randn(2, 6, 4, generator=g, dtype=torch.float64), dim=-1)
     s = torch.rand(2, 6, 6, generator=g, dtype=torch.float64)
     for red in ("all", "lower"):
-        per = [pim_loss(p[v], s[v], red).item() for v in range(2)]  # type: ignore[arg-type]
-        assert pim_loss(p, s, red).item() == pytest.approx(sum(per) / 2, abs=1e-12)  # type: ignore[arg-type]
+        per = [pim_loss(p[v], s[v], red).item() for v in range(2)]
+        assert pim_loss(p, s, red).item() == pytest.approx(sum(per) / 2, abs=1e-12)
 
 
 def test_pim_loss_perfect_prediction_is_minimal_and_grads_flow() -> None:

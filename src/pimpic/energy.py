@@ -3,12 +3,12 @@
 Sources, best first:
 
 * ``nvml`` — on CUDA, the GPU's cumulative energy counter
-  (``pynvml.nvmlDeviceGetTotalEnergyConsumption``, mJ; Volta and newer). GPU only: the host CPU
-  and memory are not included.
+  (``nvmlDeviceGetTotalEnergyConsumption``, mJ; Volta and newer), read from the driver's
+  ``libnvidia-ml.so.1`` via ctypes. GPU only: the host CPU and memory are not included.
 * ``rapl`` — on CPU, Intel/AMD RAPL package counters
   (``/sys/class/powercap/intel-rapl:<n>/energy_uj``), polled in a background thread so counter
   wrap-around is handled. Whole sockets: other processes on the machine are included.
-* ``estimate`` — when neither is readable (no pynvml, counters root-only, not Linux): CPU time
+* ``estimate`` — when neither is readable (no NVML library, counters root-only, not Linux): CPU time
   of this process × an assumed power per busy core, plus wall time × an assumed GPU board power
   on CUDA. Clearly labelled; the assumption is stated in ``note``.
 
@@ -76,19 +76,39 @@ class _Rapl:
         return self.total_uj / 1e6
 
 
-def _nvml_handle(device: torch.device) -> Any:
-    import pynvml
+class _Nvml:
+    """The GPU's energy counter (mJ since the driver loaded) through ``libnvidia-ml`` directly
+    (ctypes), so no ``pynvml`` package is needed; the library ships with the driver."""
 
-    pynvml.nvmlInit()
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
-    if uuid is not None:
+    def __init__(self, device: torch.device) -> None:
+        import ctypes
+
+        self.lib = ctypes.CDLL("libnvidia-ml.so.1")
+        self._check(self.lib.nvmlInit_v2(), "nvmlInit")
+        self.handle = ctypes.c_void_p()
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
         # CUDA_VISIBLE_DEVICES may renumber GPUs: the UUID names the physical one
-        try:
-            return pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
-        except pynvml.NVMLError:
-            pass
-    return pynvml.nvmlDeviceGetHandleByIndex(index)
+        ok = uuid is not None and self.lib.nvmlDeviceGetHandleByUUID(
+            f"GPU-{uuid}".encode(), ctypes.byref(self.handle)) == 0
+        if not ok:
+            self._check(self.lib.nvmlDeviceGetHandleByIndex_v2(
+                ctypes.c_uint(index), ctypes.byref(self.handle)), "nvmlDeviceGetHandleByIndex")
+        self.read()  # fails here on GPUs without the counter (pre-Volta)
+
+    @staticmethod
+    def _check(code: int, what: str) -> None:
+        if code != 0:
+            raise OSError(f"{what} failed with NVML error {code}")
+
+    def read(self) -> float:
+        """Joules since the driver loaded."""
+        import ctypes
+
+        mj = ctypes.c_ulonglong()
+        self._check(self.lib.nvmlDeviceGetTotalEnergyConsumption(self.handle, ctypes.byref(mj)),
+                    "nvmlDeviceGetTotalEnergyConsumption")
+        return mj.value / 1e3
 
 
 class EnergyMeter:
@@ -104,7 +124,7 @@ class EnergyMeter:
         self.note = ""
         self._joules: float | None = None
         self._seconds = 0.0
-        self._handle: Any = None
+        self._nvml: _Nvml | None = None
         self._rapl: _Rapl | None = None
 
     def __enter__(self) -> EnergyMeter:
@@ -113,15 +133,13 @@ class EnergyMeter:
         self._joules = None
         if self.device.type == "cuda":
             try:
-                self._handle = _nvml_handle(self.device)
-                import pynvml
-
-                self._mj0 = pynvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
+                self._nvml = _Nvml(self.device)
+                self._j0 = self._nvml.read()
                 self.source = "nvml"
                 self.note = "GPU board energy from NVML (host CPU and memory not included)"
                 return self
-            except Exception:  # no pynvml, no driver support: fall through to the estimate
-                self._handle = None
+            except (OSError, AttributeError):  # no driver library or no counter: estimate
+                self._nvml = None
         else:
             try:
                 self._rapl = _Rapl()
@@ -140,11 +158,8 @@ class EnergyMeter:
 
     def __exit__(self, *exc: object) -> None:
         self._seconds = time.perf_counter() - self._t0
-        if self.source == "nvml":
-            import pynvml
-
-            mj = pynvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
-            self._joules = (mj - self._mj0) / 1e3
+        if self.source == "nvml" and self._nvml is not None:
+            self._joules = self._nvml.read() - self._j0
         elif self.source == "rapl" and self._rapl is not None:
             self._joules = self._rapl.stop()
         else:

@@ -362,4 +362,4 @@ def load_pretext_module(run_dir: str | Path) -> tuple[nn.Module, PretrainConfig]
 if __name__ == "__main__":  # `python -m pimpic.engine` / `torchrun -m pimpic.engine`
     from pimpic.cli import app
 
-    app(["pretrain", *sys.argv[1:]], prog_name="pimpic pretrain")
+    app(["pretrain", *sys.argv[1:]], prog_name="pimpic")

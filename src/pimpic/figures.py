@@ -21,7 +21,8 @@ COLORS = {"random": "#7f7f7f", "voco": "#ff7f0e", "voco-ema": "#bcbd22", "vox2ve
           "pim": "#1f77b4", "pic": "#2ca02c", "pimpic": "#d62728"}
 #: metrics.jsonl keys that are not loss values (rates, clocks, diagnostics)
 NOT_LOSSES = {"step", "lr", "patches_per_s", "elapsed_s", "epoch", "overlap_error",
-              "embedding_std", "grad_norm", "samples_per_s", "memory_gb", "gpu_mem_gb"}
+              "embedding_std", "grad_norm", "samples_per_s", "memory_gb", "gpu_mem_gb",
+              "pairs", "positives", "negatives", "scale", "ema_momentum"}
 
 
 def _plt() -> Any:
@@ -106,6 +107,8 @@ def plot_pretrain_losses(runs: dict[str, Path], path: Path) -> Path | None:
     if not curves:
         return None
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
     n = len(curves)
     cols = min(3, n)
     nrows = math.ceil(n / cols)
@@ -124,6 +127,7 @@ def plot_pretrain_losses(runs: dict[str, Path], path: Path) -> Path | None:
         if steps.max() / max(steps.min(), 1) > 100:
             ax.set_xscale("log")
         ax.set_title(f"{method_name(m)} ({len(rows)} logged steps)", color=COLORS.get(m, "k"))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("step")
         ax.set_ylabel("training loss")
         ax.grid(alpha=0.3)

@@ -251,8 +251,9 @@ def finetune(
     cache = cache if isinstance(cache, Cache) else Cache(cache)
     run_dir = Path(run_dir)
     train_ids, val_ids = _cases(cache, cfg.fraction)
-    resuming = _prepare_run_dir(run_dir, resume, overwrite)
+    # validate the encoder before touching the run folder: a refused setup leaves no trace
     model, enc_meta = build_model(cfg, cache, encoder, allow)
+    resuming = _prepare_run_dir(run_dir, resume, overwrite)
     n_train = len(cache.splits()["train"])
     print(f"fine-tuning on {len(train_ids)} of {n_train} training cases ({cfg.fraction}%), "
           f"validating on {len(val_ids)}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -34,7 +35,7 @@ def _intersection(boxes_a: Tensor, boxes_b: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def overlap_matrix(
-    boxes: Tensor, patch_size: int | Sequence[int], dtype: torch.dtype = torch.float32
+    boxes: Tensor | np.ndarray, patch_size: int | Sequence[int], dtype: torch.dtype = torch.float32
 ) -> Tensor:
     """Ground-truth overlap ``S[i, j] = |box_i ∩ box_j| / |patch|`` (METHOD.md §2).
 
@@ -57,7 +58,7 @@ def overlap_matrix(
 
 
 def intersection_pairs(
-    boxes: Tensor, overlap: Tensor, min_overlap: float = 0.01
+    boxes: Tensor | np.ndarray, overlap: Tensor, min_overlap: float = 0.01
 ) -> tuple[Tensor, Tensor]:
     """The PiC pairs of one volume and their intersection boxes in each patch's own frame.
 

@@ -90,21 +90,20 @@ def largest_component(labels: np.ndarray) -> np.ndarray:
     """Keep only the largest 26-connected component of the whole foreground (labels > 0).
 
     The released code's post-processing was a no-op; here the whole organ (organ ∪ tumour) is
-    reduced to its largest component with MONAI's ``KeepLargestConnectedComponent`` and every
-    foreground voxel outside it (a spurious blob, of organ or tumour) becomes background. The
-    tumour is thereby restricted to the kept organ, while several tumours inside it survive.
+    reduced to its largest component and every foreground voxel outside it (a spurious blob,
+    of organ or tumour) becomes background. The tumour is thereby restricted to the kept organ,
+    while several tumours inside it survive. (``scipy.ndimage.label`` rather than MONAI's
+    ``KeepLargestConnectedComponent``, which needs scikit-image, not a pimpic dependency.)
 
     ``(X, Y, Z)`` integer labels → same shape and dtype.
     """
-    from monai.transforms import KeepLargestConnectedComponent
+    from scipy import ndimage
 
-    fg = labels > 0
-    if not fg.any():
+    components, n = ndimage.label(labels > 0, structure=np.ones((3, 3, 3), bool))
+    if n <= 1:
         return labels.copy()
-    keep = KeepLargestConnectedComponent(applied_labels=[1], is_onehot=False)(
-        torch.from_numpy(fg.astype(np.uint8))[None]
-    )
-    kept = np.asarray(keep)[0].astype(bool)
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
     out = labels.copy()
-    out[~kept] = 0
+    out[components != int(sizes.argmax())] = 0
     return out

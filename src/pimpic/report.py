@@ -90,9 +90,10 @@ def read_results_csv(path: str | Path) -> list[dict[str, Any]]:
     out = []
     with open(path, newline="") as fh:
         for rec in csv.DictReader(fh):
-            row: dict[str, Any] = {"method": rec["method"], "case": rec["case"]}
+            row: dict[str, Any] = {"method": rec["method"]}
             for col in ("fraction", "n_train_cases", "seed"):
                 row[col] = int(rec[col])
+            row["case"] = rec["case"]
             for col in COLUMNS[5:]:
                 row[col] = _float(rec.get(col))
             out.append(row)
@@ -346,7 +347,9 @@ def energy_rows(exp: Path, cfg: ExperimentConfig) -> list[dict[str, Any]]:
 def _mj(j: float | None, estimate: bool) -> str:
     if j is None:
         return "—"
-    text = f"{j / 1e6:.4g} MJ ({j / 3.6e6:.3g} kWh)"
+    text = f"{j / 1e6:.3g} MJ ({j / 3.6e6:.3g} kWh)"
+    if j < 1e4:  # tiny CPU runs: joules are easier to read than 1e-05 MJ
+        text += f" = {j:.3g} J"
     return text + " *estimate*" if estimate else text
 
 

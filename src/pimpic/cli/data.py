@@ -68,11 +68,12 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Split seed."),
         splits: Path = typer.Option(None, "--splits", help="Use this split file (JSON)."),
         skip_bad: bool = typer.Option(False, "--skip-bad",
-                                      help="Skip bad cases (listed at the end) instead of stopping."),
+                                      help="Skip bad cases (listed at the end), don't stop."),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
     ) -> None:
         """Preprocess a dataset into a cache: RAS, resample, HU window, split (resumable)."""
-        from pimpic.data.preprocess import Settings, prepare as run_prepare
+        from pimpic.data.preprocess import Settings
+        from pimpic.data.preprocess import prepare as run_prepare
 
         sp = _floats(spacing, (3,), "--spacing")
         win = _floats(window, (2,), "--window")

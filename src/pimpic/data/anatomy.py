@@ -65,7 +65,8 @@ class Grid:
         self.hu = np.full(shape, -1000.0, np.float32)
         self.tissue = np.zeros(shape, np.uint8)
 
-    def box(self, lo: Sequence[float], hi: Sequence[float], margin: float = 0.08) -> Box:
+    def box(self, lo: Sequence[float] | np.ndarray, hi: Sequence[float] | np.ndarray,
+            margin: float = 0.08) -> Box:
         """Index slices covering the world box ``[lo, hi]`` (plus a margin for the warp)."""
         out = []
         for a, low, high in zip(self.axes, lo, hi, strict=True):
@@ -79,7 +80,8 @@ class Grid:
         shape = tuple(s.stop - s.start for s in sl)
         return (np.broadcast_to(u, shape), np.broadcast_to(v, shape), np.broadcast_to(t, shape))
 
-    def ellipsoid(self, c: Sequence[float], r: Sequence[float], rot: float = 0.0,
+    def ellipsoid(self, c: Sequence[float] | np.ndarray, r: Sequence[float] | np.ndarray,
+                  rot: float = 0.0,
                   rough: float = 0.05, field: int = 0) -> tuple[Box, np.ndarray]:
         """``(box, q)``: the normalised radius ``q`` (< 1 inside) of a rotated ellipsoid.
 

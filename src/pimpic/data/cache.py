@@ -41,7 +41,9 @@ class Cache:
         if not self.root.is_dir():
             raise PimpicError(f"{self.root}: cache folder does not exist (run `pimpic prepare`)")
         if not (self.root / MANIFEST).is_file():
-            raise PimpicError(f"{self.root}: not a pimpic cache (no {MANIFEST}; run `pimpic prepare`)")
+            raise PimpicError(
+                f"{self.root}: not a pimpic cache (no {MANIFEST}; run `pimpic prepare`)"
+            )
 
     @cached_property
     def manifest(self) -> dict[str, Any]:

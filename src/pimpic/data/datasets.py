@@ -81,7 +81,8 @@ def detect_layout(root: Path) -> str:
         return "kits19"
     if _nifti_files(root):
         return "folder"
-    raise PimpicError(f"{root}: empty folder — no dataset.json, case_*/imaging.nii.gz or NIfTI files")
+    raise PimpicError(f"{root}: empty folder — no dataset.json, case_*/imaging.nii.gz "
+                      "or NIfTI files")
 
 
 def _visible(path: Path) -> bool:

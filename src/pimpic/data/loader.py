@@ -54,7 +54,7 @@ def sample_rng(seed: int, rank: int, index: int) -> np.random.Generator:
     return np.random.default_rng((seed, rank, index))
 
 
-class VolumeStream(IterableDataset):  # type: ignore[type-arg]
+class VolumeStream(IterableDataset):
     """Endless stream of one-volume samples ``sampler(image, rng)`` for one rank.
 
     Args:

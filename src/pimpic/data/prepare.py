@@ -236,7 +236,8 @@ def _read_user_splits(path: str | Path) -> dict[str, Any]:
 
 
 def _write_splits(out: Path, done_ids: list[str], labelled: list[str], seed: int,
-                  user: dict[str, Any] | None, user_path: str | Path | None) -> dict[str, int] | None:
+                  user: dict[str, Any] | None,
+                  user_path: str | Path | None) -> dict[str, int] | None:
     """Write ``splits.json``: the user's split, or a seeded 70/10/20 split of the cases.
 
     Splits are made over the labelled cases when there are any (fine-tuning and evaluation need

@@ -21,8 +21,9 @@ the anchor — but two patches on opposite sides of it need not overlap each oth
 reference margin about 20 % of pairs are disjoint on a typical 1.5 mm abdominal CT grid
 (e.g. 256×256×160 with p = 64). The fraction depends on the volume: the borders clip the
 jitter, so small volumes give fewer negatives, and far from the borders it reaches
-``1 − (1 − q)³ ≈ 37 %`` with ``q = (2m − p)(2m − p + 1) / (2m)²`` per axis. Those are PiM's negatives (target 0); the
-rest have a continuum of overlaps and, above 1 %, become PiC pairs. Patches are always full
+``1 − (1 − q)³ ≈ 37 %`` with ``q = (2m − p)(2m − p + 1) / (2m)²`` per axis. The disjoint
+pairs are PiM's negatives (target 0); the rest have a continuum of overlaps and, above 1 %,
+become PiC pairs. Patches are always full
 size, so ``S[i, i] = 1``. (Both upper bounds are exclusive in the released implementation, so
 the last start position is never drawn; we keep that for numerical parity.)
 

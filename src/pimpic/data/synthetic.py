@@ -237,9 +237,7 @@ def _existing(out: Path, params: dict[str, Any]) -> bool:
             raise PimpicError(f"{out}: holds a synthetic cohort made with other arguments "
                               f"({diff}); choose another --out")
         files = [out / e[k] for e in old.get("training", []) for k in ("image", "label")]
-        if all(f.is_file() for f in files):
-            return True
-        return False
+        return all(f.is_file() for f in files)
     if out.exists() and (not out.is_dir() or
                          any(p.name not in ("imagesTr", "labelsTr") for p in out.iterdir())):
         raise PimpicError(f"{out}: exists and is not a pimpic synth dataset; choose another --out")

@@ -8,8 +8,11 @@ views of the overlap together while pushing them away from the non-overlapping p
 :func:`region_means` is the hot path: the released implementation loops over ~380 pairs × 3
 levels per step with a device sync per pair. Here one batched contraction per level does all
 pairs at once: a box is separable, ``1[d,h,w ∈ box] = m_D[d] · m_H[h] · m_W[w]``, so the overlap
-sum is two batched matrix products against per-axis interval masks, and the rest sum is the
-patch total minus the overlap sum.
+sum is one batched matrix product against the per-axis W masks followed by a masked reduction
+over (D, H), and the rest sum is the patch total minus the overlap sum. Pair-sides are laid out
+per patch in ``K ≤ N − 1`` slots, so the largest intermediate is ``(N, C·D·H, K)`` — about half
+the size of the level itself at the paper configuration — and nothing of that size is saved
+for the backward pass.
 """
 
 from __future__ import annotations
@@ -81,12 +84,13 @@ def region_means(feature: Tensor, pairs: Tensor, local: Tensor, scale: int) -> T
 
         mask_d, mask_h, mask_w = mask(0), mask(1), mask(2)
         d, h, w = grid
-        # contract W for all slots of a patch at once: (N, K, W) @ (N, W, C·D·H)
-        g = torch.matmul(mask_w, f.reshape(n, c * d * h, w).transpose(1, 2))
-        # then D and H together against the outer product of their masks: (N·K, C, DH)@(DH, 1)
-        mask_dh = (mask_d[:, :, :, None] * mask_h[:, :, None, :]).reshape(n * k, d * h, 1)
-        sums = torch.bmm(g.reshape(n * k, c, d * h), mask_dh).reshape(n, k, c)
-        overlap_sum = sums[patch, slot]  # (2P, C)
+        # contract W for all slots of a patch in one matmul, (N, C·D·H, W) @ (N, W, K); this
+        # orientation keeps f's memory layout, so the backward needs no transposed copy of f
+        g = torch.matmul(f.reshape(n, c * d * h, w), mask_w.transpose(1, 2))
+        # then D and H together against the outer product of their masks, per slot
+        mask_dh = (mask_d[:, :, :, None] * mask_h[:, :, None, :]).reshape(n, k, d * h)
+        sums = (g.reshape(n, c, d * h, k) * mask_dh.transpose(1, 2)[:, None]).sum(dim=2)
+        overlap_sum = sums[patch, :, slot]  # (2P, C)
         rest_sum = f.sum(dim=(2, 3, 4))[patch] - overlap_sum
         overlap_count = (hi - lo).prod(dim=1).to(dtype)
         rest_count = math.prod(grid) - overlap_count

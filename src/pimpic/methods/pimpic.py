@@ -88,7 +88,8 @@ class PiMPiC(nn.Module):
         if not self.use_pim:
             # PiC never reads the deep levels; a zero term keeps their parameters in the graph
             # so DDP (which expects a gradient for every parameter) needs no unused-param scan
-            loss = loss + sum(f.sum() for f in feats[PIC_LEVELS:]) * 0.0
+            for f in feats[PIC_LEVELS:]:
+                loss = loss + f.sum() * 0.0
         out["loss"] = loss
         return out
 
@@ -117,8 +118,9 @@ class PiMPiC(nn.Module):
         n_pairs = int(all_pairs.shape[0])
         if n_pairs == 0:
             # keep every PiC parameter in the graph (DDP expects all of them to get a grad)
-            zero = sum(prm.sum() for prm in self.head_g.parameters()) * 0.0
-            return zero + sum(f.sum() for f in feats) * 0.0, 0
+            zero = torch.stack([prm.sum() for prm in self.head_g.parameters()]
+                               + [f.sum() for f in feats]).sum() * 0.0
+            return zero, 0
         levels = feats[:PIC_LEVELS]
         means = torch.cat([region_means(f, all_pairs, all_local, 2**lvl)
                            for lvl, f in enumerate(levels)], dim=2)  # (P, 4, 7K)

@@ -188,8 +188,9 @@ class VoCoModule(nn.Module):
         if self.teacher is None:
             out = voco_loss(zq, zb, targets, reg_weight=self.reg_weight)
         else:
+            # the teacher sees the same crops, so its BatchNorm statistics match the student's
             with torch.no_grad():
-                tb = self.teacher(bases.flatten(0, 1)).view(v, k, -1)
+                tb = self.teacher(crops)[: v * k].view(v, k, -1)
             out = voco_loss(zq, tb, targets, reg_bases=zb, reg_weight=self.reg_weight,
                             overlap_weighted=True)
         out["embedding_std"] = embedding_std(z)

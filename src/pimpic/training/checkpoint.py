@@ -26,7 +26,7 @@ RESUMABLE = frozenset({"steps", "device", "num_workers", "log_every", "checkpoin
 
 def rng_state() -> dict[str, Any]:
     """The RNG states of this process (numpy's as tensors, so ``weights_only`` loads them)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)  # type: ignore[misc]
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, np.int64)),

@@ -1,0 +1,128 @@
+"""Table 1, statistics and figures from synthetic per-case rows (no training)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy.stats import wilcoxon
+
+from pimpic import figures, report
+
+CASES = [f"c{i}" for i in range(6)]
+
+
+def _rows(seed: int = 0) -> list[dict[str, Any]]:
+    """random < pimpic by a case-dependent margin; tumour NaN on case c0; two seeds."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for method, shift in (("random", 0.0), ("pimpic", 0.1), ("voco", 0.0)):
+        for fraction, n_train in ((10, 2), (100, 14)):
+            for s in (0, 1):
+                for i, case in enumerate(CASES):
+                    base = 0.5 + 0.05 * i + (0.2 if fraction == 100 else 0.0)
+                    organ = base + (shift + 0.01 * i if method != "random" else 0.0)
+                    if method == "voco":
+                        organ = base  # identical to random: all differences zero
+                    rows.append({
+                        "method": method, "fraction": fraction, "n_train_cases": n_train,
+                        "seed": s, "case": case, "dice_organ": organ + 0.01 * s,
+                        "dice_tumour": math.nan if i == 0 else 0.3 + rng.uniform(0, 0.2),
+                        "dice_whole": organ, "hd95_organ": 3.0, "hd95_tumour": 5.0,
+                        "hd95_whole": 3.0})
+    return rows
+
+
+def test_table_layout_best_and_nan() -> None:
+    rows = _rows()
+    table = report.format_table(rows, ["random", "pimpic", "voco"], [10, 100])
+    lines = table.splitlines()
+    assert lines[0] == "| Method / labels | 10 % (n=2) | 100 % (n=14) |"
+    assert "| **Organ** |" in table and "| **Tumour** |" in table
+    assert "| **Whole organ** |" in table
+    organ_pimpic = next(ln for ln in lines if ln.startswith("| PiMPiC"))
+    # seed-averaged per-case organ Dice of PiMPiC at 10 %: mean and sample SD over cases
+    vals = np.array([0.5 + 0.05 * i + 0.1 + 0.01 * i + 0.005 for i in range(6)]) * 100
+    assert f"**{vals.mean():.1f} ± {vals.std(ddof=1):.1f}**" in organ_pimpic
+    organ_random = next(ln for ln in lines if ln.startswith("| Random + Aug"))
+    assert "**" not in organ_random
+    # tumour: case c0 is NaN for both seeds → 2 excluded case-runs per cell, reported
+    tumour_block = lines[lines.index(next(ln for ln in lines if "**Tumour**" in ln)):]
+    assert "(2 NaN)" in tumour_block[1]
+    s = report.summarise(rows, "random", 10, "tumour")
+    assert s["n"] == 5 and s["n_excluded"] == 2
+    assert "12 in all" in table  # 3 methods × 2 fractions, 2 NaN case-runs each
+
+
+def test_wilcoxon_matches_scipy() -> None:
+    rows = _rows()
+    tests = report.wilcoxon_tests(rows, "random", ["random", "pimpic", "voco"], [10, 100])
+    assert len(tests) == 3 * 2 * 2  # structures × fractions × non-baseline methods
+    t = next(x for x in tests if x["method"] == "pimpic" and x["fraction"] == 10
+             and x["structure"] == "tumour")
+    a, _ = report.per_case(rows, "pimpic", 10, "tumour")
+    b, _ = report.per_case(rows, "random", 10, "tumour")
+    common = sorted(set(a) & set(b))
+    ref = wilcoxon([a[c] * 100 for c in common], [b[c] * 100 for c in common])
+    assert t["n"] == 5 and t["p"] == pytest.approx(ref.pvalue)
+    assert t["mean_diff"] == pytest.approx(np.mean([a[c] - b[c] for c in common]) * 100)
+    t = next(x for x in tests if x["method"] == "pimpic" and x["fraction"] == 100
+             and x["structure"] == "organ")
+    a, _ = report.per_case(rows, "pimpic", 100, "organ")
+    b, _ = report.per_case(rows, "random", 100, "organ")
+    ref = wilcoxon([a[c] * 100 for c in CASES], [b[c] * 100 for c in CASES])
+    assert t["p"] == pytest.approx(ref.pvalue) and t["mean_diff"] > 0
+    zero = next(x for x in tests if x["method"] == "voco" and x["structure"] == "whole")
+    assert math.isnan(zero["p"]) and zero["reason"] == "all differences are zero"
+    assert all(x["p_holm"] >= x["p"] for x in tests if not math.isnan(x["p"]))
+    text = report.format_stats(tests)
+    assert "n/a (all differences are zero)" in text and "| Organ | 100 % | PiMPiC | 6 |" in text
+
+
+def test_wilcoxon_too_few_cases() -> None:
+    rows = [r for r in _rows() if r["case"] in ("c1",)]
+    tests = report.wilcoxon_tests(rows, "random", ["random", "pimpic"], [10])
+    assert all(t["reason"] == "fewer than 2 paired cases" for t in tests)
+    tests = report.wilcoxon_tests([r for r in _rows() if r["method"] != "random"], "random",
+                                  ["random", "pimpic"], [10])
+    assert all(t["reason"] == "no Random + Aug results" for t in tests)
+
+
+def test_results_csv_roundtrip(tmp_path: Path) -> None:
+    rows = _rows()
+    report.write_results_csv(rows, tmp_path / "results.csv")
+    back = report.read_results_csv(tmp_path / "results.csv")
+    assert len(back) == len(rows) and list(back[0]) == list(report.COLUMNS)
+    assert back[0]["fraction"] == 10 and math.isnan(back[0]["dice_tumour"])
+    assert report.format_table(back) == report.format_table(rows)
+
+
+def _is_png(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 1000 and \
+        path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_figures_are_pngs(tmp_path: Path) -> None:
+    rows = _rows()
+    p = figures.plot_dice_vs_fraction(rows, ["random", "pimpic", "voco"], [10, 100],
+                                      tmp_path / "dice.png")
+    assert _is_png(p)
+    run = tmp_path / "pretrain" / "pimpic"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("".join(
+        f'{{"step": {s}, "loss": {1 / s}, "pim": {0.5 / s}, "pic": {0.5 / s}, "lr": 1e-5, '
+        f'"pairs": 6}}\n' for s in range(1, 300)))
+    assert _is_png(figures.plot_pretrain_losses({"pimpic": run, "pim": tmp_path / "x"},
+                                                tmp_path / "loss.png"))
+    assert figures.plot_pretrain_losses({"pim": tmp_path / "x"}, tmp_path / "none.png") is None
+    label = np.zeros((24, 24, 12), np.uint8)
+    label[6:16, 8:18, 3:9] = 1
+    label[9:12, 10:13, 4:7] = 2
+    image = np.random.default_rng(0).uniform(0, 1, label.shape).astype(np.float32)
+    pred = np.roll(label, 2, axis=0)
+    assert _is_png(figures.plot_overlays(image, label, {"random": pred, "pimpic": label},
+                                         {"random": (0.7, math.nan), "pimpic": (1.0, 1.0)},
+                                         tmp_path / "ov.png", "case c0"))
