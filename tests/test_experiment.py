@@ -217,7 +217,7 @@ def test_end_to_end_real_stages(make_cache: Any, tmp_path: Path) -> None:
                                 log_every=1, checkpoint_every=100),
         pretrain_overrides={"voco": {"voco": {"proj_dim": 16, "grid": [2, 2]}},
                             "vox2vec": {"vox2vec": {"num_voxels": 16}}},
-        finetune=FinetuneConfig(width=2, depth=3, patch_size=16, max_epochs=2,
+        finetune=FinetuneConfig(width=2, depth=3, patch_size=16, max_epochs=1,
                                 steps_per_epoch=1, batch_size=1, samples_per_volume=1,
                                 device="cpu", amp=False, num_workers=0, sw_batch_size=2),
     )

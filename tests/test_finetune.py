@@ -18,7 +18,7 @@ from pimpic.io import read_json, read_jsonl
 from pimpic.models.export import save_encoder
 from pimpic.models.unet import Encoder
 
-TINY = FinetuneConfig(width=2, depth=3, patch_size=16, batch_size=2, samples_per_volume=2,
+TINY = FinetuneConfig(width=2, depth=3, patch_size=16, batch_size=1, samples_per_volume=2,
                       num_workers=0, log_every=1, lr=1e-2)
 
 
@@ -29,7 +29,8 @@ def _losses(run):
 @pytest.mark.slow
 def test_training_loss_falls(make_cache, tmp_path):
     cache = make_cache(n_cases=8, shape=(32, 32, 32))
-    cfg = dataclasses.replace(TINY, augment=False, steps_per_epoch=24, max_epochs=1)
+    cfg = dataclasses.replace(TINY, augment=False, batch_size=2, steps_per_epoch=24,
+                              max_epochs=1)
     run = finetune(cache, tmp_path / "run", cfg, progress=False, tensorboard=False)
     losses = _losses(run)
     assert len(losses) == 24
@@ -43,7 +44,7 @@ def test_training_loss_falls(make_cache, tmp_path):
 
 
 def test_resume_is_bit_for_bit(make_cache, tmp_path):
-    cache = make_cache(n_cases=5, shape=(24, 24, 24))
+    cache = make_cache(n_cases=5, shape=(16, 16, 16))
     # the cosine horizon is max_steps, so stopping at 1 epoch and resuming changes only the cap
     cfg = dataclasses.replace(TINY, steps_per_epoch=2, max_epochs=2, max_steps=4,
                               lr_schedule="cosine")
@@ -83,7 +84,11 @@ def test_pretrained_encoder_is_loaded_and_recorded(make_cache, tmp_path):
     with pytest.raises(PimpicError, match="patch_size: encoder has 16"):
         finetune(cache, tmp_path / "r2", bad, encoder=path, progress=False)
     assert not (tmp_path / "r2").exists()
-    finetune(cache, tmp_path / "r3", bad, encoder=path, allow=["patch_size"], progress=False,
+    other = tmp_path / "other.safetensors"
+    save_encoder(other, enc, {"patch_size": 16, "spacing": [1.0] * 3, "window": [-200, 400]})
+    with pytest.raises(PimpicError, match="spacing"):
+        finetune(cache, tmp_path / "r3", cfg, encoder=other, progress=False)
+    finetune(cache, tmp_path / "r3", cfg, encoder=other, allow=["spacing"], progress=False,
              tensorboard=False)
 
 

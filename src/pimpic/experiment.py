@@ -193,8 +193,10 @@ def plan_stages(cfg: ExperimentConfig, exp: Path, *, progress: bool = True) -> l
         def run_pre(rd: Path = rd, pcfg: PretrainConfig = pcfg) -> None:
             _pretrain(cache, rd, pcfg, progress=progress, **_resume_flags(rd))
 
-        stages.append(Stage(f"pretrain {method}", "pretrain", rd,
-                            lambda rd=rd: (rd / "encoder.safetensors").is_file(), run_pre))
+        def pre_done(rd: Path = rd) -> bool:
+            return (rd / "encoder.safetensors").is_file()
+
+        stages.append(Stage(f"pretrain {method}", "pretrain", rd, pre_done, run_pre))
     for method in cfg.methods:
         encoder = None if method == "random" else pretrain_dir(exp, method) / "encoder.safetensors"
         for fraction in cfg.fractions:
@@ -210,10 +212,11 @@ def plan_stages(cfg: ExperimentConfig, exp: Path, *, progress: bool = True) -> l
                     _evaluate(rd, split=cfg.split, cache=cache, lcc=cfg.lcc, progress=progress,
                               save_predictions=True)
 
-                stages.append(Stage(
-                    f"finetune {method} {fraction}% seed {seed}", "finetune", rd,
-                    lambda rd=rd: (eval_dir(rd, cfg.split) / "summary.json").is_file(),
-                    run_cell))
+                def cell_done(rd: Path = rd) -> bool:
+                    return (eval_dir(rd, cfg.split) / "summary.json").is_file()
+
+                stages.append(Stage(f"finetune {method} {fraction}% seed {seed}", "finetune",
+                                    rd, cell_done, run_cell))
     return stages
 
 

@@ -115,9 +115,10 @@ def plot_pretrain_losses(runs: dict[str, Path], path: Path) -> Path | None:
     fig, axes = plt.subplots(nrows, cols, figsize=(4.8 * cols, 3.6 * nrows), squeeze=False)
     for ax, (m, rows) in zip(axes.flat, curves.items(), strict=False):
         steps = np.array([r["step"] for r in rows], dtype=float)
-        keys = ["loss"] + sorted({k for r in rows for k, v in r.items()
-                                  if k not in NOT_LOSSES and k != "loss"
-                                  and isinstance(v, (int, float)) and not isinstance(v, bool)})
+        parts = sorted({k for r in rows for k, v in r.items()
+                        if k not in NOT_LOSSES and k != "loss"
+                        and isinstance(v, (int, float)) and not isinstance(v, bool)})
+        keys = ["loss", *parts]
         for key in keys:
             y = np.array([float(r.get(key, math.nan)) for r in rows])
             if not np.isfinite(y).any():

@@ -31,8 +31,8 @@ def _embedder(module: nn.Module) -> tuple[Any, str]:
     """``fn(patches (B, 1, p, p, p)) -> (B, d)`` unit embeddings, and what they are."""
     from pimpic.losses import pim_descriptor
 
-    encoder = module.encoder  # type: ignore[union-attr]
-    head = getattr(module, "head_f", None)
+    encoder: nn.Module = module.encoder  # type: ignore[assignment]
+    head: nn.Module | None = getattr(module, "head_f", None)
     if head is not None:
         return (lambda x: head(pim_descriptor(encoder(x)))), "PiM embedding (head f)"
 
@@ -134,8 +134,9 @@ def embedding_figures(
     pca = _pca2(emb)
 
     rng = np.random.default_rng(seed)
-    pred, true = [], []
-    while sum(len(v) for v in pred) < n_pairs:
+    pred: list[np.ndarray] = []
+    true: list[np.ndarray] = []
+    while sum(int(v.size) for v in pred) < n_pairs:
         # ≥ 16 patches per draw: more pairs per forward pass, same overlap distribution
         bx = reference_boxes(image.shape, p, max(cfg.patches, 16), rng,
                              margin=cfg.sampler.overlap_margin)
@@ -204,7 +205,8 @@ def _plot_similarity(image: np.ndarray, sim: np.ndarray, axes: list[np.ndarray],
         ax.set_title(f"{name} slice through the reference")
         ax.set_xlabel("xyz"[h] + " (voxels)")
         ax.set_ylabel("xyz"[v] + " (voxels)")
-    fig.colorbar(im, ax=axs[:3], shrink=0.8, label="cosine similarity to the reference patch\n(one cell per patch centre)")
+    fig.colorbar(im, ax=axs[:3], shrink=0.8,
+                 label="cosine similarity to the reference patch\n(one cell per patch centre)")
     sc = axs[3].scatter(pca[:, 0], pca[:, 1], c=dist, cmap="viridis", s=14)
     r = int(np.argmin(dist))
     axs[3].scatter(pca[r, 0], pca[r, 1], marker="*", s=220, c="red", ec="k", label="reference")

@@ -18,7 +18,7 @@ def register(app: typer.Typer, visualize_app: typer.Typer) -> None:
         config: Path = typer.Argument(..., help="Experiment YAML (see examples/)."),
         out: Path = typer.Option(..., "--out", help="Experiment folder (rerun to resume)."),
         set_: list[str] = typer.Option([], "--set", help="Override a key, e.g. "
-                                       "pretrain.steps=100 or methods=[random,pimpic]."),
+                                       "pretrain.steps=100 or methods=random,pimpic."),
         progress: bool = typer.Option(True, "--progress/--no-progress",
                                       help="Show per-stage progress bars."),
     ) -> None:
