@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from pimpic.cli import app
@@ -16,7 +15,6 @@ TINY = ["--set", "width=2", "--set", "depth=3", "--set", "patch_size=16", "--set
         "--set", "checkpoint_every=1", "--no-progress"]
 
 
-@pytest.mark.slow
 def test_pretrain_cli_runs_refuses_and_resumes(make_cache, tmp_path: Path) -> None:
     runner = CliRunner()
     cache = make_cache(n_cases=4, shape=(20, 20, 18), labelled=False)
@@ -63,7 +61,6 @@ def test_bench_loader_prints_one_json_line(make_cache) -> None:
     assert out["patches_per_s"] > 0 and out["batch_shape"] == [1, 4, 1, 16, 16, 16]
 
 
-@pytest.mark.slow
 def test_bench_pretrain_step_prints_one_json_line() -> None:
     import json
 

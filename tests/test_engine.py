@@ -93,7 +93,6 @@ def test_bad_inputs(make_cache, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.slow
 def test_resume_is_bit_for_bit(make_cache, monkeypatch: pytest.MonkeyPatch,
                                tmp_path: Path) -> None:
     dummy.install(monkeypatch)

@@ -67,7 +67,7 @@ def test_refuses_seen_cases(make_cache, tmp_path):
     run2 = make_run(tmp_path / "run2", cache, pretrain_cases=c.splits()["test"][:1])
     with pytest.raises(PimpicError, match=f"pretraining pool.*{c.splits()['test'][0]}"):
         evaluate(run2, split="test", progress=False)
-    with pytest.raises(PimpicError, match="no model.safetensors"):
+    with pytest.raises(PimpicError, match=r"no model\.safetensors"):
         evaluate(tmp_path, progress=False)
 
 

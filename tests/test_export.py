@@ -76,7 +76,7 @@ def test_corrupt_and_foreign_files_raise(tmp_path, exported):
 
 
 def test_missing_tensor_key_is_an_error(tmp_path, exported):
-    enc, path = exported
+    enc, _ = exported
     state = {k: v for k, v in enc.state_dict().items() if not k.startswith("blocks.2.")}
     header = {"format": "pimpic-encoder",
               "pimpic": json.dumps({"architecture": enc.architecture(), **META})}

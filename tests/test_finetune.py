@@ -103,7 +103,7 @@ def test_bad_input(make_cache, tmp_path, capsys):
         finetune(cache, run, cfg, progress=False)
     finetune(cache, run, cfg, overwrite=True, progress=False, tensorboard=False)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(PimpicError, match="no model.safetensors"):
+    with pytest.raises(PimpicError, match=r"no model\.safetensors"):
         load_model(tmp_path / "empty")
     with pytest.raises(PimpicError, match="does not exist"):
         load_model(tmp_path / "nowhere")

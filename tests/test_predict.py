@@ -84,7 +84,7 @@ def test_folder_input_and_bad_input(tmp_path, run):
         predict([two], run, tmp_path / "o2", progress=False)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(PimpicError, match="no .nii"):
+    with pytest.raises(PimpicError, match=r"no \.nii"):
         predict([empty], run, tmp_path / "o3", progress=False)
     with pytest.raises(PimpicError, match="no such file"):
         predict([tmp_path / "missing.nii.gz"], run, tmp_path / "o4", progress=False)

@@ -1,4 +1,7 @@
-"""Whole-volume inference shared by validation, evaluation and prediction.
+"""The fine-tuned model file and whole-volume inference (validation, evaluation, prediction).
+
+``model.safetensors`` holds the ``SegmentationNet`` state dict with JSON metadata in the header
+(``architecture``, ``num_classes``, ``patch_size``, preprocessing ``settings``, ...).
 
 Sliding-window inference (MONAI) with windows of the training patch size, 50 % overlap and
 Gaussian blending (METHOD.md §6), argmax, and an optional largest-connected-component step.
@@ -7,10 +10,70 @@ Gaussian blending (METHOD.md §6), argmax, and an optional largest-connected-com
 from __future__ import annotations
 
 import contextlib
+import json
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from pimpic.errors import PimpicError
+from pimpic.io import atomic_path, read_json
+from pimpic.models.unet import Encoder, SegmentationNet
+
+MODEL_FORMAT = "pimpic-segmentation"
+
+
+def save_model(path: str | Path, model: SegmentationNet, meta: dict[str, Any]) -> None:
+    """Write the network's ``state_dict`` as safetensors with JSON metadata, atomically."""
+    from safetensors.torch import save_file
+
+    from pimpic import __version__
+
+    full = {"architecture": model.encoder.architecture(), "num_classes": model.num_classes,
+            "pimpic_version": __version__, **meta}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": MODEL_FORMAT, "pimpic": json.dumps(full)})
+
+
+def load_model(run_dir: str | Path) -> tuple[SegmentationNet, dict[str, Any]]:
+    """The best fine-tuned network of ``run_dir`` (eval mode, CPU) and its run information.
+
+    ``run_info`` is ``run.json`` (cache, cases, encoder metadata, ...) completed with the model
+    file's metadata (``architecture``, ``num_classes``, ``patch_size``, ``settings``).
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PimpicError(f"{run_dir}: run folder does not exist")
+    path = run_dir / "model.safetensors"
+    if not path.is_file():
+        raise PimpicError(f"{run_dir}: no model.safetensors — not a fine-tuning run, or it has "
+                          "not finished its first epoch (`pimpic finetune ... --resume`)")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+        meta = json.loads(header["pimpic"]) if header.get("format") == MODEL_FORMAT else None
+        state = load_file(str(path))
+    except Exception as err:
+        raise PimpicError(f"{path}: corrupt model file ({err})") from None
+    if meta is None:
+        raise PimpicError(f"{path}: not a pimpic segmentation model")
+    arch = meta["architecture"]
+    model = SegmentationNet(Encoder(int(arch["in_channels"]), int(arch["width"]),
+                                    int(arch["depth"])), int(meta["num_classes"]))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise PimpicError(f"{path}: weights do not fit the architecture ({err})") from None
+    info = dict(read_json(run_dir / "run.json")) if (run_dir / "run.json").is_file() else {}
+    for key, value in meta.items():
+        info.setdefault(key, value)
+    return model.eval(), info
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -6,7 +6,8 @@ answers instantly. Commands are registered by small per-stage modules:
 * :mod:`pimpic.cli.data`       — ``synth``, ``prepare``
 * :mod:`pimpic.cli.pretrain`   — ``pretrain``, ``bench pretrain-step``, ``bench loader``
 * :mod:`pimpic.cli.finetune`   — ``finetune``, ``evaluate``, ``predict``
-* :mod:`pimpic.cli.experiment` — ``experiment``, ``visualize embeddings``, ``demo``
+* :mod:`pimpic.cli.experiment` — ``experiment``, ``visualize embeddings``
+* :mod:`pimpic.cli.demo`       — ``demo``
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import typer
 
 from pimpic import __version__
-from pimpic.cli import data, experiment, finetune, pretrain
+from pimpic.cli import data, demo, experiment, finetune, pretrain
 
 app = typer.Typer(
     name="pimpic",
@@ -49,6 +50,7 @@ data.register(app)
 pretrain.register(app, bench_app)
 finetune.register(app)
 experiment.register(app, visualize_app)
+demo.register(app)
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
             [], "--set", help="Override a config key: key=value (repeatable)."),
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run."),
-        no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
     ) -> None:
         """Fine-tune a segmentation network (pretrained or random encoder + new decoder)."""
         from pimpic.config import FinetuneConfig, build_config
@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
         # explicit flags win over the YAML file and --set
         cfg = build_config(FinetuneConfig, config, [*set_, *flags])
         run = finetune(cache, out, cfg, encoder=encoder, allow=allow, resume=resume,
-                       overwrite=overwrite, progress=not no_progress)
+                       overwrite=overwrite, progress=progress)
         typer.echo(f"model: {run / 'model.safetensors'}")
 
     @app.command("evaluate")
@@ -56,13 +56,13 @@ def register(app: typer.Typer) -> None:
         original_space: bool = typer.Option(
             False, "--original-space", help="Metrics on the original image grid."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
-        no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
     ) -> None:
         """Dice and HD95 per structure on held-out cases; writes RUN/eval-<split>/."""
         from pimpic.evaluate import evaluate
 
         evaluate(run, split=split, cache=cache, lcc=lcc, original_space=original_space,
-                 device=device, progress=not no_progress)
+                 device=device, progress=progress)
 
     @app.command("predict")
     @friendly_errors
@@ -72,10 +72,10 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="Output folder for <name>_seg.nii.gz."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Write into an existing folder."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
-        no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
     ) -> None:
         """Segment new scans; masks have the input's shape and affine."""
         from pimpic.predict import predict
 
         predict(images, model, out, overwrite=overwrite, device=device,
-                progress=not no_progress)
+                progress=progress)

@@ -126,7 +126,7 @@ def make_loader(
     stream: VolumeStream,
     num_workers: int = 2,
     pin_memory: bool = False,
-    prefetch_factor: int = 4,
+    prefetch_factor: int = 2,
 ) -> DataLoader[Any]:
     """Batches of ``stream.volumes`` samples: each array gains a leading ``(V, ...)`` axis."""
     kwargs: dict[str, Any] = {}
