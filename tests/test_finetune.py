@@ -124,3 +124,16 @@ def test_augmented_crops_have_patch_shape_and_valid_labels(make_cache):
     for item in out:
         assert item["image"].shape == item["label"].shape == (1, 16, 16, 16)
         assert set(torch.unique(item["label"]).tolist()) <= {0, 1, 2}
+
+
+def test_frozen_encoder_and_dicece(make_cache, tmp_path):
+    cache = make_cache(n_cases=5, shape=(16, 16, 16))
+    cfg = dataclasses.replace(TINY, loss="dicece", freeze_encoder_epochs=1, max_steps=2,
+                              val_criterion="dice_loss")
+    torch.manual_seed(cfg.seed)
+    init = Encoder(1, cfg.width, cfg.depth).state_dict()  # build_model seeds identically
+    run = finetune(cache, tmp_path / "run", cfg, progress=False, tensorboard=False)
+    state = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
+    for k, v in init.items():
+        assert torch.equal(state[f"encoder.{k}"], v), k
+    assert read_json(run / "run.json")["best_score"] > 0  # a Dice loss, lower is better

@@ -80,7 +80,10 @@ def test_sampler_crops_equal_image_and_is_deterministic() -> None:
     image = np.random.default_rng(0).random((30, 34, 40)).astype(np.float16)
     sampler = OverlapPatchSampler(16, 8, SamplerConfig())
     out = sampler(image, np.random.default_rng(5))
-    assert out["patches"].shape == (8, 1, 16, 16, 16) and out["patches"].dtype == np.float32
+    # a float16 cache stays float16 (the engine casts on the device); augmentation needs float32
+    assert out["patches"].shape == (8, 1, 16, 16, 16) and out["patches"].dtype == np.float16
+    aug = OverlapPatchSampler(16, 8, SamplerConfig(intensity_aug=True))
+    assert aug(image, np.random.default_rng(5))["patches"].dtype == np.float32
     assert out["boxes"].shape == (8, 2, 3) and out["boxes"].dtype == np.int64
     for patch, b in zip(out["patches"], out["boxes"], strict=True):
         expected = image[b[0, 0]:b[1, 0], b[0, 1]:b[1, 1], b[0, 2]:b[1, 2]].astype(np.float32)

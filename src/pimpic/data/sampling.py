@@ -120,8 +120,9 @@ def reference_boxes(
     return np.stack([starts, starts + patch_size], axis=1).astype(np.int64)
 
 
-def crop(image: np.ndarray, box: np.ndarray, pad_value: float = 0.0) -> np.ndarray:
-    """``image[box]`` as float32, reading only the voxels inside the volume.
+def crop(image: np.ndarray, box: np.ndarray, pad_value: float = 0.0,
+         dtype: Any = np.float32) -> np.ndarray:
+    """``image[box]`` as ``dtype``, reading only the voxels inside the volume.
 
     Args:
         image: ``(X, Y, Z)`` array (a memmap is read lazily).
@@ -129,7 +130,9 @@ def crop(image: np.ndarray, box: np.ndarray, pad_value: float = 0.0) -> np.ndarr
             volume (negative starts, ends beyond the shape) are filled with ``pad_value``.
 
     Returns:
-        ``(end − start)`` float32 array.
+        ``(end − start)`` array of ``dtype`` (float32 by default; the sampler passes the
+        cache's float16 through, since the float16→float32 conversion dominates patch reading
+        on a CPU and the engine converts whole batches on the device instead).
     """
     box = np.asarray(box, dtype=np.int64)
     start, end = box[0], box[1]
@@ -139,8 +142,8 @@ def crop(image: np.ndarray, box: np.ndarray, pad_value: float = 0.0) -> np.ndarr
     inner = image[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
     size = tuple(int(s) for s in end - start)
     if tuple(int(s) for s in hi - lo) == size:
-        return np.asarray(inner, dtype=np.float32)
-    out = np.full(size, pad_value, dtype=np.float32)
+        return np.asarray(inner, dtype=dtype)
+    out = np.full(size, pad_value, dtype=dtype)
     o = lo - start
     out[o[0]:o[0] + inner.shape[0], o[1]:o[1] + inner.shape[1], o[2]:o[2] + inner.shape[2]] = inner
     return out
@@ -148,7 +151,10 @@ def crop(image: np.ndarray, box: np.ndarray, pad_value: float = 0.0) -> np.ndarr
 
 @dataclass
 class OverlapPatchSampler:
-    """``sampler(image, rng) -> {"patches": (N, 1, p, p, p) float32, "boxes": (N, 2, 3) int64}``.
+    """``sampler(image, rng) -> {"patches": (N, 1, p, p, p), "boxes": (N, 2, 3) int64}``.
+
+    Patches are float32, or float16 when the cache stores float16 and no intensity augmentation
+    is asked for (the engine casts batches to float32 on the device).
 
     Args:
         patch_size: cubic patch edge ``p`` (voxels).
@@ -179,9 +185,11 @@ class OverlapPatchSampler:
         anchor = self._foreground_anchor(image, offset, padded, rng)
         boxes = reference_boxes(tuple(padded), p, self.num_patches, rng,
                                 margin=self.cfg.overlap_margin, anchor=anchor)
-        patches = np.empty((self.num_patches, 1, p, p, p), dtype=np.float32)
+        keep16 = image.dtype == np.float16 and not self.cfg.intensity_aug
+        dtype = np.float16 if keep16 else np.float32
+        patches = np.empty((self.num_patches, 1, p, p, p), dtype=dtype)
         for k, box in enumerate(boxes):
-            patches[k, 0] = crop(image, box - offset, self.cfg.pad_value)
+            patches[k, 0] = crop(image, box - offset, self.cfg.pad_value, dtype)
         if self.cfg.intensity_aug:
             self._augment(patches, rng)
         return {"patches": patches, "boxes": boxes}

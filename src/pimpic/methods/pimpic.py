@@ -118,8 +118,8 @@ class PiMPiC(nn.Module):
         n_pairs = int(all_pairs.shape[0])
         if n_pairs == 0:
             # keep every PiC parameter in the graph (DDP expects all of them to get a grad)
-            zero = torch.stack([prm.sum() for prm in self.head_g.parameters()]
-                               + [f.sum() for f in feats]).sum() * 0.0
+            zero = torch.stack([t.sum().float() for t in [*self.head_g.parameters(), *feats]])
+            zero = zero.sum() * 0.0
             return zero, 0
         levels = feats[:PIC_LEVELS]
         means = torch.cat([region_means(f, all_pairs, all_local, 2**lvl)
