@@ -14,7 +14,9 @@ from pimpic.io import write_json
 torch.set_num_threads(2)
 
 
-def _phantom(shape: tuple[int, int, int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _phantom(
+    shape: tuple[int, int, int], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """A bright ellipsoid 'organ' (label 1) holding a darker 'tumour' (label 2) in soft tissue."""
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1)
     centre = np.array(shape) * rng.uniform(0.35, 0.65, 3)

@@ -23,7 +23,7 @@ T = TypeVar("T")
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A plain, YAML-able dict of a (nested) config dataclass; tuples become lists."""
     out = dataclasses.asdict(cfg)
-    return _untuple(out)  # type: ignore[no-any-return]
+    return _untuple(out)
 
 
 def _untuple(obj: Any) -> Any:

@@ -226,8 +226,11 @@ def finetune(
             write_json(run_dir / "env.json", collect(resolve_device(cfg.device)))
         except ImportError:
             pass
-    return _train(model, cache, run_dir, cfg, info, train_ids, val_ids, resuming=resuming,
-                  progress=progress, tensorboard=tensorboard)
+    from pimpic.inference import flush_denormals, resolve_device
+
+    with flush_denormals(resolve_device(cfg.device)):
+        return _train(model, cache, run_dir, cfg, info, train_ids, val_ids, resuming=resuming,
+                      progress=progress, tensorboard=tensorboard)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

