@@ -211,7 +211,7 @@ def test_end_to_end_real_stages(make_cache: Any, tmp_path: Path) -> None:
     cache = make_cache(n_cases=10, shape=(32, 32, 32))
     cfg = ExperimentConfig(
         cache=str(cache), methods=("random", "pim", "pic", "pimpic", "voco", "vox2vec"),
-        fractions=(50, 100), seeds=(0,),
+        fractions=(100,), seeds=(0,),
         pretrain=PretrainConfig(width=2, depth=3, patch_size=16, patches=4, steps=3,
                                 proj_dim=8, device="cpu", amp=False, num_workers=0,
                                 log_every=1, checkpoint_every=100),
@@ -224,6 +224,6 @@ def test_end_to_end_real_stages(make_cache: Any, tmp_path: Path) -> None:
     exp = run_experiment(cfg, tmp_path / "exp", progress=False, on_stage=None)
     with open(exp / "results.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 6 * 2 * len(Cache(cache).splits()["test"])
+    assert len(rows) == 6 * len(Cache(cache).splits()["test"])
     assert (exp / "figures" / "overlays.png").stat().st_size > 0
     assert "PiMPiC" in (exp / "table.md").read_text()

@@ -266,6 +266,10 @@ def format_stats(tests: Sequence[dict[str, Any]], baseline: str = "random") -> s
     return "\n".join(lines) + "\n"
 
 
+#: embedding figures included in the report when present in ``EXP/figures``
+EXTRA_FIGURES = ("embedding_similarity", "overlap_check")
+
+
 def write_all(exp: str | Path, cfg: ExperimentConfig) -> dict[str, Path]:
     """Write results.csv, table.md, stats.md, the figures and report.md into ``exp``."""
     from pimpic.figures import write_figures
@@ -283,6 +287,10 @@ def write_all(exp: str | Path, cfg: ExperimentConfig) -> dict[str, Path]:
     with atomic_open(exp / "stats.md") as fh:
         fh.write(stats)
     figures = write_figures(exp, cfg, rows)
+    # figures made outside the grid (`pimpic visualize embeddings --out EXP/figures`, the demo)
+    for key in EXTRA_FIGURES:
+        if (exp / "figures" / f"{key}.png").is_file():
+            figures[key] = exp / "figures" / f"{key}.png"
     report = write_report_md(exp, cfg, rows, table, stats, figures)
     return {"results": exp / "results.csv", "table": exp / "table.md", "stats": exp / "stats.md",
             "report": report, **figures}
@@ -416,6 +424,10 @@ def write_report_md(exp: Path, cfg: ExperimentConfig, rows: Sequence[dict[str, A
         "dice_vs_fraction": "Dice vs label fraction (mean ± SD over test cases)",
         "pretrain_loss": "Pretraining loss curves (paper Fig. 3E; training loss)",
         "overlays": "Segmentations on one test case (paper Fig. 2)",
+        "embedding_similarity": "PiM embedding of a reference patch against every patch of a "
+                                "test volume, and a PCA of the embeddings (paper Fig. 3 A–D)",
+        "overlap_check": "Predicted overlap (cosine of PiM embeddings) against the true overlap "
+                         "S — the label-free check that PiM learned its target",
     }
     parts = [f"# Experiment report: `{exp.name}`", "", "## Data", "", _data_md(cfg, rows),
              "## Dice (paper Table 1 layout)", "", table,
