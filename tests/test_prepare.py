@@ -10,7 +10,8 @@ import pytest
 
 from _nifti import folder_tree, kits_tree, msd_tree
 from pimpic.data.cache import Cache
-from pimpic.data.preprocess import Settings, prepare
+from pimpic.data.prepare import prepare
+from pimpic.data.preprocess import Settings
 from pimpic.errors import PimpicError
 
 META_KEYS = {"id", "shape", "spacing", "affine", "original_affine", "original_shape",

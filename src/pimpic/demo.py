@@ -104,7 +104,8 @@ def run_demo(
     """Run (or resume) the demo in ``out``; returns the experiment folder with the report."""
     import torch
 
-    from pimpic.data.preprocess import Settings, prepare
+    from pimpic.data.prepare import prepare
+    from pimpic.data.preprocess import Settings
     from pimpic.data.synthetic import generate_cohort
     from pimpic.experiment import run_experiment
     from pimpic.report import write_all

@@ -72,8 +72,8 @@ def register(app: typer.Typer) -> None:
         progress: bool = typer.Option(True, "--progress/--no-progress"),
     ) -> None:
         """Preprocess a dataset into a cache: RAS, resample, HU window, split (resumable)."""
+        from pimpic.data.prepare import prepare as run_prepare
         from pimpic.data.preprocess import Settings
-        from pimpic.data.preprocess import prepare as run_prepare
 
         sp = _floats(spacing, (3,), "--spacing")
         win = _floats(window, (2,), "--window")

@@ -255,20 +255,3 @@ def to_original_grid(mask: np.ndarray, meta: Mapping[str, Any]) -> np.ndarray:
         out[:, :, k] = vals.reshape(shape[0], shape[1])
     return out
 
-
-def prepare(
-    src: str | Path,
-    out: str | Path,
-    settings: Settings = Settings(),
-    layout: str | None = None,
-    workers: int = 2,
-    skip_bad: bool = False,
-    seed: int = 0,
-    splits_file: str | Path | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Preprocess dataset ``src`` into cache ``out``; see :func:`pimpic.data.prepare.prepare`."""
-    from pimpic.data.prepare import prepare as _prepare
-
-    return _prepare(src, out, settings=settings, layout=layout, workers=workers,
-                    skip_bad=skip_bad, seed=seed, splits_file=splits_file, progress=progress)
