@@ -72,7 +72,8 @@ def plot_dice_vs_fraction(rows: Sequence[dict[str, Any]], methods: Sequence[str]
         ax.minorticks_off()
         ax.set_title(STRUCTURE_NAMES[structure])
         ax.set_xlabel("label fraction (labelled training cases)")
-        ax.set_ylim(bottom=0)
+        # one Dice scale for every panel: an all-zero structure reads as 0 %, not a zoomed axis
+        ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("Dice (%) — mean ± SD over test cases")
     handles, labels = axes[0].get_legend_handles_labels()
