@@ -126,3 +126,23 @@ def test_figures_are_pngs(tmp_path: Path) -> None:
     assert _is_png(figures.plot_overlays(image, label, {"random": pred, "pimpic": label},
                                          {"random": (0.7, math.nan), "pimpic": (1.0, 1.0)},
                                          tmp_path / "ov.png", "case c0"))
+
+
+def test_format_reading_words_follow_the_holm_p_value() -> None:
+    from pimpic.report import format_reading
+
+    tests = [
+        {"method": "pimpic", "fraction": 5, "structure": "organ", "n": 8, "mean_diff": 6.0,
+         "p": 0.004, "p_holm": 0.008, "reason": ""},
+        {"method": "pimpic", "fraction": 100, "structure": "organ", "n": 8, "mean_diff": 0.5,
+         "p": 0.04, "p_holm": 0.08, "reason": ""},
+        {"method": "pim", "fraction": 5, "structure": "organ", "n": 1, "mean_diff": 1.0,
+         "p": float("nan"), "p_holm": float("nan"), "reason": "fewer than 2 paired cases"},
+        {"method": "pimpic", "fraction": 5, "structure": "tumour", "n": 8, "mean_diff": 9.0,
+         "p": 0.001, "p_holm": 0.002, "reason": ""},
+    ]
+    lines = format_reading(tests).splitlines()
+    assert len(lines) == 3  # organ only
+    assert "+6.0 points" in lines[0] and "a significant gain" in lines[0]
+    assert "not significant" in lines[1]  # p < 0.05 uncorrected is not enough
+    assert "not testable (fewer than 2 paired cases)" in lines[2]

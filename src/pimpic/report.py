@@ -231,6 +231,30 @@ def wilcoxon_tests(rows: Sequence[dict[str, Any]], baseline: str = "random",
     return out
 
 
+def format_reading(tests: Sequence[dict[str, Any]], structure: str = "organ",
+                   alpha: float = 0.05) -> str:
+    """One plain sentence per (method, fraction) on ``structure``: did pretraining help here?
+
+    Says "significant" only when the Holm-corrected p-value is below ``alpha``; otherwise the
+    difference is reported as measured and called not significant (or not testable)."""
+    lines = []
+    for t in tests:
+        if t["structure"] != structure or math.isnan(t["mean_diff"]):
+            continue
+        p_holm = t.get("p_holm", math.nan)
+        if math.isnan(t["p"]):
+            verdict = f"not testable ({t['reason']})"
+        elif p_holm < alpha:
+            verdict = (f"a significant {'gain' if t['mean_diff'] > 0 else 'loss'} "
+                       f"(p = {t['p']:.3g}, Holm {p_holm:.3g})")
+        else:
+            verdict = f"not significant (p = {t['p']:.3g}, Holm {p_holm:.3g})"
+        lines.append(f"- {method_name(t['method'])} at {t['fraction']} % labels: "
+                     f"{t['mean_diff']:+.1f} points {STRUCTURE_NAMES[structure].lower()} Dice "
+                     f"vs Random + Aug over {t['n']} test cases — {verdict}.")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def _holm(tests: list[dict[str, Any]]) -> None:
     """Holm–Bonferroni adjusted p-values over all computable tests (``p_holm``)."""
     valid = sorted((t for t in tests if not math.isnan(t["p"])), key=lambda t: t["p"])
@@ -282,6 +306,9 @@ def write_all(exp: str | Path, cfg: ExperimentConfig) -> dict[str, Path]:
     tests = wilcoxon_tests(rows, "random", cfg.methods, cfg.fractions) \
         if "random" in cfg.methods and rows else []
     stats = format_stats(tests)
+    reading = format_reading(tests)
+    if reading:
+        stats = f"{stats}\nIn words (organ Dice):\n\n{reading}"
     with atomic_open(exp / "table.md") as fh:
         fh.write(table)
     with atomic_open(exp / "stats.md") as fh:
