@@ -215,3 +215,14 @@ def test_plain_voco_has_no_teacher_and_after_step_is_a_noop() -> None:
     module.after_step()
     assert module.teacher is None
     assert all(torch.equal(v, module.state_dict()[k]) for k, v in state.items())
+
+
+def test_crops_per_volume_counts_what_the_encoder_sees() -> None:
+    from pimpic.config import PretrainConfig
+    from pimpic.methods.base import get_method
+
+    cfg = PretrainConfig()
+    assert get_method("pimpic").crops(cfg) == 32
+    assert get_method("voco").crops(cfg) == 4 * 4 + 4  # bases + random crops
+    assert get_method("voco-ema").crops(cfg) == 20
+    assert get_method("vox2vec").crops(cfg) == 32  # 16 pairs of two crops

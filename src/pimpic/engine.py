@@ -147,7 +147,7 @@ def _pretrain(dist: Dist, cache_root: Path, run_dir: Path, cfg: PretrainConfig, 
            if cfg.amp and device.type == "cuda" else nullcontext())
     after_step = getattr(module, "after_step", None)
 
-    monitor = Monitor(run_dir, start, cfg.steps, cfg.patches * cfg.volumes * dist.world_size,
+    monitor = Monitor(run_dir, start, cfg.steps, spec.crops(cfg) * cfg.volumes * dist.world_size,
                       cfg.log_every, enabled=dist.is_main, progress=progress,
                       elapsed_s=float(state.get("elapsed_s", 0.0)) if state else 0.0)
     energy_before = float(state.get("energy_j", 0.0)) if state else 0.0

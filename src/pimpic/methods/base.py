@@ -40,6 +40,13 @@ class MethodSpec:
     build_sampler: Callable[[PretrainConfig], Sampler]
     build_module: Callable[[Encoder, PretrainConfig], nn.Module]
     description: str = ""
+    #: encoder inputs (crops) one volume contributes to a step — what ``patches_per_s`` counts;
+    #: None means ``cfg.patches``
+    crops_per_volume: Callable[[PretrainConfig], int] | None = None
+
+    def crops(self, cfg: PretrainConfig) -> int:
+        """Crops per volume and step under ``cfg``."""
+        return self.crops_per_volume(cfg) if self.crops_per_volume else cfg.patches
 
 
 _REGISTRY: dict[str, MethodSpec] = {}

@@ -220,7 +220,14 @@ def build_voco_ema(encoder: Encoder, cfg: PretrainConfig) -> VoCoModule:
     return VoCoModule(encoder, cfg.voco.proj_dim, cfg.voco.reg_weight, cfg.voco.ema_momentum)
 
 
+def _crops(cfg: PretrainConfig) -> int:
+    """Base crops plus random crops per volume."""
+    return cfg.voco.grid[0] * cfg.voco.grid[1] + cfg.voco.num_random
+
+
 register(MethodSpec("voco", build_sampler, build_voco,
-                    "VoCo (CVPR 2024): predict a random crop's overlap with grid base crops"))
+                    "VoCo (CVPR 2024): predict a random crop's overlap with grid base crops",
+                    crops_per_volume=_crops))
 register(MethodSpec("voco-ema", build_sampler, build_voco_ema,
-                    "VoCo with the public repository's momentum (EMA) teacher for the bases"))
+                    "VoCo with the public repository's momentum (EMA) teacher for the bases",
+                    crops_per_volume=_crops))

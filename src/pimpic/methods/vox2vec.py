@@ -187,4 +187,5 @@ def build_module(encoder: Encoder, cfg: PretrainConfig) -> Vox2VecModule:
 
 
 register(MethodSpec("vox2vec", build_sampler, build_module,
-                    "vox2vec (MICCAI 2023): voxel-level InfoNCE over the feature pyramid"))
+                    "vox2vec (MICCAI 2023): voxel-level InfoNCE over the feature pyramid",
+                    crops_per_volume=lambda cfg: 2 * max(1, cfg.patches // 2)))
