@@ -18,7 +18,6 @@ Run folder: ``config.yaml``, ``run.json``, ``env.json``, ``model.safetensors`` (
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -34,8 +33,9 @@ from pimpic.config import FinetuneConfig, save_config, to_dict
 from pimpic.data.cache import Cache
 from pimpic.errors import PimpicError
 from pimpic.inference import load_model, save_model
-from pimpic.io import append_jsonl, atomic_path, read_json, read_jsonl, write_json
+from pimpic.io import append_jsonl, atomic_path, read_json, write_json
 from pimpic.models.unet import Encoder, SegmentationNet
+from pimpic.training.monitor import truncate_metrics
 
 RUN_ARTIFACTS = ("config.yaml", "run.json", "env.json", "model.safetensors", "checkpoint.pt",
                  "metrics.jsonl", "energy.json", "tb")
@@ -233,15 +233,6 @@ def finetune(
                       progress=progress, tensorboard=tensorboard)
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric rows logged after the checkpoint a run resumes from."""
-    if not path.is_file():
-        return
-    rows = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= step]
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
 def _better(score: float, best: float | None, criterion: str) -> bool:
     if math.isnan(score):
         return False
@@ -279,7 +270,7 @@ def _train(model: SegmentationNet, cache: Cache, run_dir: Path, cfg: FinetuneCon
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         state = ckpt["state"]
-        _truncate_metrics(run_dir / "metrics.jsonl", int(state["step"]))
+        truncate_metrics(run_dir / "metrics.jsonl", int(state["step"]))
         print(f"resuming at epoch {state['epoch']}, step {state['step']}")
     writer = None
     if tensorboard:

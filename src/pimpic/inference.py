@@ -78,10 +78,11 @@ def load_model(run_dir: str | Path) -> tuple[SegmentationNet, dict[str, Any]]:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``"auto"`` → CUDA when available, else CPU; a bad name or CUDA without a GPU is a
+    :class:`~pimpic.errors.PimpicError` (the engine's rule, shared)."""
+    from pimpic.training.distributed import resolve_device as resolve
+
+    return resolve(device)
 
 
 @contextlib.contextmanager
