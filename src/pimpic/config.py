@@ -34,6 +34,27 @@ def _untuple(obj: Any) -> Any:
     return obj
 
 
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}, "c": {}}`` → ``{"a.b": 1, "c": {}}``: dotted keys for comparing configs
+    (an empty mapping stays a value, so ``{}`` vs ``{"x": 1}`` still differs)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(saved: Mapping[str, Any], now: Mapping[str, Any],
+                       ignore: Iterable[str] = ()) -> list[str]:
+    """``key: run has A, now B`` for every dotted key whose value differs, except ``ignore``d."""
+    a, b = flatten(saved), flatten(now)
+    skip = set(ignore)
+    return [f"{k}: run has {a.get(k)!r}, now {b.get(k)!r}"
+            for k in sorted(set(a) | set(b)) if k not in skip and a.get(k) != b.get(k)]
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types are errors."""
     if not isinstance(data, Mapping):

@@ -42,7 +42,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from pimpic.config import PretrainConfig, build_config, save_config, to_dict
+from pimpic.config import (
+    PretrainConfig,
+    build_config,
+    config_differences,
+    save_config,
+    to_dict,
+)
 from pimpic.data.cache import Cache
 from pimpic.errors import PimpicError
 from pimpic.io import atomic_path, read_json, write_json
@@ -218,7 +224,7 @@ def _check_run_dir(run_dir: Path, cfg: PretrainConfig, ids: list[str], resume: b
     non_empty = run_dir.is_dir() and any(run_dir.iterdir())
     if resume:
         state = ckpt.load_checkpoint(run_dir / ckpt.CHECKPOINT)
-        diffs = ckpt.config_differences(state["config"], to_dict(cfg))
+        diffs = config_differences(state["config"], to_dict(cfg), ckpt.RESUMABLE)
         if diffs:
             raise PimpicError(f"{run_dir}: cannot resume with a different config — "
                               + "; ".join(diffs))

@@ -33,11 +33,23 @@ def git_commit(path: str | Path | None = None) -> str | None:
     return f"{sha}+dirty" if dirty else sha or None
 
 
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (``platform`` reports only the architecture
+    on Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_name(device: torch.device) -> str:
     """A human name of ``device`` (the GPU model, or the CPU and its thread count)."""
     if device.type == "cuda":
         return str(torch.cuda.get_device_name(device))
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+    return f"{cpu_model()} ({torch.get_num_threads()} threads)"
 
 
 def collect(device: str | torch.device = "cpu", world_size: int = 1) -> dict[str, Any]:

@@ -265,24 +265,14 @@ def print_status(event: StageEvent) -> None:
     print(f"{line} (elapsed {_fmt_s(event.elapsed)}, ETA {eta})", file=sys.stderr, flush=True)
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _check_same_setup(cfg: ExperimentConfig, exp: Path) -> None:
     """Refuse to mix runs made with other settings into one table."""
-    from pimpic.config import load_yaml
+    from pimpic.config import flatten, load_yaml
 
     saved_path = exp / "config.yaml"
     if not saved_path.is_file():
         return
-    saved, now = _flat(load_yaml(saved_path)), _flat(to_dict(cfg))
+    saved, now = flatten(load_yaml(saved_path)), flatten(to_dict(cfg))
     diffs = [k for k in sorted(set(saved) | set(now))
              if k.split(".")[0] not in GRID_KEYS and k.split(".")[-1] not in FREE_KEYS
              and saved.get(k) != now.get(k)]

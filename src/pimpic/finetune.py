@@ -99,12 +99,9 @@ def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
 
 
 def _check_resume_config(run_dir: Path, cfg: FinetuneConfig) -> None:
-    from pimpic.config import load_yaml
+    from pimpic.config import config_differences, load_yaml
 
-    saved = load_yaml(run_dir / "config.yaml")
-    now = to_dict(cfg)
-    diffs = [f"{k}: run has {saved.get(k)!r}, now {now[k]!r}" for k in now
-             if k not in RESUMABLE and saved.get(k) != now[k]]
+    diffs = config_differences(load_yaml(run_dir / "config.yaml"), to_dict(cfg), RESUMABLE)
     if diffs:
         raise PimpicError(f"{run_dir}: cannot resume with a different config — " + "; ".join(diffs))
 

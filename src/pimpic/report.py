@@ -335,15 +335,9 @@ def hardware() -> dict[str, str]:
     import torch
 
     from pimpic import __version__
+    from pimpic.envinfo import cpu_model
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return {"CPU": f"{cpu} ({os.cpu_count()} logical cores)", "GPU": gpu,
             "torch": torch.__version__, "python": platform.python_version(),

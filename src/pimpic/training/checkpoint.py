@@ -79,21 +79,3 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or "step" not in state or "model" not in state:
         raise PimpicError(f"{path}: not a pimpic pretraining checkpoint")
     return state
-
-
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def config_differences(saved: Mapping[str, Any], now: Mapping[str, Any],
-                       ignore: frozenset[str] = RESUMABLE) -> list[str]:
-    """``key: run has A, now B`` for every field that differs (``ignore``d fields excepted)."""
-    a, b = _flatten(saved), _flatten(now)
-    return [f"{k}: run has {a.get(k)!r}, now {b.get(k)!r}"
-            for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k) != b.get(k)]
