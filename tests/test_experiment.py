@@ -4,6 +4,7 @@ a tiny end-to-end run with the real stages (slow)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -112,9 +113,28 @@ def test_config_yaml_and_overrides(tmp_path: Path) -> None:
 
 def test_examples_parse() -> None:
     root = Path(__file__).parents[1] / "examples"
-    for name in ("experiment_small.yaml", "paper_pancreas.yaml"):
+    for name in ("experiment_small.yaml", "paper_pancreas.yaml", "paper_kits19.yaml"):
         cfg = load_experiment_config(root / name)
         assert "random" in cfg.methods and "pimpic" in cfg.methods
+
+
+@pytest.mark.parametrize("name", ["paper_pancreas.yaml", "paper_kits19.yaml"])
+def test_paper_configs_resolve_to_the_released_recipe(name: str) -> None:
+    """The paper configurations fine-tune as the authors' released code (docs/method.md §6.2)."""
+    cfg = load_experiment_config(Path(__file__).parents[1] / "examples" / name)
+    ft = cfg.finetune
+    assert cfg.fractions == (5, 10, 20, 50, 100)
+    assert (ft.batch_size, ft.samples_per_volume, ft.pos_ratio) == (2, 16, 1.0)  # 32 patches
+    assert ft.steps_per_epoch is None and ft.patience == 15  # an epoch = ceil(n / 2) steps
+    assert (ft.loss, ft.lr, ft.val_criterion, ft.decoder) == ("dice", 1e-5, "dice_loss",
+                                                              "released")
+    assert ft.crop_foreground and ft.augment and ft.aug_stage == "volume"
+    assert (ft.affine_prob, ft.rotate_rad, ft.scale, ft.shift_vox) == (0.1, 0.1, 0.1, 0.0)
+    assert (ft.noise_prob, ft.noise_std) == (0.2, 0.01) and not ft.intensity_aug
+    assert (ft.val_sw_overlap, ft.sw_overlap, ft.sw_mode) == (0.25, 0.5, "constant")
+    assert (cfg.absent, cfg.sd_ddof, cfg.lcc) == ("zero", 0, False)
+    # every value spelled out in the file is also the default
+    assert ft == dataclasses.replace(FinetuneConfig(), device="cuda", num_workers=8)
 
 
 def test_grid_runs_and_resumes(make_cache: Any, tmp_path: Path, stubs: Stubs,

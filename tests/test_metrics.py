@@ -74,11 +74,17 @@ def test_no_tumour_in_ground_truth_is_nan_and_excluded():
     gt2 = gt.copy()
     gt2[3:5, 3:5, 3:5] = 2
     with_tumour = case_metrics(gt2.copy(), gt2, (1, 1, 1))
-    s = summarise([{"case": "a", **m}, {"case": "b", **other}, {"case": "c", **with_tumour}])
+    rows = [{"case": "a", **m}, {"case": "b", **other}, {"case": "c", **with_tumour}]
+    s = summarise(rows, absent="nan")
     assert s["tumour"]["n"] == 1 and s["tumour"]["n_excluded"] == 2
     assert s["tumour"]["dice_mean"] == 1.0
     assert s["organ"]["n"] == 3 and s["organ"]["n_excluded"] == 0
     assert "tumour" in format_table(s)
+    # the released rule (the default): an absent tumour scores 0 and stays in the mean
+    z = summarise(rows)
+    assert z["tumour"]["n"] == 3 and z["tumour"]["n_excluded"] == 2
+    assert z["tumour"]["dice_mean"] == pytest.approx(1 / 3)
+    assert z["tumour"]["dice_sd"] == pytest.approx(np.std([0.0, 0.0, 1.0]))
 
 
 def test_missed_structure_is_dice_zero_hd_nan_and_counted():
@@ -93,12 +99,14 @@ def test_missed_structure_is_dice_zero_hd_nan_and_counted():
     assert s["tumour"]["dice_mean"] == 0.0 and math.isnan(s["tumour"]["hd95_mean"])
 
 
-def test_summary_mean_and_sample_sd():
+def test_summary_mean_and_sd_population_or_sample():
     rows = [{f"{k}_{s}": v for k in ("dice", "hd95") for s in ("organ", "tumour", "whole")}
             for v in (0.2, 0.4, 0.9)]
-    s = summarise(rows)["organ"]
+    s = summarise(rows, ddof=1)["organ"]
     assert s["dice_mean"] == pytest.approx(0.5)
     assert s["dice_sd"] == pytest.approx(np.std([0.2, 0.4, 0.9], ddof=1))
+    population = summarise(rows)["organ"]  # the released convention (ddof 0) by default
+    assert population["dice_sd"] == pytest.approx(np.std([0.2, 0.4, 0.9], ddof=0))
 
 
 @settings(max_examples=25, deadline=None)

@@ -38,7 +38,8 @@ def _rows(seed: int = 0) -> list[dict[str, Any]]:
 
 def test_table_layout_best_and_nan() -> None:
     rows = _rows()
-    table = report.format_table(rows, ["random", "pimpic", "voco"], [10, 100])
+    table = report.format_table(rows, ["random", "pimpic", "voco"], [10, 100], absent="nan",
+                                ddof=1)
     lines = table.splitlines()
     assert lines[0] == "| Method / labels | 10 % (n=2) | 100 % (n=14) |"
     assert "| **Organ** |" in table and "| **Tumour** |" in table
@@ -52,19 +53,37 @@ def test_table_layout_best_and_nan() -> None:
     # tumour: case c0 is NaN for both seeds → 2 excluded case-runs per cell, reported
     tumour_block = lines[lines.index(next(ln for ln in lines if "**Tumour**" in ln)):]
     assert "(2 NaN)" in tumour_block[1]
-    s = report.summarise(rows, "random", 10, "tumour")
+    s = report.summarise(rows, "random", 10, "tumour", absent="nan")
     assert s["n"] == 5 and s["n_excluded"] == 2
     assert "12 in all" in table  # 3 methods × 2 fractions, 2 NaN case-runs each
+    assert "SD with ddof = 1" in table
+
+
+def test_table_released_conventions_by_default() -> None:
+    """Released rules: an absent tumour scores 0, the SD is the population SD."""
+    rows = _rows()
+    table = report.format_table(rows, ["random", "pimpic", "voco"], [10, 100])
+    organ_pimpic = next(ln for ln in table.splitlines() if ln.startswith("| PiMPiC"))
+    vals = np.array([0.5 + 0.05 * i + 0.1 + 0.01 * i + 0.005 for i in range(6)]) * 100
+    assert f"**{vals.mean():.1f} ± {vals.std(ddof=0):.1f}**" in organ_pimpic
+    s = report.summarise(rows, "random", 10, "tumour")
+    assert s["n"] == 6 and s["n_excluded"] == 2
+    tumour = np.array([r["dice_tumour"] for r in rows if r["method"] == "random"
+                       and r["fraction"] == 10], dtype=float).reshape(2, 6)
+    per_case = np.nan_to_num(tumour, nan=0.0).mean(0) * 100  # seed-averaged, NaN → 0
+    assert s["mean"] == pytest.approx(per_case.mean()) and s["sd"] == pytest.approx(per_case.std())
+    assert "population SD" in table and "scores Dice 0" in table and "(2 NaN)" not in table
 
 
 def test_wilcoxon_matches_scipy() -> None:
     rows = _rows()
-    tests = report.wilcoxon_tests(rows, "random", ["random", "pimpic", "voco"], [10, 100])
+    tests = report.wilcoxon_tests(rows, "random", ["random", "pimpic", "voco"], [10, 100],
+                                  absent="nan")
     assert len(tests) == 3 * 2 * 2  # structures × fractions × non-baseline methods
     t = next(x for x in tests if x["method"] == "pimpic" and x["fraction"] == 10
              and x["structure"] == "tumour")
-    a, _ = report.per_case(rows, "pimpic", 10, "tumour")
-    b, _ = report.per_case(rows, "random", 10, "tumour")
+    a, _ = report.per_case(rows, "pimpic", 10, "tumour", absent="nan")
+    b, _ = report.per_case(rows, "random", 10, "tumour", absent="nan")
     common = sorted(set(a) & set(b))
     ref = wilcoxon([a[c] * 100 for c in common], [b[c] * 100 for c in common])
     assert t["n"] == 5 and t["p"] == pytest.approx(ref.pvalue)

@@ -315,8 +315,13 @@ class PretrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig:
-    """Supervised fine-tuning (METHOD.md §6). Defaults = the paper (Dice loss, Adam 1e-5,
-    64³ patches, early stopping with patience 15 epochs, Random+Aug augmentation)."""
+    """Supervised fine-tuning (docs/method.md §6.2). Defaults = the authors' released recipe.
+
+    Per step ``batch_size`` volumes × ``samples_per_volume`` label-balanced crops (2 × 16 = 32),
+    an epoch = one pass over the labelled volumes, Dice loss, Adam 1e-5, light augmentation on
+    the whole (foreground-cropped) volume before cropping, model selection and early stopping
+    (patience 15 epochs) on the validation Dice loss. pimpic's own choices are named options.
+    """
 
     fraction: int = 100
     seed: int = 0
@@ -325,29 +330,46 @@ class FinetuneConfig:
     width: int = 32
     depth: int = 5
     patch_size: int = 64
+    #: ``released``: up-blocks 8K, 4K, 2K, K, K, align_corners=True, 1×1×1 head (21.3 M
+    #: parameters at K = 32); ``symmetric``: up-blocks 16K … K, 3×3×3 head (47.1 M)
+    decoder: typing.Literal["released", "symmetric"] = "released"
     loss: typing.Literal["dice", "dicece"] = "dice"
     lr: float = 1e-5
     lr_schedule: typing.Literal["constant", "cosine"] = "constant"
     weight_decay: float = 0.0
     #: volumes per batch; each gives ``samples_per_volume`` label-balanced crops
     batch_size: int = 2
-    samples_per_volume: int = 2
+    samples_per_volume: int = 16
     #: positive : negative crop ratio (RandCropByPosNegLabeld)
     pos_ratio: float = 1.0
+    #: crop every volume (train, validation, test) to its body (image > 0) and draw negative
+    #: crops inside it, as the released code; False: negative crops may be centred in air
+    crop_foreground: bool = True
     #: an epoch = this many optimiser steps (None: one pass over the training cases)
     steps_per_epoch: int | None = None
     max_epochs: int = 1000
     max_steps: int | None = None
     patience: int = 15
     freeze_encoder_epochs: int = 0
-    val_criterion: typing.Literal["dice", "dice_loss"] = "dice"
+    val_criterion: typing.Literal["dice_loss", "dice"] = "dice_loss"
     val_every: int = 1
+    #: the "Random + Aug" augmentation; ``aug_stage=volume`` applies it to the whole volume
+    #: before cropping (released), ``patch`` to every crop
     augment: bool = True
-    rotate_deg: float = 15.0
+    aug_stage: typing.Literal["volume", "patch"] = "volume"
+    affine_prob: float = 0.1
+    rotate_rad: float = 0.1
     scale: float = 0.1
-    shift_vox: float = 8.0
-    noise_std: float = 0.02
+    shift_vox: float = 0.0
+    noise_prob: float = 0.2
+    noise_std: float = 0.01
+    #: nnU-Net-style intensity augmentation of every crop (brightness, contrast, gamma,
+    #: low-resolution simulation): for cohorts that mix contrast phases; not in the paper
+    intensity_aug: bool = False
+    #: sliding window: validation overlap, test overlap (evaluation), blending
+    val_sw_overlap: float = 0.25
     sw_overlap: float = 0.5
+    sw_mode: typing.Literal["constant", "gaussian"] = "constant"
     sw_batch_size: int = 4
     device: str = "auto"
     amp: bool = True

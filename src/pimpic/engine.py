@@ -51,7 +51,7 @@ from pimpic.config import (
 )
 from pimpic.data.cache import Cache
 from pimpic.errors import PimpicError
-from pimpic.io import atomic_path, read_json, write_json
+from pimpic.io import read_json, save_safetensors, write_json
 from pimpic.training import checkpoint as ckpt
 from pimpic.training.distributed import Dist, setup
 from pimpic.training.monitor import Monitor, truncate_metrics
@@ -271,15 +271,12 @@ def _save(run_dir: Path, dist: Dist, module: nn.Module, optimizer: torch.optim.O
 
 def _export(run_dir: Path, module: nn.Module, cache: Cache, cfg: PretrainConfig,
             ids: list[str]) -> None:
-    from safetensors.torch import save_file
-
     from pimpic.models.export import save_encoder
 
     # clone: safetensors refuses tensors that share storage (e.g. tied or EMA-initialised heads)
     state = {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
-    with atomic_path(run_dir / METHOD_FILE) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pimpic-method",
-                                             "config": json.dumps(to_dict(cfg))})
+    save_safetensors(state, run_dir / METHOD_FILE, {"format": "pimpic-method",
+                                                    "config": json.dumps(to_dict(cfg))})
     settings = cache.settings
     save_encoder(run_dir / ENCODER_FILE, module.encoder, {  # type: ignore[arg-type]
         "patch_size": cfg.patch_size, "spacing": list(settings["spacing"]),

@@ -92,6 +92,7 @@ def evaluate(
     device: str = "auto",
     progress: bool = True,
     save_predictions: bool = True,
+    absent: str = "zero",
 ) -> dict[str, Any]:
     """Evaluate the best model of ``run_dir`` on the cache's ``split`` cases.
 
@@ -105,6 +106,8 @@ def evaluate(
         device: ``auto``, ``cpu``, ``cuda``, ...
         progress: show a progress bar.
         save_predictions: write ``pred/<case>.npy`` (preprocessed space, uint8).
+        absent: the summary's rule for a structure absent from a case's ground truth: Dice 0
+            (``zero``, released) or left out (``nan``); ``per_case.csv`` keeps NaN either way.
 
     Returns:
         the summary dict (also written to ``eval-<split>/summary.json``). Dice is NaN (and
@@ -114,7 +117,7 @@ def evaluate(
     from tqdm.auto import tqdm
 
     from pimpic.finetune import load_model
-    from pimpic.inference import predict_labels, resolve_device
+    from pimpic.inference import inference_settings, predict_labels, resolve_device
     from pimpic.io import atomic_open, write_json
 
     run_dir = Path(run_dir)
@@ -140,11 +143,12 @@ def evaluate(
     dev = resolve_device(device)
     model.to(dev)
     patch = int(info["patch_size"])
+    sw = inference_settings(info)
     out_dir = run_dir / f"eval-{split}"
     (out_dir / "pred").mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     for cid in tqdm(case_ids, disable=not progress, desc=f"evaluate {split}", unit="case"):
-        pred = predict_labels(model, cache.image(cid), patch, overlap=0.5, device=dev, lcc=lcc)
+        pred = predict_labels(model, cache.image(cid), patch, **sw, device=dev, lcc=lcc)
         if save_predictions:
             with atomic_open(out_dir / "pred" / f"{cid}.npy", "wb") as fh:
                 np.save(fh, pred)
@@ -162,8 +166,8 @@ def evaluate(
         for row in rows:
             writer.writerow({k: (v if isinstance(v, str) or not math.isnan(v) else "nan")
                              for k, v in row.items()})
-    structures = summarise(rows)
-    summary = {"split": split, "n_cases": len(rows), "lcc": lcc,
+    structures = summarise(rows, absent)
+    summary = {"split": split, "n_cases": len(rows), "lcc": lcc, "absent": absent,
                "space": "original" if original_space else "preprocessed",
                "run": str(run_dir), "cache": str(cache.root), "structures": structures}
     write_json(out_dir / "summary.json", _nan_to_none(summary))
@@ -171,7 +175,8 @@ def evaluate(
     print(format_table(structures))
     excluded = {k: v["n_excluded"] for k, v in structures.items() if v["n_excluded"]}
     if excluded:
-        print("excluded (structure absent from the ground truth): "
+        rule = "scored 0" if absent == "zero" else "excluded"
+        print(f"{rule} (structure absent from the ground truth): "
               + ", ".join(f"{k} {v}" for k, v in excluded.items()))
     return summary
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,10 @@ class ExperimentConfig:
     finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
     split: str = "test"
     lcc: bool = False
+    #: a structure absent from a test case's ground truth: Dice 0 (released) or left out
+    absent: typing.Literal["zero", "nan"] = "zero"
+    #: the table's SD: population (0, released) or sample (1)
+    sd_ddof: int = 0
     #: the fraction shown in the overlay figure (None: the smallest, where pretraining matters)
     overlay_fraction: int | None = None
     #: the test case shown in the overlay figure (None: the one with the largest organ)
@@ -90,6 +95,8 @@ class ExperimentConfig:
         for m in self.methods:
             if m != "random":
                 self.pretrain_config(m)  # validates the overrides early
+        if self.sd_ddof not in (0, 1):
+            raise ValueError(f"sd_ddof {self.sd_ddof} must be 0 (population) or 1 (sample)")
         if self.overlay_fraction is not None and self.overlay_fraction not in self.fractions:
             raise ValueError(f"overlay_fraction {self.overlay_fraction} is not in fractions")
 
@@ -209,8 +216,8 @@ def plan_stages(cfg: ExperimentConfig, exp: Path, *, progress: bool = True) -> l
                     if not _finetune_finished(rd):
                         _finetune(cache, rd, fcfg, encoder=encoder, progress=progress,
                                   **_resume_flags(rd))
-                    _evaluate(rd, split=cfg.split, cache=cache, lcc=cfg.lcc, progress=progress,
-                              save_predictions=True)
+                    _evaluate(rd, split=cfg.split, cache=cache, lcc=cfg.lcc, absent=cfg.absent,
+                              progress=progress, save_predictions=True)
 
                 def cell_done(rd: Path = rd) -> bool:
                     return (eval_dir(rd, cfg.split) / "summary.json").is_file()

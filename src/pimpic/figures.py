@@ -46,8 +46,10 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def plot_dice_vs_fraction(rows: Sequence[dict[str, Any]], methods: Sequence[str],
-                          fractions: Sequence[int], path: Path) -> Path:
-    """One panel per structure: mean ± SD Dice (%) over test cases against the label fraction."""
+                          fractions: Sequence[int], path: Path, absent: str = "zero",
+                          ddof: int = 0) -> Path:
+    """One panel per structure: mean ± SD Dice (%) over test cases against the label fraction
+    (the table's conventions: ``absent`` rule, SD ``ddof``)."""
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.4), sharex=True)
     n_train = {r["fraction"]: r["n_train_cases"] for r in rows}
@@ -56,12 +58,12 @@ def plot_dice_vs_fraction(rows: Sequence[dict[str, Any]], methods: Sequence[str]
         for k, m in enumerate(methods):
             xs, ys, es = [], [], []
             for f in fs:
-                v = np.array(list(per_case(rows, m, f, structure)[0].values())) * 100
+                v = np.array(list(per_case(rows, m, f, structure, absent)[0].values())) * 100
                 if len(v):
                     # a small horizontal offset per method keeps overlapping error bars apart
                     xs.append(f * (1 + 0.025 * (k - (len(methods) - 1) / 2)))
                     ys.append(v.mean())
-                    es.append(v.std(ddof=1) if len(v) > 1 else 0.0)
+                    es.append(v.std(ddof=ddof) if len(v) > ddof else 0.0)
             if xs:
                 ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, lw=1.6, ms=5,
                             color=COLORS.get(m), label=method_name(m),
@@ -251,7 +253,8 @@ def write_figures(exp: Path, cfg: ExperimentConfig,
     figdir = exp / "figures"
     if rows:
         out["dice_vs_fraction"] = plot_dice_vs_fraction(rows, cfg.methods, cfg.fractions,
-                                                        figdir / "dice_vs_fraction.png")
+                                                        figdir / "dice_vs_fraction.png",
+                                                        cfg.absent, cfg.sd_ddof)
     runs = {m: pretrain_dir(exp, m) for m in cfg.methods if m != "random"}
     loss = plot_pretrain_losses(runs, figdir / "pretrain_loss.png")
     if loss:

@@ -1,10 +1,13 @@
-"""Supervised fine-tuning of a (pretrained or random) encoder + new decoder (METHOD.md §3, §6).
+"""Supervised fine-tuning of a (pretrained or random) encoder + new decoder (docs/method.md §6.2).
 
-The paper's protocol by default: Dice loss (softmax, one-hot), Adam lr 1e-5, 64³ label-balanced
-patches, Random+Aug augmentation, validation by sliding-window inference on whole volumes,
-the best model kept, early stopping after ``patience`` epochs without improvement. Options
-(:class:`~pimpic.config.FinetuneConfig`): DiceCE loss, cosine schedule, a frozen encoder for the
-first epochs, Dice-loss validation criterion, epoch/step caps.
+The authors' released recipe by default: the released decoder, Dice loss (softmax, one-hot),
+Adam lr 1e-5, 2 volumes × 16 label-balanced 64³ crops per step from foreground-cropped volumes,
+light whole-volume augmentation ("Random + Aug"), validation by sliding-window inference
+(overlap 0.25, constant blending) on the foreground-cropped validation volumes, the model with
+the lowest validation Dice loss (background included) kept, early stopping after ``patience``
+epochs without improvement. Options (:class:`~pimpic.config.FinetuneConfig`): the symmetric
+decoder, DiceCE loss, cosine schedule, a frozen encoder for the first epochs, mean foreground
+Dice as the criterion, per-crop or intensity augmentation, epoch/step caps.
 
 Launch::
 
@@ -59,7 +62,7 @@ def build_model(cfg: FinetuneConfig, cache: Cache, encoder: str | Path | None,
     else:
         enc = Encoder(1, cfg.width, cfg.depth)
     check_patch(cfg.patch_size, enc.depth)
-    return SegmentationNet(enc, cfg.num_classes), meta
+    return SegmentationNet(enc, cfg.num_classes, cfg.decoder), meta
 
 
 def check_patch(patch_size: int, depth: int) -> None:
@@ -126,15 +129,16 @@ def _cases(cache: Cache, fraction: float) -> tuple[list[str], list[str]]:
 
 def validate(model: nn.Module, cache: Cache, case_ids: list[str], cfg: FinetuneConfig,
              patch_size: int, device: torch.device) -> dict[str, float]:
-    """Whole-volume sliding-window validation.
+    """Sliding-window validation on whole (with ``crop_foreground``: body-cropped) volumes.
 
     Returns ``{"val_dice", "val_dice_loss", "val_dice_<class>"...}``: mean over cases of the
     mean foreground Dice (classes with an empty ground truth are skipped per case), and the
-    mean whole-volume Dice loss (softmax, one-hot; the authors' criterion).
+    mean Dice loss (softmax, one-hot, background included: the released criterion) over the
+    cropped volumes, as the released code computes it.
     """
     from monai.losses import DiceLoss
 
-    from pimpic.inference import sliding_window_logits
+    from pimpic.inference import foreground_box, sliding_window_logits
     from pimpic.metrics import dice
 
     loss_fn = DiceLoss(to_onehot_y=True, softmax=True)
@@ -142,13 +146,17 @@ def validate(model: nn.Module, cache: Cache, case_ids: list[str], cfg: FinetuneC
     per_class: list[list[float]] = [[] for _ in range(cfg.num_classes - 1)]
     case_dice, losses = [], []
     for cid in case_ids:
+        image = cache.image(cid)
+        box = foreground_box(image) if cfg.crop_foreground else (slice(None),) * 3
         label = np.asarray(cache.label(cid), dtype=np.int64)
-        logits = sliding_window_logits(model, cache.image(cid), patch_size,
-                                       overlap=cfg.sw_overlap, sw_batch_size=cfg.sw_batch_size,
-                                       device=device, amp=cfg.amp)
-        y = torch.from_numpy(label).to(device)[None, None]
+        logits = sliding_window_logits(model, image[box], patch_size,
+                                       overlap=cfg.val_sw_overlap, mode=cfg.sw_mode,
+                                       sw_batch_size=cfg.sw_batch_size, device=device,
+                                       amp=cfg.amp)
+        y = torch.from_numpy(np.ascontiguousarray(label[box])).to(device)[None, None]
         losses.append(float(loss_fn(logits[None], y)))
-        pred = logits.argmax(0).cpu().numpy()
+        pred = np.zeros_like(label)
+        pred[box] = logits.argmax(0).cpu().numpy()
         ds = [dice(pred == c, label == c) for c in range(1, cfg.num_classes)]
         for c, d in enumerate(ds):
             per_class[c].append(d)
@@ -335,7 +343,7 @@ def _train(model: SegmentationNet, cache: Cache, run_dir: Path, cfg: FinetuneCon
             row["best_epoch"] = state["best_epoch"]
             row["elapsed_s"] = state["elapsed_s"] = time.perf_counter() - t0
             if improved:
-                save_model(run_dir / "model.safetensors", model, _model_meta(info, epoch))
+                save_model(run_dir / "model.safetensors", model, _model_meta(info, cfg, epoch))
             append_jsonl(run_dir / "metrics.jsonl", row)
             if writer is not None:
                 for k, v in row.items():
@@ -377,12 +385,15 @@ def _plain(x: Any) -> torch.Tensor:
     return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
 
 
-def _model_meta(info: dict[str, Any], epoch: int) -> dict[str, Any]:
+def _model_meta(info: dict[str, Any], cfg: FinetuneConfig, epoch: int) -> dict[str, Any]:
+    """What the model file says about itself: only what identical runs share (no paths or
+    times — those live in ``run.json``), so equal runs write equal files."""
     enc = info.get("encoder_meta") or {}
     return {"patch_size": info["patch_size"], "settings": info["settings"],
             "fraction": info["fraction"], "epoch": epoch,
-            "encoder": {"path": info.get("encoder"), "method": enc.get("method"),
-                        "steps": enc.get("steps")}}
+            "inference": {"overlap": cfg.sw_overlap, "mode": cfg.sw_mode,
+                          "crop_foreground": cfg.crop_foreground},
+            "encoder": {"method": enc.get("method"), "steps": enc.get("steps")}}
 
 
 def _checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,

@@ -1,13 +1,21 @@
 """Training data for fine-tuning: label-balanced crops from the cache, with augmentation.
 
 Pipeline per training volume (MONAI dictionary transforms on ``{"image", "label"}`` arrays with
-a channel axis ``(1, X, Y, Z)``):
+a channel axis ``(1, X, Y, Z)``; docs/method.md §6.2), by default the authors' released recipe:
 
-``RandCropByPosNegLabeld`` (``samples_per_volume`` crops of the patch size, centred on a
-foreground voxel with probability ``pos_ratio / (pos_ratio + 1)``) → ``SpatialPadd`` (volumes
-smaller than the patch) → when ``augment``: ``RandAffined`` (rotation ±``rotate_deg``, scaling
-±``scale``, shift ±``shift_vox`` voxels; the "Random + Aug" baseline) and
-``RandGaussianNoised`` (std ``noise_std``).
+1. ``CropForegroundd`` to the body (image > 0) when ``crop_foreground``;
+2. when ``augment`` and ``aug_stage == "volume"`` (released): on the whole volume,
+   ``RandAffined`` with probability ``affine_prob`` (rotation ±``rotate_rad``, scaling
+   ±``scale``, shift ±``shift_vox`` voxels) and ``RandGaussianNoised`` with probability
+   ``noise_prob`` (std ``noise_std``) — the "Random + Aug" baseline's augmentation;
+3. ``RandCropByPosNegLabeld``: ``samples_per_volume`` crops of the patch size, centred on a
+   foreground voxel with probability ``pos_ratio / (pos_ratio + 1)``, otherwise on a background
+   voxel — inside the body (image > 0) when ``crop_foreground``; ``SpatialPadd`` for volumes
+   smaller than the patch;
+4. when ``augment`` and ``aug_stage == "patch"``: the same affine and noise on every crop;
+5. when ``intensity_aug``: nnU-Net-style intensity augmentation of every crop — brightness
+   (multiplicative), contrast, gamma and low-resolution simulation — for cohorts that mix
+   contrast phases (not in the paper).
 
 Determinism: every item re-seeds the transform chain from ``(seed, epoch, index)``, so the
 crops of an epoch do not depend on the number of DataLoader workers and a resumed run sees
@@ -29,34 +37,65 @@ from pimpic.config import FinetuneConfig
 from pimpic.data.cache import Cache
 
 
+def _affine_and_noise(cfg: FinetuneConfig, size: tuple[int, int, int] | None) -> list[Any]:
+    from monai.transforms import RandAffined, RandGaussianNoised
+
+    return [
+        RandAffined(
+            keys=("image", "label"), prob=cfg.affine_prob, spatial_size=size,
+            rotate_range=(cfg.rotate_rad,) * 3, scale_range=(cfg.scale,) * 3,
+            translate_range=(cfg.shift_vox,) * 3, mode=("bilinear", "nearest"),
+            padding_mode="border",
+        ),
+        RandGaussianNoised(keys=("image",), prob=cfg.noise_prob, mean=0.0, std=cfg.noise_std),
+    ]
+
+
+def _intensity() -> list[Any]:
+    """Brightness, contrast, gamma and low resolution with nnU-Net's default probabilities."""
+    from monai.transforms import (
+        RandAdjustContrastd,
+        RandScaleIntensityd,
+        RandScaleIntensityFixedMeand,
+        RandSimulateLowResolutiond,
+    )
+
+    return [
+        RandScaleIntensityd(keys=("image",), factors=0.25, prob=0.15),           # brightness
+        RandScaleIntensityFixedMeand(keys=("image",), factors=0.25, prob=0.15),  # contrast
+        RandSimulateLowResolutiond(keys=("image",), prob=0.25, zoom_range=(0.5, 1.0)),
+        RandAdjustContrastd(keys=("image",), gamma=(0.7, 1.5), prob=0.3),        # gamma
+    ]
+
+
 def train_transform(cfg: FinetuneConfig, patch_size: int) -> Any:
     """The MONAI ``Compose`` producing ``samples_per_volume`` patches per volume."""
     from monai.transforms import (
         Compose,
-        RandAffined,
+        CropForegroundd,
         RandCropByPosNegLabeld,
-        RandGaussianNoised,
         SpatialPadd,
     )
 
     size = (patch_size,) * 3
-    chain: list[Any] = [
+    chain: list[Any] = []
+    if cfg.crop_foreground:
+        chain.append(CropForegroundd(keys=("image", "label"), source_key="image",
+                                     allow_smaller=True))
+    if cfg.augment and cfg.aug_stage == "volume":
+        chain += _affine_and_noise(cfg, None)
+    chain += [
         RandCropByPosNegLabeld(
             keys=("image", "label"), label_key="label", spatial_size=size, pos=cfg.pos_ratio,
             neg=1.0, num_samples=cfg.samples_per_volume, allow_smaller=True,
+            image_key="image" if cfg.crop_foreground else None, image_threshold=0.0,
         ),
         SpatialPadd(keys=("image", "label"), spatial_size=size),
     ]
-    if cfg.augment:
-        chain += [
-            RandAffined(
-                keys=("image", "label"), prob=1.0, spatial_size=size,
-                rotate_range=(math.radians(cfg.rotate_deg),) * 3,
-                scale_range=(cfg.scale,) * 3, translate_range=(cfg.shift_vox,) * 3,
-                mode=("bilinear", "nearest"), padding_mode="border",
-            ),
-            RandGaussianNoised(keys=("image",), prob=1.0, mean=0.0, std=cfg.noise_std),
-        ]
+    if cfg.augment and cfg.aug_stage == "patch":
+        chain += _affine_and_noise(cfg, size)
+    if cfg.intensity_aug:
+        chain += _intensity()
     return Compose(chain)
 
 

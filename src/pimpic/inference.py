@@ -3,8 +3,10 @@
 ``model.safetensors`` holds the ``SegmentationNet`` state dict with JSON metadata in the header
 (``architecture``, ``num_classes``, ``patch_size``, preprocessing ``settings``, ...).
 
-Sliding-window inference (MONAI) with windows of the training patch size, 50 % overlap and
-Gaussian blending (METHOD.md §6), argmax, and an optional largest-connected-component step.
+Sliding-window inference (MONAI) with windows of the training patch size (overlap and blending
+from the run's config; released: 0.5 and constant at test time), optionally restricted to the
+body's bounding box (image > 0, as the released code's CropForeground), argmax, and an optional
+largest-connected-component step (docs/method.md §6.2, §8).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from torch import nn
 
 from pimpic.errors import PimpicError
-from pimpic.io import atomic_path, read_json
+from pimpic.io import read_json, save_safetensors
 from pimpic.models.unet import Encoder, SegmentationNet
 
 MODEL_FORMAT = "pimpic-segmentation"
@@ -28,15 +30,12 @@ MODEL_FORMAT = "pimpic-segmentation"
 
 def save_model(path: str | Path, model: SegmentationNet, meta: dict[str, Any]) -> None:
     """Write the network's ``state_dict`` as safetensors with JSON metadata, atomically."""
-    from safetensors.torch import save_file
-
     from pimpic import __version__
 
     full = {"architecture": model.encoder.architecture(), "num_classes": model.num_classes,
-            "pimpic_version": __version__, **meta}
+            "decoder": model.decoder.kind, "pimpic_version": __version__, **meta}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": MODEL_FORMAT, "pimpic": json.dumps(full)})
+    save_safetensors(state, path, {"format": MODEL_FORMAT, "pimpic": json.dumps(full)})
 
 
 def load_model(run_dir: str | Path) -> tuple[SegmentationNet, dict[str, Any]]:
@@ -65,8 +64,13 @@ def load_model(run_dir: str | Path) -> tuple[SegmentationNet, dict[str, Any]]:
     if meta is None:
         raise PimpicError(f"{path}: not a pimpic segmentation model")
     arch = meta["architecture"]
-    model = SegmentationNet(Encoder(int(arch["in_channels"]), int(arch["width"]),
-                                    int(arch["depth"])), int(meta["num_classes"]))
+    try:
+        model = SegmentationNet(Encoder(int(arch["in_channels"]), int(arch["width"]),
+                                        int(arch["depth"])), int(meta["num_classes"]),
+                                # files written before the released decoder existed
+                                str(meta.get("decoder", "symmetric")))
+    except ValueError as err:
+        raise PimpicError(f"{path}: {err}") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -75,6 +79,14 @@ def load_model(run_dir: str | Path) -> tuple[SegmentationNet, dict[str, Any]]:
     for key, value in meta.items():
         info.setdefault(key, value)
     return model.eval(), info
+
+
+def inference_settings(info: dict[str, Any]) -> dict[str, Any]:
+    """Sliding-window ``overlap``, blending ``mode`` and ``crop_foreground`` of a model, from its
+    metadata (files written before these were recorded: 0.5, Gaussian, no crop)."""
+    saved = info.get("inference") or {}
+    return {"overlap": float(saved.get("overlap", 0.5)), "mode": str(saved.get("mode", "gaussian")),
+            "crop_foreground": bool(saved.get("crop_foreground", False))}
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -108,6 +120,18 @@ def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractC
     return contextlib.nullcontext()
 
 
+def foreground_box(image: np.ndarray | torch.Tensor) -> tuple[slice, slice, slice]:
+    """The bounding box of ``image > 0`` (the body after the HU window maps air to 0), as
+    slices; the whole volume when nothing is above 0. MONAI's ``CropForeground`` rule."""
+    mask = np.asarray(image) > 0
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        idx = np.flatnonzero(mask.any(axis=other))
+        box.append(slice(int(idx[0]), int(idx[-1]) + 1) if idx.size else slice(None))
+    return box[0], box[1], box[2]
+
+
 @torch.no_grad()
 def sliding_window_logits(
     model: nn.Module,
@@ -115,6 +139,7 @@ def sliding_window_logits(
     patch_size: int,
     *,
     overlap: float = 0.5,
+    mode: str = "constant",
     sw_batch_size: int = 4,
     device: torch.device | None = None,
     amp: bool = True,
@@ -125,7 +150,8 @@ def sliding_window_logits(
         model: network ``(B, 1, p, p, p) → (B, C, p, p, p)``; used in its current mode.
         image: ``(X, Y, Z)`` preprocessed volume (any float dtype).
         patch_size: window edge ``p`` in voxels; volumes smaller than ``p`` are padded by MONAI.
-        overlap: fraction of window overlap (0.5 as in the paper).
+        overlap: fraction of window overlap (released: 0.25 validation, 0.5 test).
+        mode: blending of overlapping windows, ``constant`` (released) or ``gaussian``.
         sw_batch_size: windows per forward pass.
         device: where the model runs (default: the model's device).
         amp: bf16 autocast on CUDA.
@@ -143,7 +169,7 @@ def sliding_window_logits(
     with autocast(device, amp), flush_denormals(device):
         out = sliding_window_inference(
             x, roi_size=(patch_size,) * 3, sw_batch_size=sw_batch_size, predictor=model,
-            overlap=overlap, mode="gaussian",
+            overlap=overlap, mode=mode,
         )
     assert isinstance(out, torch.Tensor)
     return out[0].float()
@@ -155,15 +181,23 @@ def predict_labels(
     patch_size: int,
     *,
     overlap: float = 0.5,
+    mode: str = "constant",
+    crop_foreground: bool = False,
     sw_batch_size: int = 4,
     device: torch.device | None = None,
     amp: bool = True,
     lcc: bool = False,
 ) -> np.ndarray:
-    """Sliding-window logits → argmax → optional :func:`largest_component`; ``(X, Y, Z)`` uint8."""
-    logits = sliding_window_logits(model, image, patch_size, overlap=overlap,
+    """Sliding-window logits → argmax → optional :func:`largest_component`; ``(X, Y, Z)`` uint8.
+
+    With ``crop_foreground`` the network sees only :func:`foreground_box` (as in training) and
+    everything outside it is background.
+    """
+    box = foreground_box(image) if crop_foreground else (slice(None),) * 3
+    logits = sliding_window_logits(model, image[box], patch_size, overlap=overlap, mode=mode,
                                    sw_batch_size=sw_batch_size, device=device, amp=amp)
-    labels = logits.argmax(0).to(torch.uint8).cpu().numpy()
+    labels = np.zeros(np.shape(image), dtype=np.uint8)
+    labels[box] = logits.argmax(0).to(torch.uint8).cpu().numpy()
     return largest_component(labels) if lcc else labels
 
 

@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -96,3 +96,26 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def save_safetensors(state: Mapping[str, Any], path: str | os.PathLike[str],
+                     metadata: Mapping[str, str]) -> None:
+    """Write ``state`` (name → tensor) as safetensors with string ``metadata``, atomically and
+    reproducibly: equal inputs give byte-identical files.
+
+    The safetensors library stores ``__metadata__`` in a hash map, so two saves of the same
+    tensors can order its keys differently; the JSON header is rewritten here with sorted keys,
+    padded with spaces to its original length (the format's own padding), which every reader
+    accepts.
+    """
+    from safetensors.torch import save
+
+    blob = bytearray(save(dict(state), metadata=dict(metadata)))
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    canonical = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    if len(canonical) > n:  # cannot happen for the same content; keep the library's bytes
+        canonical = bytes(blob[8:8 + n])
+    blob[8:8 + n] = canonical.ljust(n, b" ")
+    with atomic_open(path, "wb") as fh:
+        fh.write(blob)

@@ -8,8 +8,9 @@ Structures, from a label map with 0 background, 1 organ, 2 tumour:
 
 Edge cases are reported, never hidden:
 
-* ground truth of a structure empty → Dice **NaN** and HD95 **NaN**; the case is excluded from
-  that structure's mean and counted in ``n_excluded`` (never silently scored 0 or 1);
+* ground truth of a structure empty → Dice **NaN** and HD95 **NaN** per case, counted in
+  ``n_excluded``; the summary then scores it 0 (``absent="zero"``, the released rule) or leaves
+  it out of that structure's mean (``absent="nan"``) — it is never silently scored 1;
 * ground truth non-empty, prediction empty → Dice **0** (a real miss) and HD95 **NaN** (a
   distance to nothing is undefined); counted in ``n_missed`` and excluded from the HD95 mean.
 """
@@ -78,29 +79,38 @@ def case_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> 
     return out
 
 
-def _mean_sd(values: np.ndarray) -> tuple[float, float]:
+def _mean_sd(values: np.ndarray, ddof: int) -> tuple[float, float]:
     if values.size == 0:
         return math.nan, math.nan
-    sd = float(values.std(ddof=1)) if values.size > 1 else 0.0
+    sd = float(values.std(ddof=ddof)) if values.size > ddof else 0.0
     return float(values.mean()), sd
 
 
-def summarise(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float | int]]:
-    """Mean ± sample SD per structure over cases, NaNs excluded and counted.
+def summarise(rows: Sequence[Mapping[str, Any]], absent: str = "zero",
+              ddof: int = 0) -> dict[str, dict[str, float | int]]:
+    """Mean ± SD (``ddof`` 0: population, the released convention) per structure over cases.
+
+    Args:
+        rows: per-case metrics from :func:`case_metrics`.
+        absent: a structure absent from a case's ground truth (Dice NaN) scores 0 (``zero``,
+            released) or is left out of the mean (``nan``); counted in ``n_excluded`` either way.
+        ddof: delta degrees of freedom of the SD.
 
     Returns per structure ``{"dice_mean", "dice_sd", "hd95_mean", "hd95_sd", "n", "n_excluded",
     "n_missed"}``: ``n`` cases enter the Dice mean, ``n_excluded`` had an empty ground truth,
-    ``n_missed`` had a ground truth but an empty prediction (Dice 0, HD95 NaN).
+    ``n_missed`` had a ground truth but an empty prediction (Dice 0, HD95 NaN). HD95 is always
+    averaged over the cases where it is defined.
     """
     out: dict[str, dict[str, float | int]] = {}
     for name in STRUCTURES:
         d = np.array([float(r[f"dice_{name}"]) for r in rows], dtype=np.float64)
         h = np.array([float(r[f"hd95_{name}"]) for r in rows], dtype=np.float64)
-        dm, ds = _mean_sd(d[~np.isnan(d)])
-        hm, hs = _mean_sd(h[~np.isnan(h)])
+        scored = np.nan_to_num(d, nan=0.0) if absent == "zero" else d[~np.isnan(d)]
+        dm, ds = _mean_sd(scored, ddof)
+        hm, hs = _mean_sd(h[~np.isnan(h)], ddof)
         out[name] = {
             "dice_mean": dm, "dice_sd": ds, "hd95_mean": hm, "hd95_sd": hs,
-            "n": int((~np.isnan(d)).sum()),
+            "n": int(scored.size),
             "n_excluded": int(np.isnan(d).sum()),
             "n_missed": int(((d == 0) & np.isnan(h)).sum()),
         }

@@ -91,7 +91,7 @@ def predict(
 
     from pimpic.data.preprocess import Settings, load_and_preprocess, to_original_grid
     from pimpic.finetune import load_model
-    from pimpic.inference import predict_labels, resolve_device
+    from pimpic.inference import inference_settings, predict_labels, resolve_device
     from pimpic.io import atomic_path
 
     files = collect_images(images)
@@ -108,7 +108,8 @@ def predict(
     for path in tqdm(files, disable=not progress, desc="predict", unit="image"):
         _check_channels(path, in_channels)
         image, _, meta = load_and_preprocess(path, None, settings)
-        labels = predict_labels(model, image, int(info["patch_size"]), overlap=0.5, device=dev)
+        labels = predict_labels(model, image, int(info["patch_size"]), **inference_settings(info),
+                                device=dev)
         mask = np.asarray(to_original_grid(labels, meta), dtype=np.uint8)
         src: Any = nib.load(str(path))
         if mask.shape != tuple(src.shape[:3]):

@@ -2,8 +2,11 @@
 
 All statistics start from one row per (method, fraction, seed, test case). With several seeds a
 case's Dice is first averaged over the seeds, so every test case counts once: the table's mean ±
-SD (sample SD, ddof = 1) and the paired tests are over test cases, as in the paper. A Dice that
-is undefined (NaN: the ground truth lacks the structure) is excluded and counted.
+SD and the paired tests are over test cases, as in the paper. Two conventions are named options
+of the experiment (docs/method.md §8), both the released code's by default: a structure absent
+from a test case's ground truth (Dice undefined, NaN in ``results.csv``) scores 0
+(``absent="zero"``) or is left out and counted (``absent="nan"``); the SD is the population SD
+(``sd_ddof=0``) or the sample SD (``sd_ddof=1``). The table says which were used.
 """
 
 from __future__ import annotations
@@ -106,9 +109,11 @@ def read_results_csv(path: str | Path) -> list[dict[str, Any]]:
 
 
 def per_case(rows: Iterable[dict[str, Any]], method: str, fraction: int,
-             structure: str) -> tuple[dict[str, float], int]:
-    """``{case: Dice averaged over seeds (NaN seeds skipped)}`` and the count of NaN case-runs.
-    Cases whose every seed is NaN are left out."""
+             structure: str, absent: str = "zero") -> tuple[dict[str, float], int]:
+    """``{case: Dice averaged over seeds}`` and the count of NaN (structure-absent) case-runs.
+
+    ``absent="zero"``: a NaN scores 0 (the released rule); ``"nan"``: it is skipped, and cases
+    whose every seed is NaN are left out."""
     vals: dict[str, list[float]] = {}
     n_nan = 0
     for r in rows:
@@ -117,17 +122,20 @@ def per_case(rows: Iterable[dict[str, Any]], method: str, fraction: int,
         v = r[f"dice_{structure}"]
         if math.isnan(v):
             n_nan += 1
-            continue
+            if absent == "nan":
+                continue
+            v = 0.0
         vals.setdefault(r["case"], []).append(v)
     return {c: float(np.mean(v)) for c, v in vals.items()}, n_nan
 
 
 def summarise(rows: Sequence[dict[str, Any]], method: str, fraction: int,
-              structure: str) -> dict[str, Any]:
-    """Mean ± SD (percent) of the per-case Dice; ``n`` cases, ``n_excluded`` NaN case-runs."""
-    cases, n_nan = per_case(rows, method, fraction, structure)
+              structure: str, absent: str = "zero", ddof: int = 0) -> dict[str, Any]:
+    """Mean ± SD (percent, SD with ``ddof``) of the per-case Dice; ``n`` cases, ``n_excluded``
+    NaN (structure-absent) case-runs — scored 0 or left out by ``absent``."""
+    cases, n_nan = per_case(rows, method, fraction, structure, absent)
     v = np.array(list(cases.values()), dtype=float) * 100
-    sd = float(np.std(v, ddof=1)) if len(v) > 1 else math.nan
+    sd = float(np.std(v, ddof=ddof)) if len(v) > ddof else math.nan
     return {"mean": float(v.mean()) if len(v) else math.nan, "sd": sd, "n": len(v),
             "n_excluded": n_nan}
 
@@ -140,9 +148,11 @@ def _grid(rows: Sequence[dict[str, Any]], methods: Sequence[str] | None,
 
 
 def format_table(rows: Sequence[dict[str, Any]], methods: Sequence[str] | None = None,
-                 fractions: Sequence[int] | None = None) -> str:
+                 fractions: Sequence[int] | None = None, absent: str = "zero",
+                 ddof: int = 0) -> str:
     """The paper's Table 1: rows = methods grouped by structure, columns = label fractions with
-    their training-case counts; cells mean ± SD Dice (%) over test cases; best mean in bold."""
+    their training-case counts; cells mean ± SD Dice (%) over test cases; best mean in bold;
+    the footnote states the conventions (``absent`` rule, SD ``ddof``)."""
     ms, fs = _grid(rows, methods, fractions)
     n_train = {r["fraction"]: r["n_train_cases"] for r in rows}
     header = ["Method / labels", *(f"{f} % (n={n_train.get(f, '?')})" for f in fs)]
@@ -150,7 +160,7 @@ def format_table(rows: Sequence[dict[str, Any]], methods: Sequence[str] | None =
     n_excl = 0
     for structure in STRUCTURES:
         lines.append(f"| **{STRUCTURE_NAMES[structure]}** |" + " |" * len(fs))
-        stats = {(m, f): summarise(rows, m, f, structure) for m in ms for f in fs}
+        stats = {(m, f): summarise(rows, m, f, structure, absent, ddof) for m in ms for f in fs}
         best = {}
         for f in fs:
             means = [round(stats[m, f]["mean"], 1) for m in ms if stats[m, f]["n"]]
@@ -166,20 +176,24 @@ def format_table(rows: Sequence[dict[str, Any]], methods: Sequence[str] | None =
                 text = f"{s['mean']:.1f} ± {sd}"
                 if best[f] is not None and round(s["mean"], 1) == best[f] and len(ms) > 1:
                     text = f"**{text}**"
-                if s["n_excluded"]:
+                if s["n_excluded"] and absent == "nan":
                     text += f" ({s['n_excluded']} NaN)"
-                    n_excl += s["n_excluded"]
+                n_excl += s["n_excluded"]
                 cells.append(text)
             lines.append(f"| {method_name(m)} | " + " | ".join(cells) + " |")
     n_cases = len({r["case"] for r in rows})
     n_seeds = len({r["seed"] for r in rows})
-    lines += ["", f"Mean ± SD Dice (%) over {n_cases} test cases"
+    sd_name = "population SD" if ddof == 0 else f"SD with ddof = {ddof}"
+    lines += ["", f"Mean ± {sd_name} of Dice (%) over {n_cases} test cases"
               + (f" (each case averaged over {n_seeds} seeds)" if n_seeds > 1 else "")
               + "; n = labelled training cases; best mean per column and structure in bold; "
               "— = not run."]
-    if n_excl:
+    if n_excl and absent == "nan":
         lines += ["", "(k NaN): k case-runs (test case × seed) whose ground truth lacks the "
                   f"structure (Dice undefined) left out of that cell; {n_excl} in all."]
+    elif n_excl:
+        lines += ["", f"A structure absent from a test case's ground truth scores Dice 0 (the "
+                  f"released rule; {n_excl} case-runs in all); `absent: nan` leaves them out."]
     return "\n".join(lines) + "\n"
 
 
@@ -190,7 +204,8 @@ def format_table(rows: Sequence[dict[str, Any]], methods: Sequence[str] | None =
 
 def wilcoxon_tests(rows: Sequence[dict[str, Any]], baseline: str = "random",
                    methods: Sequence[str] | None = None,
-                   fractions: Sequence[int] | None = None) -> list[dict[str, Any]]:
+                   fractions: Sequence[int] | None = None,
+                   absent: str = "zero") -> list[dict[str, Any]]:
     """Wilcoxon signed-rank test of each method against ``baseline`` per fraction and
     structure, paired by test case (seed-averaged). Each result has ``method``, ``fraction``,
     ``structure``, ``n`` (pairs), ``mean_diff`` (percentage points, method − baseline),
@@ -201,11 +216,11 @@ def wilcoxon_tests(rows: Sequence[dict[str, Any]], baseline: str = "random",
     out = []
     for structure in STRUCTURES:
         for f in fs:
-            base, _ = per_case(rows, baseline, f, structure)
+            base, _ = per_case(rows, baseline, f, structure, absent)
             for m in ms:
                 if m == baseline:
                     continue
-                other, _ = per_case(rows, m, f, structure)
+                other, _ = per_case(rows, m, f, structure, absent)
                 common = sorted(set(base) & set(other))
                 a = np.array([other[c] for c in common]) * 100
                 b = np.array([base[c] for c in common]) * 100
@@ -302,8 +317,9 @@ def write_all(exp: str | Path, cfg: ExperimentConfig) -> dict[str, Path]:
     exp = Path(exp)
     rows = collect_results(exp, cfg)
     write_results_csv(rows, exp / "results.csv")
-    table = format_table(rows, cfg.methods, cfg.fractions) if rows else "No results yet.\n"
-    tests = wilcoxon_tests(rows, "random", cfg.methods, cfg.fractions) \
+    table = (format_table(rows, cfg.methods, cfg.fractions, cfg.absent, cfg.sd_ddof)
+             if rows else "No results yet.\n")
+    tests = wilcoxon_tests(rows, "random", cfg.methods, cfg.fractions, cfg.absent) \
         if "random" in cfg.methods and rows else []
     stats = format_stats(tests)
     reading = format_reading(tests)

@@ -55,14 +55,20 @@ def register(app: typer.Typer) -> None:
         lcc: bool = typer.Option(False, "--lcc", help="Keep the largest connected component."),
         original_space: bool = typer.Option(
             False, "--original-space", help="Metrics on the original image grid."),
+        absent: str = typer.Option(
+            "zero", "--absent", help="A structure absent from a case's ground truth: 'zero' "
+            "scores Dice 0 (released rule), 'nan' leaves it out of the mean."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
     ) -> None:
         """Dice and HD95 per structure on held-out cases; writes RUN/eval-<split>/."""
+        from pimpic.errors import PimpicError
         from pimpic.evaluate import evaluate
 
+        if absent not in ("zero", "nan"):
+            raise PimpicError(f"--absent {absent!r}: choose 'zero' or 'nan'")
         evaluate(run, split=split, cache=cache, lcc=lcc, original_space=original_space,
-                 device=device, progress=progress)
+                 device=device, progress=progress, absent=absent)
 
     @app.command("predict")
     @friendly_errors

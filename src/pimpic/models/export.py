@@ -30,15 +30,12 @@ CHECKED = ("in_channels", "width", "depth", "patch_size", "spacing", "window")
 
 def save_encoder(path: str | Path, encoder: Encoder, meta: Mapping[str, Any]) -> None:
     """Write ``encoder`` to ``path`` atomically, with ``meta`` plus its architecture."""
-    from safetensors.torch import save_file
-
     from pimpic import __version__
-    from pimpic.io import atomic_path
+    from pimpic.io import save_safetensors
 
     full = {"architecture": encoder.architecture(), "pimpic_version": __version__, **meta}
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT, "pimpic": json.dumps(full)})
+    save_safetensors(state, path, {"format": FORMAT, "pimpic": json.dumps(full)})
 
 
 def read_encoder_metadata(path: str | Path) -> dict[str, Any]:

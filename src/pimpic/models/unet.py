@@ -1,4 +1,4 @@
-"""The reference 3D U-Net (METHOD.md §3).
+"""The reference 3D U-Net (docs/method.md §3).
 
 Encoder: ``depth`` blocks of widths ``K·2^l``; a block is three 3×3×3 convolutions, each
 followed by InstanceNorm3d (no affine) and ReLU, and returns ``out1 + out3``. A MaxPool3d(2)
@@ -78,28 +78,54 @@ class Encoder(nn.Module):
                 "width": self.width, "depth": self.depth}
 
 
+#: decoder variants (docs/method.md §3): up-block widths as multiples of K, skip upsampling
+#: with ``align_corners``, head kernel
+DECODERS = {
+    # the authors' released fine-tuning network: 8K, 4K, 2K, K, K; 1×1×1 head
+    "released": {"up": (8, 4, 2, 1, 1), "align_corners": True, "head_kernel": 1},
+    # mirror of the encoder: 16K, 8K, 4K, 2K, K; 3×3×3 head
+    "symmetric": {"up": (16, 8, 4, 2, 1), "align_corners": False, "head_kernel": 3},
+}
+
+
 class Decoder(nn.Module):
     """Bottleneck at 1/2^depth, then ``depth`` up-blocks (trilinear ×2, concat skip, block).
+
+    Args:
+        widths: the encoder's level widths ``[K, 2K, …]``.
+        num_classes: output channels.
+        kind: a key of :data:`DECODERS` (``released``: 21.3 M parameters at K = 32, depth 5;
+            ``symmetric``: 47.1 M).
 
     ``forward(pyramid) → logits (B, num_classes, D, H, W)``.
     """
 
-    def __init__(self, widths: list[int], num_classes: int) -> None:
+    def __init__(self, widths: list[int], num_classes: int, kind: str = "released") -> None:
         super().__init__()
+        if kind not in DECODERS:
+            raise ValueError(f"decoder {kind!r} is not one of {', '.join(DECODERS)}")
+        spec = DECODERS[kind]
+        base, depth = widths[0], len(widths)
+        # the up-block widths of a depth-5 network; shallower networks keep the last ``depth``
+        outs = [base * m for m in spec["up"][-depth:]]  # type: ignore[index]
         top = widths[-1]
         self.bottleneck = _conv_in_relu(top, top)
         ups = []
         cin = top
-        for w in reversed(widths):
-            ups.append(ConvBlock(cin + w, w))
-            cin = w
+        for skip, out in zip(reversed(widths), outs, strict=True):
+            ups.append(ConvBlock(cin + skip, out))
+            cin = out
         self.up_blocks = nn.ModuleList(ups)
-        self.head = nn.Conv3d(widths[0], num_classes, kernel_size=3, padding=1)
+        k = int(spec["head_kernel"])  # type: ignore[call-overload]
+        self.head = nn.Conv3d(cin, num_classes, kernel_size=k, padding=k // 2)
+        self.align_corners = bool(spec["align_corners"])
+        self.kind = kind
 
     def forward(self, pyramid: list[Tensor]) -> Tensor:
         x = self.bottleneck(F.max_pool3d(pyramid[-1], 2))
         for block, skip in zip(self.up_blocks, reversed(pyramid), strict=True):
-            x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False)
+            x = F.interpolate(x, size=skip.shape[2:], mode="trilinear",
+                              align_corners=self.align_corners)
             x = block(torch.cat([x, skip], dim=1))
         return self.head(x)
 
@@ -111,10 +137,10 @@ class SegmentationNet(nn.Module):
     divisible by ``2^depth`` (the bottleneck sits at 1/2^depth).
     """
 
-    def __init__(self, encoder: Encoder, num_classes: int = 3) -> None:
+    def __init__(self, encoder: Encoder, num_classes: int = 3, decoder: str = "released") -> None:
         super().__init__()
         self.encoder = encoder
-        self.decoder = Decoder(encoder.widths, num_classes)
+        self.decoder = Decoder(encoder.widths, num_classes, decoder)
         self.num_classes = num_classes
 
     def forward(self, x: Tensor) -> Tensor:
