@@ -5,7 +5,9 @@ Layout of ``CACHE/``::
     manifest.json            {"format": "pimpic-cache", "version": 1, "pimpic_version": ...,
                               "settings": {...preprocessing settings...}, "source": ...,
                               "layout": ..., "cases": [ids...]}
-    splits.json              {"seed", "ratios", "train", "val", "test", "fractions": {"5": [...]}}
+    splits.json              {"seed", "ratios", "train", "val", "test", "fractions": {"5": [...]},
+                              ["unlabelled": [...], "unused": [...]]}; written once, then kept
+                             (pimpic.data.splits.settle_split)
     cases/<id>/image.npy     (X, Y, Z) RAS voxel grid at the target spacing, values in [0, 1]
     cases/<id>/label.npy     (X, Y, Z) uint8, only for labelled cases
     cases/<id>/meta.json     per-case metadata (original affine/shape/spacing, crop box, ...,

@@ -261,6 +261,14 @@ def settle_split(saved: Mapping[str, Any] | None, user: Mapping[str, Any] | None
     labels); unlabelled cases are listed under ``"unlabelled"``, cached cases a ``--splits`` file
     leaves out under ``"unused"``.
 
+    Args:
+        saved: the cache's current ``splits.json`` (None: none yet).
+        user: the split read from ``--splits`` (None: a seeded split).
+        done: every cached case id; ``labelled``: those with a label.
+        seed: seed of a new seeded split (None: 0).
+        resplit: replace a saved split instead of keeping it.
+        where: the saved split's path; ``user_where``: the ``--splits`` file (for messages).
+
     Returns:
         ``(split, status)``: status ``"kept"`` (the saved split, unchanged), ``"new"``,
         ``"recomputed"`` (``resplit``) or ``"none"`` (fewer than 3 cases: no split).
