@@ -19,6 +19,17 @@ def save(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Pat
     return path
 
 
+def save_sform(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
+    """Save with ``affine`` as the sform only (qform unset), so any matrix — zero, singular,
+    NaN, sheared — reaches the reader as written (nibabel refuses to build a qform from those)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(array, None)
+    img.header.set_sform(affine, code=1)
+    img.header.set_qform(None, code=0)
+    nib.save(img, str(path))
+    return path
+
+
 def phantom(shape: tuple[int, int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """HU image (int16) with a bright box (label 1) holding a darker cube (label 2)."""
     rng = np.random.default_rng(seed)
@@ -37,15 +48,15 @@ def phantom(shape: tuple[int, int, int], seed: int = 0) -> tuple[np.ndarray, np.
 
 
 def msd_tree(root: Path, n: int = 3, shape: tuple[int, int, int] = (12, 10, 8),
-             affine: np.ndarray | None = None) -> Path:
+             affine: np.ndarray | None = None, ext: str = ".nii.gz") -> Path:
     aff = np.diag([-1.5, -1.5, 3.0, 1.0]) if affine is None else affine
     training = []
     for i in range(n):
         img, lab = phantom(shape, i)
-        save(root / "imagesTr" / f"pan_{i:03d}.nii.gz", img, aff)
-        save(root / "labelsTr" / f"pan_{i:03d}.nii.gz", lab, aff)
-        training.append({"image": f"./imagesTr/pan_{i:03d}.nii.gz",
-                         "label": f"./labelsTr/pan_{i:03d}.nii.gz"})
+        save(root / "imagesTr" / f"pan_{i:03d}{ext}", img, aff)
+        save(root / "labelsTr" / f"pan_{i:03d}{ext}", lab, aff)
+        training.append({"image": f"./imagesTr/pan_{i:03d}{ext}",
+                         "label": f"./labelsTr/pan_{i:03d}{ext}"})
     (root / "imagesTr" / "._pan_000.nii.gz").write_bytes(b"\x00\x05\x16\x07junk")
     (root / "dataset.json").write_text(json.dumps({
         "name": "tiny", "labels": {"0": "background", "1": "pancreas", "2": "cancer"},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -32,10 +33,35 @@ def test_synth_then_prepare_then_rerun(tmp_path: Path) -> None:
                   "--no-progress")
     assert result.exit_code == 0, result.output
     assert "msd dataset" in result.output and "4/4 case(s) cached (4 processed" in result.output
-    assert "splits: train 2, val 1, test 1" in result.output
+    assert "train 2, val 0, test 2" in result.output and "splits (new, " in result.output
     assert Cache(cache).settings["spacing"] == [3.0, 3.0, 3.0]
     result = _run("prepare", synth, "--out", cache, "--spacing", "3", "--no-progress")
     assert result.exit_code == 0 and "(0 processed, 4 already done)" in result.output
+    assert "splits (kept, " in result.output
+
+
+def test_prepare_says_what_it_redoes_and_when_the_split_must_move(tmp_path: Path) -> None:
+    synth, cache = tmp_path / "synth", tmp_path / "cache"
+    args = ("--shape", "24,24,8", "--spacing", "6,6,10", "--no-progress")
+    assert _run("synth", "--out", synth, "--cases", "3", *args).exit_code == 0
+    prep = ("prepare", synth, "--out", cache, "--spacing", "6", "--workers", "1",
+            "--no-progress")
+    assert _run(*prep).exit_code == 0
+    label = synth / "labelsTr" / "pancreas_000.nii.gz"
+    label.write_bytes((synth / "labelsTr" / "pancreas_001.nii.gz").read_bytes())
+    result = _run(*prep)
+    assert result.exit_code == 0, result.output
+    assert "redone 1 cached case(s) whose inputs changed: pancreas_000 (label changed)" \
+        in result.output
+    assert _run("synth", "--out", tmp_path / "four", "--cases", "4", *args).exit_code == 0
+    shutil.copy(tmp_path / "four" / "dataset.json", synth / "dataset.json")
+    for sub in ("imagesTr", "labelsTr"):
+        shutil.copy(tmp_path / "four" / sub / "pancreas_003.nii.gz", synth / sub)
+    result = _run(*prep)
+    assert result.exit_code == 2 and "not in the saved split (pancreas_003)" in result.output
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 1
+    result = _run(*prep, "--resplit")
+    assert result.exit_code == 0 and "splits (recomputed (--resplit), " in result.output
 
 
 def test_prepare_errors_are_one_line(tmp_path: Path) -> None:

@@ -82,3 +82,51 @@ def test_duplicate_ids_are_refused(tmp_path: Path) -> None:
     (root / "dataset.json").write_text(json.dumps(meta))
     with pytest.raises(PimpicError, match="duplicate case id"):
         read_dataset(root)
+
+
+def _msd_with_names(root: Path, names: list[str]) -> Path:
+    """An MSD tree whose training list names these image files (each written)."""
+    root = msd_tree(root, n=1)
+    img = (root / "imagesTr" / "pan_000.nii.gz").read_bytes()
+    lab = (root / "labelsTr" / "pan_000.nii.gz").read_bytes()
+    training = []
+    for name in names:
+        (root / "imagesTr" / name).write_bytes(img)
+        (root / "labelsTr" / name).write_bytes(lab)
+        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["training"] = training
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+@pytest.mark.parametrize(("names", "match"), [
+    (["a:b.nii.gz"], r"a:b.nii.gz: case id 'a:b' contains ':'"),
+    ([" lead.nii.gz"], "starts or ends with white space"),
+    (["tab\there.nii.gz"], "unsafe in a folder name"),
+    (["x" * 210 + ".nii.gz"], "longer than 200 bytes"),
+    (["Pan_7.nii.gz", "pan_7.nii.gz"], "'pan_7' collides with 'Pan_7'"),
+    (["caf\u00e9.nii.gz", "cafe\u0301.nii.gz"], "collides with"),  # NFC vs NFD spelling
+])
+def test_unsafe_or_colliding_case_ids_are_refused(tmp_path: Path, names, match) -> None:
+    root = _msd_with_names(tmp_path / "msd", names)
+    with pytest.raises(PimpicError, match=match) as err:
+        read_dataset(root)
+    assert "\n" not in str(err.value)
+
+
+def test_nnunet_image_without_a_case_name_is_refused(tmp_path: Path) -> None:
+    """``_0000.nii.gz`` has the empty id: its case folder would be ``cases/`` itself."""
+    root = nnunet_tree(tmp_path / "nn", n=2)
+    (root / "imagesTr" / "_0000.nii.gz").write_bytes(
+        (root / "imagesTr" / "kid_000_0000.nii.gz").read_bytes())
+    with pytest.raises(PimpicError, match=r"imagesTr/_0000.nii.gz: case id '' is empty"):
+        read_dataset(root)
+
+
+def test_folder_layout_never_takes_label_maps_for_ct(tmp_path: Path) -> None:
+    for make in (msd_tree, kits_tree, nnunet_tree):
+        _, cases = read_dataset(make(tmp_path / make.__name__), layout="folder")
+        assert cases
+        for c in cases:
+            assert "labels" not in str(c["image"]) and c["image"].name != "segmentation.nii.gz"

@@ -1,22 +1,26 @@
-"""``prepare``: the cache layout, resuming, settings guard, splits, and bad cases."""
+"""``prepare``: the cache layout, resuming, settings guard, splits, bad cases, and never
+deleting or trusting what it should not."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from _nifti import folder_tree, kits_tree, msd_tree
-from pimpic.data.cache import Cache
-from pimpic.data.prepare import prepare
+from _nifti import folder_tree, kits_tree, msd_tree, nnunet_tree, save
+from pimpic.data.cache import LOCK, Cache
+from pimpic.data.prepare import _remove, prepare
 from pimpic.data.preprocess import Settings
 from pimpic.errors import PimpicError
+from pimpic.io import exclusive_lock
 
 META_KEYS = {"id", "shape", "spacing", "affine", "original_affine", "original_shape",
              "original_spacing", "crop_box", "has_label", "source_image", "source_label",
-             "label_values", "settings"}
+             "sources", "label_values", "settings"}
 
 
 def test_cache_layout_and_resume(tmp_path: Path) -> None:
@@ -43,16 +47,21 @@ def test_cache_layout_and_resume(tmp_path: Path) -> None:
     assert again["processed"] == 0 and again["skipped"] == 4
     assert (out / "cases" / cid / "image.npy").stat().st_mtime_ns == mtime
 
-    # a stale case (its source changed) and a missing case are redone, nothing else
+    # same bytes rewritten (mtime moves, content does not): still finished, not re-read again
     img_path = src / "imagesTr" / "pan_001.nii.gz"
-    img_path.write_bytes(img_path.read_bytes() + b"")  # same size: still finished
-    import shutil
+    img_path.write_bytes(img_path.read_bytes())
+    again = prepare(src, out, workers=1, progress=False)
+    assert again["processed"] == 0 and not again["redone"]
+    assert cache.meta("pan_001")["sources"]["image"]["mtime_ns"] == img_path.stat().st_mtime_ns
 
+    # a stale case (its source changed) and a missing case are redone, nothing else
     shutil.rmtree(out / "cases" / "pan_002")
-    msd_tree(src, n=4, shape=(14, 10, 8))  # every source changes size
+    msd_tree(src, n=4, shape=(14, 10, 8))  # every source changes
     (out / "cases" / ".tmp-pan_000-1").mkdir()  # leftover of a killed worker
     third = prepare(src, out, workers=1, progress=False)
     assert third["processed"] == 4 and not (out / "cases" / ".tmp-pan_000-1").exists()
+    assert third["redone"] == {c: "image changed" for c in ("pan_000", "pan_001", "pan_003")}
+    assert third["split_status"] == "kept"
 
 
 def test_parallel_workers_and_float32(tmp_path: Path) -> None:
@@ -82,7 +91,8 @@ def test_other_settings_or_foreign_folder_is_refused(tmp_path: Path) -> None:
 def test_unlabelled_folder_still_gets_splits(tmp_path: Path) -> None:
     out = tmp_path / "cache"
     report = prepare(folder_tree(tmp_path / "f", n=5), out, workers=1, progress=False)
-    assert report["splits"] == {"train": 3, "val": 1, "test": 1}
+    # int(0.7 · 5) = 3 train, int(0.1 · 5) = 0 val, 2 test (the released rule)
+    assert report["splits"] == {"train": 3, "val": 0, "test": 2}
     cache = Cache(out)
     assert cache.label(cache.case_ids[0]) is None and len(cache.train_ids()) == 3
 
@@ -98,8 +108,11 @@ def test_user_splits(tmp_path: Path) -> None:
     assert Cache(out).splits()["fractions"]["5"] == ["pan_000"]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"train": ["pan_000", "pan_009"], "val": [], "test": []}))
-    with pytest.raises(PimpicError, match=r"bad.json: 'train' names unknown"):
+    with pytest.raises(PimpicError, match=r"splits.json: the cache already has another split"):
         prepare(src, out, workers=1, progress=False, splits_file=bad)
+    with pytest.raises(PimpicError, match=r"bad.json: 'train' names unknown"):
+        prepare(src, out, workers=1, progress=False, splits_file=bad, resplit=True)
+    assert Cache(out).splits()["train"] == ["pan_000", "pan_001"]
 
 
 def _break_two(src: Path) -> None:
@@ -127,4 +140,126 @@ def test_skip_bad_finishes_the_rest(tmp_path: Path) -> None:
     assert "not found" in report["bad"][0]["error"]
     assert "corrupt or truncated" in report["bad"][1]["error"]
     assert Cache(out).case_ids == ["pan_000", "pan_003", "pan_004"]
-    assert report["splits"] == {"train": 1, "val": 1, "test": 1}
+    assert report["splits"] == {"train": 2, "val": 0, "test": 1}
+    # still bad on a rerun: the split (made without them) is kept
+    assert prepare(src, out, workers=1, progress=False, skip_bad=True)["split_status"] == "kept"
+
+
+def _tree_state(root: Path) -> dict[str, tuple[int, int, bytes]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_an_empty_case_id_never_deletes_the_cache(tmp_path: Path) -> None:
+    """``_0000.nii.gz`` (id "") once made ``cases/`` the case folder, and a rerun wiped it."""
+    src = nnunet_tree(tmp_path / "nn", n=3)
+    out = tmp_path / "cache"
+    prepare(src, out, workers=1, progress=False)
+    shutil.copy(src / "imagesTr" / "kid_000_0000.nii.gz", src / "imagesTr" / "_0000.nii.gz")
+    shutil.copy(src / "labelsTr" / "kid_000.nii.gz", src / "labelsTr" / ".nii.gz")
+    before = _tree_state(out)
+    with pytest.raises(PimpicError, match=r"_0000.nii.gz: case id '' is empty"):
+        prepare(src, out, workers=1, progress=False)
+    assert _tree_state(out) == before
+
+
+def test_remove_deletes_only_a_folder_directly_inside_cases(tmp_path: Path) -> None:
+    cases = tmp_path / "cache" / "cases"
+    (cases / "a").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (cases / "link").symlink_to(tmp_path / "elsewhere")
+    for path in (cases, cases / "", cases / ".", cases / "..", tmp_path / "elsewhere",
+                 cases / "link", cases / "a" / ".." / ".."):
+        with pytest.raises(PimpicError, match="refusing to delete"):
+            _remove(path, cases)
+    assert (cases / "a").is_dir() and (tmp_path / "elsewhere").is_dir()
+    _remove(cases / "a", cases)
+    assert not (cases / "a").exists()
+
+
+def test_a_same_size_label_correction_is_redone(tmp_path: Path) -> None:
+    """Uncompressed .nii: a corrected label has the same byte size as the wrong one."""
+    src = msd_tree(tmp_path / "msd", n=3, ext=".nii")
+    out = tmp_path / "cache"
+    prepare(src, out, workers=1, progress=False)
+    label_path = src / "labelsTr" / "pan_001.nii"
+    size = label_path.stat().st_size
+    cached = Cache(out).label("pan_001", mmap=False)
+    assert cached is not None and cached.any()
+    save(label_path, np.zeros((12, 10, 8), np.uint8), np.diag([-1.5, -1.5, 3.0, 1.0]))
+    assert label_path.stat().st_size == size
+    report = prepare(src, out, workers=1, progress=False)
+    assert report["redone"] == {"pan_001": "label changed"} and report["processed"] == 1
+    label = Cache(out).label("pan_001", mmap=False)
+    assert label is not None and not label.any()
+
+
+def test_a_second_prepare_on_the_same_cache_is_locked_out(tmp_path: Path) -> None:
+    src = msd_tree(tmp_path / "msd", n=3)
+    out = tmp_path / "cache"
+    prepare(src, out, workers=1, progress=False)
+    shutil.rmtree(out / "cases" / "pan_001")
+    (out / "cases" / ".tmp-pan_001-99999").mkdir()  # the other run's work in progress
+    with exclusive_lock(out / LOCK, "test"):
+        with pytest.raises(PimpicError, match=r"\.prepare\.lock: locked by another "
+                                              r"`pimpic prepare` \(pid \d+\)"):
+            prepare(src, out, workers=1, progress=False)
+        assert (out / "cases" / ".tmp-pan_001-99999").is_dir()
+    assert prepare(src, out, workers=1, progress=False)["processed"] == 1
+
+
+def test_case_files_and_folders_are_fsynced(tmp_path: Path, monkeypatch) -> None:
+    synced: list[str] = []
+    real = os.fsync
+
+    def record(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    out = tmp_path / "cache"
+    prepare(msd_tree(tmp_path / "msd", n=1), out, workers=1, progress=False)
+    names = {Path(p).name for p in synced}
+    assert {"image.npy", "label.npy", "cases"} <= names
+    assert any(n.startswith(".meta.json.") for n in names)  # atomic_open's temporary name
+    assert any(Path(p).name.startswith(".tmp-pan_000") for p in synced)  # before the rename
+
+
+def test_adding_cases_never_moves_the_split(tmp_path: Path) -> None:
+    src, out = tmp_path / "msd", tmp_path / "cache"
+    msd_tree(src, n=9, shape=(6, 6, 4))
+    prepare(src, out, workers=1, progress=False)
+    before = (out / "splits.json").read_bytes()
+    msd_tree(src, n=10, shape=(6, 6, 4))  # a tenth case (and the nine rewritten identically)
+    with pytest.raises(PimpicError, match=r"splits.json: 1 cached case\(s\) are not in the "
+                                          r"saved split \(pan_009\).*--resplit"):
+        prepare(src, out, workers=1, progress=False)
+    assert (out / "splits.json").read_bytes() == before
+    assert "pan_009" in Cache(out).case_ids  # cached all the same; only the split waits
+    with pytest.raises(PimpicError, match=r"made with seed 0; --seed 3 would move cases"):
+        prepare(src, out, workers=1, progress=False, seed=3)
+    report = prepare(src, out, workers=1, progress=False, resplit=True)
+    assert report["split_status"] == "recomputed" and report["splits"]["train"] == 7
+    assert report["split_digest"] == prepare(src, out, workers=1, progress=False)["split_digest"]
+
+
+def test_released_split_file(tmp_path: Path) -> None:
+    src, out = tmp_path / "msd", tmp_path / "cache"
+    msd_tree(src, n=6, shape=(6, 6, 4))
+
+    def entries(*idx: int) -> list[dict[str, str]]:
+        return [{"image": f"./imagesTr/pan_{i:03d}.nii.gz",
+                 "label": f"./labelsTr/pan_{i:03d}.nii.gz"} for i in idx]
+
+    released = {"validation": entries(4), "test": entries(5),
+                "train_2_percent": entries(2), "train_5_percent": entries(2),
+                "train_10_percent": entries(2), "train_20_percent": entries(2, 0),
+                "train_50_percent": entries(0, 2), "train_100_percent": entries(3, 0, 2, 1)}
+    path = tmp_path / "released.json"
+    path.write_text(json.dumps(released))
+    report = prepare(src, out, workers=1, progress=False, splits_file=path)
+    assert report["splits"] == {"train": 4, "val": 1, "test": 1}
+    splits = Cache(out).splits()
+    assert splits["train"] == ["pan_003", "pan_000", "pan_002", "pan_001"]  # order as given
+    assert splits["fractions"]["2"] == ["pan_002"] and splits["fractions"]["50"] == [
+        "pan_000", "pan_002"]

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from _nifti import KITS_AFFINE, phantom, save
+from _nifti import KITS_AFFINE, phantom, save, save_sform
 from pimpic.data.preprocess import Settings, load_and_preprocess, to_original_grid
 from pimpic.errors import PimpicError
 
@@ -152,13 +152,33 @@ def _bad_case(tmp_path: Path, kind: str) -> tuple[Path, Path | None, str]:
     if kind == "4d":
         save(ip, np.stack([img, img], -1), aff)
         return ip, None, "img.nii.gz"
+    if kind in BAD_AFFINES:
+        save_sform(ip, img, BAD_AFFINES[kind])
+        return ip, None, "img.nii.gz"
     arr = img.astype(np.float32)
     arr[1, 2, 3] = np.nan if kind == "nan" else np.inf
     save(ip, arr, aff)
     return ip, lp, "img.nii.gz"
 
 
-BAD_KINDS = {"missing": "not found", "truncated": "corrupt or truncated", "garbage": "corrupt",
+def _affine(columns: list[list[float]]) -> np.ndarray:
+    a = np.eye(4)
+    a[:3, :3] = np.asarray(columns, float).T
+    return a
+
+
+BAD_AFFINES = {
+    "zero_affine": np.zeros((4, 4)),
+    "singular_affine": _affine([[1.5, 0, 0], [1.5, 0, 0], [0, 0, 1.5]]),  # two parallel axes
+    "tiny_affine": _affine([[1e-5, 0, 0], [0, 1.5, 0], [0, 0, 1.5]]),
+    "nan_affine": _affine([[np.nan, 0, 0], [0, 1.5, 0], [0, 0, 1.5]]),
+    "sheared": _affine([[1.5, 0, 0], [0.3, 1.5, 0], [0, 0, 1.5]]),  # an 11° gantry tilt
+}
+
+BAD_KINDS = {"zero_affine": "affine is singular", "singular_affine": "affine is singular",
+             "tiny_affine": "affine is singular", "nan_affine": "affine holds NaN",
+             "sheared": "affine is sheared",
+             "missing": "not found", "truncated": "corrupt or truncated", "garbage": "corrupt",
              "shape": "label shape", "affine": "label affine",
              "label_values": "outside the declared",
              "2d": "2D", "4d": "4D", "nan": "NaN or Inf", "inf": "NaN or Inf"}
@@ -171,3 +191,16 @@ def test_bad_input_is_a_one_line_error_naming_the_file(tmp_path: Path, kind: str
         load_and_preprocess(ip, lp, EXACT, [0, 1, 2])
     msg = str(err.value)
     assert name in msg and BAD_KINDS[kind] in msg and "\n" not in msg, msg
+
+
+def test_oblique_but_orthogonal_affine_is_accepted(tmp_path: Path) -> None:
+    """A rotated grid (perpendicular axes) is fine; only shear is refused."""
+    img, lab = phantom((10, 10, 8))
+    c, s = np.cos(np.radians(30)), np.sin(np.radians(30))
+    aff = np.array([[1.5 * c, -1.5 * s, 0, 0], [1.5 * s, 1.5 * c, 0, 0], [0, 0, 2.0, 0],
+                    [0, 0, 0, 1]])
+    ip = save_sform(tmp_path / "i.nii.gz", img, aff)
+    lp = save_sform(tmp_path / "l.nii.gz", lab, aff)
+    image, label, meta = load_and_preprocess(ip, lp, EXACT, [0, 1, 2])
+    assert label is not None and image.shape == label.shape
+    np.testing.assert_allclose(meta["original_spacing"], [1.5, 1.5, 2.0])

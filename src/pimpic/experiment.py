@@ -3,6 +3,7 @@
 Layout of ``EXP/``::
 
     config.yaml                                 the resolved ExperimentConfig
+    split.json                                  fingerprint of the cache split it was made on
     timings.json                                wall seconds per finished stage
     pretrain/<method>/                          one pretraining run per non-random method
     finetune/<method>/f<fraction>/s<seed>/      one fine-tuning run per cell (no encoder: random)
@@ -41,6 +42,7 @@ from pimpic.config import (
     save_config,
     to_dict,
 )
+from pimpic.data.splits import split_digest
 from pimpic.errors import PimpicError
 
 METHODS = ("random", *PRETRAIN_METHODS)
@@ -49,6 +51,7 @@ METHODS = ("random", *PRETRAIN_METHODS)
 GRID_KEYS = ("methods", "fractions", "seeds", "overlay_fraction", "overlay_case")
 #: settings that do not change results (where and how fast a run executes)
 FREE_KEYS = ("device", "num_workers", "log_every", "checkpoint_every")
+SPLIT_RECORD = "split.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,13 +275,19 @@ def print_status(event: StageEvent) -> None:
     print(f"{line} (elapsed {_fmt_s(event.elapsed)}, ETA {eta})", file=sys.stderr, flush=True)
 
 
-def _check_same_setup(cfg: ExperimentConfig, exp: Path) -> None:
-    """Refuse to mix runs made with other settings into one table."""
+def _check_same_setup(cfg: ExperimentConfig, exp: Path, splits: dict[str, Any]) -> None:
+    """Refuse to mix runs made with other settings, or on another split, into one table."""
     from pimpic.config import flatten, load_yaml
+    from pimpic.io import read_json
 
     saved_path = exp / "config.yaml"
     if not saved_path.is_file():
         return
+    digest, record = split_digest(splits), exp / SPLIT_RECORD
+    made_on = read_json(record).get("digest") if record.is_file() else None
+    if made_on not in (None, digest):
+        raise PimpicError(f"{exp}: holds an experiment made on another split of {cfg.cache} "
+                          f"(split {made_on}, now {digest}); use a new --out folder")
     saved, now = flatten(load_yaml(saved_path)), flatten(to_dict(cfg))
     diffs = [k for k in sorted(set(saved) | set(now))
              if k.split(".")[0] not in GRID_KEYS and k.split(".")[-1] not in FREE_KEYS
@@ -317,8 +326,11 @@ def run_experiment(
         raise PimpicError(f"{cache.root}: no splits.json (run `pimpic prepare`)")
     exp = Path(out)
     exp.mkdir(parents=True, exist_ok=True)
-    _check_same_setup(cfg, exp)
+    splits = cache.splits()
+    _check_same_setup(cfg, exp, splits)
     save_config(cfg, exp / "config.yaml")
+    write_json(exp / SPLIT_RECORD, {"digest": split_digest(splits),
+                                    **{k: len(splits[k]) for k in ("train", "val", "test")}})
 
     timings_path = exp / "timings.json"
     timings: dict[str, float] = read_json(timings_path) if timings_path.is_file() else {}

@@ -65,13 +65,25 @@ def register(app: typer.Typer) -> None:
                                              help="Crop each case to the body."),
         dtype: str = typer.Option("float16", "--dtype", help="Image dtype: float16 or float32."),
         workers: int = typer.Option(2, "--workers", help="Worker processes."),
-        seed: int = typer.Option(0, "--seed", help="Split seed."),
-        splits: Path = typer.Option(None, "--splits", help="Use this split file (JSON)."),
+        seed: int = typer.Option(None, "--seed", help="Seed of a new split (default 0; a "
+                                 "saved split keeps its own)."),
+        splits: Path = typer.Option(None, "--splits", help="Use this split file: pimpic's "
+                                    "train/val/test lists or the released validation/test/"
+                                    "train_<p>_percent format."),
+        resplit: bool = typer.Option(False, "--resplit",
+                                     help="Recompute the cache's split (existing cases may move "
+                                     "between train/val/test)."),
         skip_bad: bool = typer.Option(False, "--skip-bad",
                                       help="Skip bad cases (listed at the end), don't stop."),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
     ) -> None:
-        """Preprocess a dataset into a cache: RAS, resample, HU window, split (resumable)."""
+        """Preprocess a dataset into a cache: RAS, resample, HU window, split (resumable).
+
+        Cases whose input files changed since they were cached are redone. The split
+        (splits.json; sizes int(0.7 n) / int(0.1 n) / rest) is written once and then kept: a
+        rerun with new or missing cases, another --seed or another --splits file is refused
+        until you pass --resplit, which recomputes it.
+        """
         from pimpic.data.prepare import prepare as run_prepare
         from pimpic.data.preprocess import Settings
 
@@ -80,14 +92,20 @@ def register(app: typer.Typer) -> None:
         settings = Settings(spacing=sp, window=win, crop_foreground=crop_foreground,  # type: ignore[arg-type]
                             dtype=dtype)
         report = run_prepare(src, out, settings=settings, layout=layout, workers=workers,
-                             skip_bad=skip_bad, seed=seed, splits_file=splits, progress=progress)
+                             skip_bad=skip_bad, seed=seed, splits_file=splits, resplit=resplit,
+                             progress=progress)
         n_ok = report["n_cases"] - len(report["bad"])
         typer.echo(f"prepare: {report['layout']} dataset {src} → {out}: {n_ok}/{report['n_cases']} "
                    f"case(s) cached ({report['processed']} processed, {report['skipped']} already "
                    f"done) in {report['seconds']:.1f} s")
+        if report["redone"]:
+            typer.echo(f"redone {len(report['redone'])} cached case(s) whose inputs changed: "
+                       + ", ".join(f"{k} ({v})" for k, v in report["redone"].items()))
         sizes = report["splits"]
         if sizes:
-            typer.echo(f"splits: train {sizes['train']}, val {sizes['val']}, test {sizes['test']} "
+            how = {"kept": "kept", "new": "new", "recomputed": "recomputed (--resplit)"}
+            typer.echo(f"splits ({how[report['split_status']]}, {report['split_digest']}): "
+                       f"train {sizes['train']}, val {sizes['val']}, test {sizes['test']} "
                        f"→ {Path(out) / 'splits.json'}")
         else:
             typer.echo("splits: too few cases for a train/val/test split (need 3)")

@@ -5,10 +5,14 @@ Layout of ``CACHE/``::
     manifest.json            {"format": "pimpic-cache", "version": 1, "pimpic_version": ...,
                               "settings": {...preprocessing settings...}, "source": ...,
                               "layout": ..., "cases": [ids...]}
-    splits.json              {"seed", "ratios", "train", "val", "test", "fractions": {"5": [...]}}
+    splits.json              {"seed", "ratios", "train", "val", "test", "fractions": {"5": [...]},
+                              ["unlabelled": [...], "unused": [...]]}; written once, then kept
+                             (pimpic.data.splits.settle_split)
     cases/<id>/image.npy     (X, Y, Z) RAS voxel grid at the target spacing, values in [0, 1]
     cases/<id>/label.npy     (X, Y, Z) uint8, only for labelled cases
-    cases/<id>/meta.json     per-case metadata (original affine/shape/spacing, crop box, ...)
+    cases/<id>/meta.json     per-case metadata (original affine/shape/spacing, crop box, ...,
+                             and ``sources``: size, mtime_ns and SHA-256 of each input file)
+    .prepare.lock            held (``flock``) by the one ``pimpic prepare`` writing the cache
 
 Arrays are opened memory-mapped, so the patch sampler reads only the voxels of a patch.
 """
@@ -27,6 +31,7 @@ from pimpic.io import read_json
 MANIFEST = "manifest.json"
 SPLITS = "splits.json"
 CASES_DIR = "cases"
+LOCK = ".prepare.lock"
 
 
 class Cache:

@@ -17,6 +17,14 @@ Four layouts are understood (detected automatically, or forced with ``layout=``)
     ``file_ending``), ``imagesTr/{case}_0000.nii.gz``, ``labelsTr/{case}.nii.gz``.
 ``folder``
     Any folder of NIfTI volumes (searched recursively), unlabelled — a pretraining pool.
+    Label maps are never taken for CT: folders named ``labels*`` (``labelsTr/`` of an MSD or
+    nnU-Net tree) and KiTS19 ``segmentation.nii.gz`` files are skipped.
+
+A case id names the case's folder in the cache, so every id is checked when the dataset is
+read (:func:`check_case_ids`): it must be non-empty, not start with ``.`` (``.``, ``..`` and
+hidden names), hold no path separator, control or other character unsafe in a folder name,
+and stay unique when compared the way case-insensitive file systems do (Unicode NFC,
+case-folded). A bad id is a one-line error naming the file it came from.
 
 Each case dict may also carry ``label_values``: the label values the dataset declares (a
 label volume holding any other value is rejected during preprocessing). Files are not opened
@@ -26,7 +34,8 @@ here; a listed file that is missing is reported when its case is preprocessed, s
 
 from __future__ import annotations
 
-from pathlib import Path
+import unicodedata
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pimpic.errors import PimpicError
@@ -35,6 +44,9 @@ from pimpic.io import read_json
 LAYOUTS = ("msd", "kits19", "nnunet", "folder")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 DEFAULT_LABELS = [0, 1, 2]
+#: characters refused in a case id besides control characters (separators, Windows-reserved)
+UNSAFE_ID_CHARS = frozenset('/\\<>:"|?*')
+MAX_ID_BYTES = 200
 
 
 def read_dataset(root: str | Path, layout: str | None = None) -> tuple[str, list[dict[str, Any]]]:
@@ -60,11 +72,54 @@ def read_dataset(root: str | Path, layout: str | None = None) -> tuple[str, list
     cases = readers[layout](root)
     if not cases:
         raise PimpicError(f"{root}: no cases found for layout '{layout}'")
-    ids = [c["id"] for c in cases]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
-    if dupes:
-        raise PimpicError(f"{root}: duplicate case id(s) {dupes[:5]}")
+    check_case_ids(cases, root)
     return layout, sorted(cases, key=lambda c: c["id"])
+
+
+def case_id_from_image(path: str | Path) -> str:
+    """The case id of an image path as listed in a ``dataset.json``: its file name without
+    ``.nii``/``.nii.gz`` (``./imagesTr/pancreas_001.nii.gz`` → ``pancreas_001``)."""
+    return _strip_nifti(PurePosixPath(str(path).replace("\\", "/")).name)
+
+
+def check_case_ids(cases: list[dict[str, Any]], root: str | Path) -> None:
+    """Refuse ids that cannot safely name a cache folder, and ids that collide.
+
+    Raises:
+        PimpicError: naming the image file whose id is empty, hidden, unsafe, too long, or the
+            same as another case's id after NFC normalisation and case folding.
+    """
+    seen: dict[str, dict[str, Any]] = {}
+    for case in cases:
+        cid = case["id"]
+        problem = _id_problem(cid)
+        if problem:
+            raise PimpicError(f"{case['image']}: case id {cid!r} {problem}; rename the file "
+                              "(the id names the case's folder in the cache)")
+        key = unicodedata.normalize("NFC", cid).casefold()
+        other = seen.setdefault(key, case)
+        if other is not case and other["id"] == cid:
+            raise PimpicError(f"{case['image']}: duplicate case id {cid!r} (also from "
+                              f"{other['image']}); rename one of them")
+        if other is not case:
+            raise PimpicError(f"{case['image']}: case id {cid!r} collides with {other['id']!r} "
+                              f"from {other['image']} (one folder on case-insensitive or "
+                              "Unicode-normalising file systems); rename one of them")
+
+
+def _id_problem(cid: str) -> str | None:
+    if not cid:
+        return "is empty"
+    if cid.startswith("."):
+        return "starts with '.'"
+    bad = sorted({c for c in cid if c in UNSAFE_ID_CHARS or not c.isprintable()})
+    if bad:
+        return f"contains {''.join(bad)!r}, unsafe in a folder name"
+    if cid != cid.strip():
+        return "starts or ends with white space"
+    if len(cid.encode()) > MAX_ID_BYTES:
+        return f"is longer than {MAX_ID_BYTES} bytes"
+    return None
 
 
 def detect_layout(root: Path) -> str:
@@ -147,7 +202,8 @@ def _read_msd(root: Path) -> list[dict[str, Any]]:
             continue
         label = entry.get("label")
         cases.append({
-            "id": _strip_nifti(image.name),
+            # the listed name, not the resolved one: a symlinked file keeps its case id
+            "id": case_id_from_image(entry["image"]),
             "image": image,
             "label": (root / label).resolve() if isinstance(label, str) else None,
             "label_values": label_values,
@@ -192,10 +248,18 @@ def _read_nnunet(root: Path) -> list[dict[str, Any]]:
     return cases
 
 
+def _is_label_map(rel: Path) -> bool:
+    """``labelsTr/x.nii.gz`` (MSD, nnU-Net) or ``case_x/segmentation.nii.gz`` (KiTS19)."""
+    return (any(part.lower().startswith("labels") for part in rel.parts[:-1])
+            or _strip_nifti(rel.name) == "segmentation")
+
+
 def _read_folder(root: Path) -> list[dict[str, Any]]:
     cases = []
     for p in _nifti_files(root):
         rel = p.relative_to(root)
+        if _is_label_map(rel):
+            continue
         cid = "_".join([*rel.parts[:-1], _strip_nifti(p.name)])
         cases.append({"id": cid, "image": p, "label": None, "label_values": None})
     return cases

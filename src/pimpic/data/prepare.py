@@ -1,11 +1,20 @@
 """``pimpic prepare``: preprocess a whole dataset into a cache (layout: :mod:`pimpic.data.cache`).
 
 Cases run in worker processes (one case each, via :func:`load_and_preprocess`) with a progress
-bar. Each case is written into a hidden temporary folder and renamed into place, so a killed
-run never leaves a half-written case. A case is *finished* when its ``meta.json`` exists and
-records the same settings and source file; a rerun skips finished cases and redoes only
-missing or stale ones, then rewrites the manifest listing every finished case. A cache made with
-other settings is never mixed into: that is an error.
+bar. Each case is written into a hidden temporary folder, fsynced, and renamed into place, so a
+killed run or a power cut never leaves a half-written case. One ``prepare`` at a time writes a
+cache: it holds an exclusive lock on ``.prepare.lock`` and a second one is refused.
+
+A case is *finished* when its ``meta.json`` records the same settings and the same input files.
+Each input is recorded by size, ``mtime_ns`` and SHA-256: a file whose size and mtime are
+unchanged is taken as unchanged (no read); one whose mtime moved is hashed, and only a changed
+hash makes the case stale. A rerun skips finished cases, redoes missing and stale ones (and
+says why), then rewrites the manifest listing every finished case. A cache made with other
+settings is never mixed into: that is an error.
+
+Nothing outside the cache's ``cases/`` folder is ever deleted, and inside it only a case folder
+being replaced or a temporary folder (:func:`_remove`), each checked to sit directly in
+``cases/`` first. The split is written once and then kept (:func:`pimpic.data.splits.settle_split`).
 """
 
 from __future__ import annotations
@@ -18,18 +27,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pimpic import __version__
-from pimpic.data.cache import CASES_DIR, MANIFEST, SPLITS
+from pimpic.data.cache import CASES_DIR, LOCK, MANIFEST, SPLITS
 from pimpic.data.datasets import read_dataset
 from pimpic.data.preprocess import Settings, load_and_preprocess
-from pimpic.data.splits import fraction_cases, make_splits, validate_splits
+from pimpic.data.splits import check_split_request, read_split_file, settle_split, split_digest
 from pimpic.errors import PimpicError
-from pimpic.io import read_json, write_json
+from pimpic.io import (
+    exclusive_lock,
+    file_digest,
+    file_fingerprint,
+    fsync_dir,
+    read_json,
+    save_npy,
+    write_json,
+)
 
 CACHE_VERSION = 1
 TMP_PREFIX = ".tmp-"
+INPUTS = ("image", "label")
 
 
 def prepare(
@@ -39,8 +55,9 @@ def prepare(
     layout: str | None = None,
     workers: int = 2,
     skip_bad: bool = False,
-    seed: int = 0,
+    seed: int | None = None,
     splits_file: str | Path | None = None,
+    resplit: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Preprocess every case of dataset ``src`` into cache folder ``out``.
@@ -52,41 +69,64 @@ def prepare(
         layout: force a dataset layout instead of detecting it.
         workers: worker processes (1 = run in this process).
         skip_bad: carry on past bad cases and list them, instead of stopping at the first.
-        seed: seed of the train/val/test split.
-        splits_file: a user split (``{"train", "val", "test"}`` id lists) used instead.
+        seed: seed of a new train/val/test split (None: 0, or the saved split's).
+        splits_file: a user split (pimpic's or the released format, see
+            :mod:`pimpic.data.splits`) used instead of a seeded one.
+        resplit: recompute the split even though the cache has one (cases may move). Without
+            it a saved split is kept, and a run that would change it is refused.
         progress: show a progress bar.
 
     Returns:
         report ``{"out", "layout", "n_cases", "processed", "skipped", "bad": [{"id", "error"}],
-        "splits": {"train", "val", "test"} sizes or None, "seconds"}``.
+        "redone": {id: why} (finished cases whose inputs changed), "splits": {"train", "val",
+        "test"} sizes or None, "split_status": kept/new/recomputed/none, "split_digest",
+        "seconds"}``.
     """
     t0 = time.perf_counter()
     out = Path(out)
     layout, cases = read_dataset(src, layout)
-    user_splits = _read_user_splits(splits_file) if splits_file is not None else None
+    user = read_split_file(splits_file) if splits_file is not None else None
     _check_out(out, settings)
-    cases_dir = out / CASES_DIR
-    cases_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in cases_dir.glob(TMP_PREFIX + "*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out / LOCK, "`pimpic prepare`"):
+        _check_out(out, settings)  # again under the lock: another run may have written it
+        saved = read_json(out / SPLITS) if (out / SPLITS).is_file() else None
+        check_split_request(saved, user, seed, resplit, out / SPLITS)
+        cases_dir = out / CASES_DIR
+        cases_dir.mkdir(exist_ok=True)
+        for leftover in cases_dir.glob(TMP_PREFIX + "*"):
+            _remove(leftover, cases_dir)
 
-    finished = {c["id"] for c in cases if _is_finished(cases_dir / c["id"], c, settings)}
-    # the manifest goes first, so a rerun with other settings is refused even after a crash
-    _write_manifest(out, src, layout, settings, [c["id"] for c in cases if c["id"] in finished])
-    todo = [c for c in cases if c["id"] not in finished]
-    bad = _run(todo, cases_dir, settings, workers, skip_bad, progress, finished)
-    done_ids = [c["id"] for c in cases if c["id"] in finished]
-    _write_manifest(out, src, layout, settings, done_ids)
-    if bad and not skip_bad:
-        raise PimpicError(f"{bad[0]['error']} (finished cases are kept; fix it and rerun, "
-                          "or pass --skip-bad)")
+        finished: set[str] = set()
+        redone: dict[str, str] = {}
+        for c in cases:
+            why = _stale_reason(cases_dir / c["id"], c, settings)
+            if why is None:
+                finished.add(c["id"])
+            elif why:
+                redone[c["id"]] = why
+        # the manifest goes first, so a rerun with other settings is refused even after a crash
+        _write_manifest(out, src, layout, settings, [c["id"] for c in cases if c["id"] in finished])
+        todo = [c for c in cases if c["id"] not in finished]
+        bad = _run(todo, cases_dir, settings, workers, skip_bad, progress, finished)
+        done_ids = [c["id"] for c in cases if c["id"] in finished]
+        _write_manifest(out, src, layout, settings, done_ids)
+        if bad and not skip_bad:
+            raise PimpicError(f"{bad[0]['error']} (finished cases are kept; fix it and rerun, "
+                              "or pass --skip-bad)")
 
-    labelled = [c["id"] for c in cases if c["id"] in finished and c["label"] is not None]
-    split_sizes = _write_splits(out, done_ids, labelled, seed, user_splits, splits_file)
+        labelled = [c["id"] for c in cases if c["id"] in finished and c["label"] is not None]
+        split, status = settle_split(saved, user, done_ids, labelled, seed, resplit,
+                                     out / SPLITS, splits_file or "--splits")
+        if split is not None and status != "kept":
+            write_json(out / SPLITS, split)
     return {
         "out": str(out), "layout": layout, "n_cases": len(cases),
         "processed": len(todo) - len(bad), "skipped": len(cases) - len(todo), "bad": bad,
-        "splits": split_sizes, "seconds": round(time.perf_counter() - t0, 2),
+        "redone": {k: v for k, v in redone.items() if k in finished},
+        "splits": {k: len(split[k]) for k in ("train", "val", "test")} if split else None,
+        "split_status": status, "split_digest": split_digest(split) if split else None,
+        "seconds": round(time.perf_counter() - t0, 2),
     }
 
 
@@ -105,8 +145,14 @@ def _check_out(out: Path, settings: Settings) -> None:
         if not same:
             raise PimpicError(f"{out}: cache made with other settings ({_fmt(old)}) than "
                               f"requested ({_fmt(settings.to_dict())}); use another --out")
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+    elif out.exists() and (not out.is_dir() or any(not _ours(p) for p in out.iterdir())):
         raise PimpicError(f"{out}: exists and is not a pimpic cache; choose another --out")
+
+
+def _ours(path: Path) -> bool:
+    """What a run that stopped before writing its manifest leaves: the lock, an empty cases/."""
+    return path.name == LOCK or (path.name == CASES_DIR and path.is_dir()
+                                 and not any(path.iterdir()))
 
 
 def _fmt(settings: Any) -> str:
@@ -115,32 +161,71 @@ def _fmt(settings: Any) -> str:
     return ", ".join(f"{k}={v}" for k, v in settings.items())
 
 
-def _source_id(case: dict[str, Any]) -> dict[str, Any]:
-    """What identifies a case's source: file names and sizes (a changed file is redone)."""
-    def size(p: Path | None) -> int | None:
-        return p.stat().st_size if p is not None and p.is_file() else None
+def _remove(path: Path, cases_dir: Path) -> None:
+    """Delete one folder pimpic wrote: a case or temporary folder directly inside ``cases/``.
 
-    return {"source_image": str(case["image"]), "source_label":
-            str(case["label"]) if case["label"] is not None else None,
-            "source_bytes": [size(case["image"]), size(case["label"])]}
+    Anything else — ``cases/`` itself, a path outside it, a symlink — is refused, so no case id
+    or leftover name can ever make ``prepare`` delete more than one case.
+    """
+    inside = (path.name not in ("", ".", "..") and not path.is_symlink() and path.is_dir()
+              and path.parent.resolve() == cases_dir.resolve())
+    if not inside:
+        raise PimpicError(f"{path}: refusing to delete it (not a case folder directly inside "
+                          f"{cases_dir})")
+    shutil.rmtree(path)
 
 
-def _is_finished(d: Path, case: dict[str, Any], settings: Settings) -> bool:
+def _stale_reason(d: Path, case: dict[str, Any], settings: Settings) -> str | None:
+    """None if case folder ``d`` is finished and current; ``""`` if it is missing or
+    incomplete; otherwise why it must be redone. An input whose mtime moved but whose content
+    did not is recorded again, so the next run need not hash it."""
     if not (d / "meta.json").is_file() or not (d / "image.npy").is_file():
-        return False
+        return ""
     try:
         meta = read_json(d / "meta.json")
     except PimpicError:
-        return False
-    src = _source_id(case)
-    return bool(meta.get("settings") == settings.to_dict()
-                and Path(meta.get("source_image", "")).name == Path(src["source_image"]).name
-                and meta.get("source_bytes") == src["source_bytes"]
-                and meta.get("has_label") == (case["label"] is not None))
+        return ""
+    if not isinstance(meta, dict) or meta.get("settings") != settings.to_dict():
+        return "made with other settings"
+    recorded = meta.get("sources")
+    if not isinstance(recorded, dict):
+        return "made by an older pimpic (inputs not fingerprinted)"
+    refreshed = False
+    for key in INPUTS:
+        path, rec = case[key], recorded.get(key)
+        if (path is None) != (rec is None):
+            return f"{key} {'added' if rec is None else 'removed'}"
+        if path is None:
+            continue
+        if not isinstance(rec, dict):
+            return ""
+        if Path(meta.get(f"source_{key}") or "").name != Path(path).name:
+            return f"{key} file renamed"
+        try:
+            st = os.stat(path)
+            if st.st_size != rec.get("size"):
+                return f"{key} changed"
+            if st.st_mtime_ns == rec.get("mtime_ns"):
+                continue
+            if file_digest(path) != rec.get("sha256"):
+                return f"{key} changed"
+        except OSError:
+            return ""  # unreadable now: processing reports it
+        rec["mtime_ns"] = st.st_mtime_ns
+        refreshed = True
+    if refreshed:
+        write_json(d / "meta.json", meta)
+    return None
 
 
 def _process(case: dict[str, Any], cases_dir: Path, settings: Settings) -> str | None:
     """Preprocess and write one case; returns the error message of a bad case, else None."""
+    try:
+        # fingerprints first: a file changed while it is read looks stale next time
+        sources = {k: file_fingerprint(case[k]) if case[k] is not None else None
+                   for k in INPUTS}
+    except OSError:
+        sources = None  # a missing file: load_and_preprocess names it
     try:
         image, label, meta = load_and_preprocess(case["image"], case["label"], settings,
                                                  case.get("label_values"))
@@ -148,24 +233,30 @@ def _process(case: dict[str, Any], cases_dir: Path, settings: Settings) -> str |
         return f"case {case['id']}: {err}"
     except Exception as err:  # a bad case must not take the others down (--skip-bad)
         return f"case {case['id']}: {case['image']}: unexpected {type(err).__name__}: {err}"
+    if sources is None:
+        return f"case {case['id']}: {case['image']}: an input file vanished while it was read"
     tmp = cases_dir / f"{TMP_PREFIX}{case['id']}-{os.getpid()}"
     if tmp.exists():
-        shutil.rmtree(tmp)
+        _remove(tmp, cases_dir)
     tmp.mkdir()
     try:
-        np.save(tmp / "image.npy", image.astype(settings.dtype))
+        save_npy(tmp / "image.npy", image.astype(settings.dtype))
         if label is not None:
-            np.save(tmp / "label.npy", label)
-        meta = {"id": case["id"], **meta, **_source_id(case), "settings": settings.to_dict(),
+            save_npy(tmp / "label.npy", label)
+        meta = {"id": case["id"], **meta, "source_image": str(case["image"]),
+                "source_label": str(case["label"]) if case["label"] is not None else None,
+                "sources": sources, "settings": settings.to_dict(),
                 "pimpic_version": __version__}
         write_json(tmp / "meta.json", meta)
+        fsync_dir(tmp)
         final = cases_dir / case["id"]
-        if final.exists():  # stale: made from an older source file
-            shutil.rmtree(final)
+        if final.exists():  # stale: made from older inputs or settings
+            _remove(final, cases_dir)
         os.replace(tmp, final)
+        fsync_dir(cases_dir)
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove(tmp, cases_dir)
     return None
 
 
@@ -226,37 +317,3 @@ def _write_manifest(out: Path, src: str | Path, layout: str, settings: Settings,
         "settings": settings.to_dict(), "source": str(Path(src).resolve()), "layout": layout,
         "cases": ids,
     })
-
-
-def _read_user_splits(path: str | Path) -> dict[str, Any]:
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise PimpicError(f"{path}: a split file must be a JSON object with train/val/test lists")
-    return data
-
-
-def _write_splits(out: Path, done_ids: list[str], labelled: list[str], seed: int,
-                  user: dict[str, Any] | None,
-                  user_path: str | Path | None) -> dict[str, int] | None:
-    """Write ``splits.json``: the user's split, or a seeded 70/10/20 split of the cases.
-
-    Splits are made over the labelled cases when there are any (fine-tuning and evaluation need
-    labels); unlabelled extras are listed under ``"unlabelled"``. An unchanged split is kept.
-    """
-    pool = labelled if labelled else done_ids
-    if user is not None:
-        validate_splits(user, pool, user_path or "splits")
-        splits = dict(user)
-        splits.setdefault("seed", None)
-        splits["fractions"] = {str(p): fraction_cases(splits, p) for p in (5, 10, 20, 50, 100)}
-    else:
-        if len(pool) < 3:
-            return None
-        splits = make_splits(pool, seed=seed)
-    extra = [c for c in done_ids if c not in set(pool)]
-    if extra:
-        splits["unlabelled"] = extra
-    path = out / SPLITS
-    if not (path.is_file() and read_json(path) == splits):
-        write_json(path, splits)
-    return {k: len(splits[k]) for k in ("train", "val", "test")}

@@ -6,9 +6,17 @@ One case goes through MONAI's dictionary transforms::
     → Spacingd(1.5 mm, image bilinear / label nearest)
     → ScaleIntensityRanged([-200, 400] HU → [0, 1], clipped) → [CropForegroundd(body)]
 
-Before any voxel is read the NIfTI headers are checked (3D, image and label on the same grid),
-and after loading the voxels are (finite image, label values among the declared ones), so a
-bad case fails with a one-line :class:`PimpicError` naming the file.
+Before any voxel is read the NIfTI headers are checked (3D, a usable affine, image and label on
+the same grid), and after loading the voxels are (finite image, label values among the declared
+ones), so a bad case fails with a one-line :class:`PimpicError` naming the file.
+
+A usable affine is finite and non-singular (every voxel axis longer than ``MIN_SPACING_MM``,
+the smallest singular value above ``1e-6`` of the largest) and **not sheared**: its voxel axes
+are perpendicular to within ``MAX_SHEAR_COS`` (|cos| of the angle between two axes, ≈0.06°).
+A sheared grid (an uncorrected CT gantry tilt) is refused rather than resampled, because the
+pipeline after it — RAS reorientation, a spacing per axis, patch boxes in millimetres, the way
+back to the source grid — assumes perpendicular axes; resample such a volume onto an orthogonal
+grid first (``dcm2niix`` corrects gantry tilt by default). Rotated (oblique) grids are fine.
 
 The per-case ``meta`` records both grids: ``affine`` maps a preprocessed voxel index to world
 millimetres (RAS, crop offset included) and ``original_affine`` does the same for the source
@@ -29,6 +37,8 @@ import numpy as np
 from pimpic.errors import PimpicError
 
 DTYPES = ("float16", "float32")
+MIN_SPACING_MM = 1e-3
+MAX_SHEAR_COS = 1e-3
 
 
 @dataclass(frozen=True)
@@ -93,7 +103,31 @@ def _header(path: Path, what: str) -> tuple[tuple[int, ...], np.ndarray]:
     if len(shape) != 3:
         raise PimpicError(f"{path}: {what} is {len(shape)}D with shape {shape}, "
                           "expected a 3D volume")
+    if min(shape) < 1:
+        raise PimpicError(f"{path}: {what} has an empty axis (shape {shape})")
+    _check_affine(affine, path, what)
     return shape, affine
+
+
+def _check_affine(affine: np.ndarray, path: Path, what: str) -> None:
+    """Refuse a non-finite, singular or sheared voxel-to-world map (module docstring)."""
+    if not np.isfinite(affine).all():
+        raise PimpicError(f"{path}: {what} affine holds NaN or Inf; fix the header's "
+                          "sform/qform/pixdim")
+    lin = affine[:3, :3]
+    spacing = np.linalg.norm(lin, axis=0)
+    sv = np.linalg.svd(lin, compute_uv=False)
+    if spacing.min() < MIN_SPACING_MM or sv.min() <= 1e-6 * sv.max():
+        sizes = ", ".join(f"{v:.3g}" for v in spacing)
+        raise PimpicError(f"{path}: {what} affine is singular (voxel axes {sizes} mm long, "
+                          "not independent); fix the header's sform/qform/pixdim")
+    unit = lin / spacing
+    cos = np.abs(unit.T @ unit - np.eye(3)).max()
+    if cos > MAX_SHEAR_COS:
+        angle = float(np.degrees(np.arcsin(min(cos, 1.0))))
+        raise PimpicError(f"{path}: {what} affine is sheared (voxel axes {angle:.2g}° off "
+                          "perpendicular, e.g. an uncorrected gantry tilt); resample it onto an "
+                          "orthogonal grid first")
 
 
 def _short(err: BaseException) -> str:
