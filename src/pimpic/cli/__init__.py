@@ -6,6 +6,7 @@ answers instantly. Commands are registered by small per-stage modules:
 * :mod:`pimpic.cli.data`       — ``synth``, ``prepare``
 * :mod:`pimpic.cli.pretrain`   — ``pretrain``, ``bench pretrain-step``, ``bench loader``
 * :mod:`pimpic.cli.finetune`   — ``finetune``, ``evaluate``, ``predict``
+* :mod:`pimpic.cli.bench`      — ``bench finetune-step``
 * :mod:`pimpic.cli.experiment` — ``experiment``, ``visualize embeddings``
 * :mod:`pimpic.cli.demo`       — ``demo``
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import typer
 
 from pimpic import __version__
-from pimpic.cli import data, demo, experiment, finetune, pretrain
+from pimpic.cli import bench, data, demo, experiment, finetune, pretrain
 
 app = typer.Typer(
     name="pimpic",
@@ -24,7 +25,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-bench_app = typer.Typer(help="Benchmarks of the hot paths (one JSON line each).",
+bench_app = typer.Typer(help="Benchmarks of the hot paths.",
                         no_args_is_help=True)
 visualize_app = typer.Typer(help="Figures of a pretrained encoder.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
@@ -49,6 +50,7 @@ def _root(
 data.register(app)
 pretrain.register(app, bench_app)
 finetune.register(app)
+bench.register(bench_app)
 experiment.register(app, visualize_app)
 demo.register(app)
 
