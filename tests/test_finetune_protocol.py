@@ -142,3 +142,30 @@ def test_safetensors_files_are_reproducible(tmp_path: Path) -> None:
     assert all(torch.equal(back[k], v) for k, v in state.items())
     with safe_open(str(tmp_path / "0.safetensors"), framework="pt") as fh:
         assert fh.metadata() == meta
+
+
+@pytest.mark.slow
+def test_same_experiment_twice_gives_identical_results(make_cache, tmp_path: Path) -> None:
+    """A real (tiny) experiment — pretraining, fine-tuning, evaluation — run twice into two
+    folders: results.csv, table.md and every weight file are byte-identical."""
+    from pimpic.config import PretrainConfig
+    from pimpic.experiment import ExperimentConfig, run_experiment
+    from pimpic.report import write_all
+
+    cache = make_cache(n_cases=6, shape=(24, 24, 24))
+    cfg = ExperimentConfig(
+        cache=str(cache), methods=("random", "pimpic"), fractions=(100,), seeds=(0,),
+        pretrain=PretrainConfig(width=2, depth=3, patch_size=16, patches=4, proj_dim=8,
+                                steps=3, num_workers=0, checkpoint_every=2, log_every=1),
+        finetune=dataclasses.replace(TINY, steps_per_epoch=2, max_epochs=2))
+    outs = []
+    for name in ("a", "b"):
+        exp = run_experiment(cfg, tmp_path / name, progress=False, on_stage=None, report=False)
+        write_all(exp, cfg)
+        outs.append(exp)
+    a, b = outs
+    for rel in ("results.csv", "table.md", "pretrain/pimpic/encoder.safetensors",
+                "finetune/pimpic/f100/s0/model.safetensors",
+                "finetune/random/f100/s0/model.safetensors"):
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+    assert len((a / "results.csv").read_text().splitlines()) > 1
