@@ -85,7 +85,7 @@ def main() -> None:
     for name, (weights, val) in results.items():
         diff = max(float((weights[k] - ref[k]).abs().max()) for k in ref)
         equal = all(torch.equal(weights[k], ref[k]) for k in ref)
-        print(f"{name:<14} {diff:>10.3g} {str(equal):>6} {val['val_dice']:>9.4f} "
+        print(f"{name:<14} {diff:>10.3g} {equal!s:>6} {val['val_dice']:>9.4f} "
               f"{val['val_dice_loss']:>14.4f}")
 
 
