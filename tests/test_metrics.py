@@ -118,3 +118,15 @@ def test_dice_symmetric_and_bounded(seed):
     d = dice(a, b)
     assert 0.0 <= d <= 1.0
     assert d == pytest.approx(dice(b, a))
+
+
+def test_hd95_prints_no_monai_deprecation_noise():
+    """MONAI's internal use of its deprecated ``always_return_as_numpy`` is not shown to users."""
+    import warnings
+
+    a = _cube((10, 10, 10), (2, 2, 2), (5, 5, 5), 1).astype(bool)
+    b = _cube((10, 10, 10), (3, 3, 3), (6, 6, 6), 1).astype(bool)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert hd95(a, b, (1, 1, 1)) > 0
+    assert not [w for w in caught if "always_return_as_numpy" in str(w.message)]

@@ -18,6 +18,7 @@ Edge cases are reported, never hidden:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -51,9 +52,14 @@ def hd95(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> float:
 
     p = torch.from_numpy(np.ascontiguousarray(pred))[None, None]
     g = torch.from_numpy(np.ascontiguousarray(gt))[None, None]
-    value = compute_hausdorff_distance(
-        p, g, include_background=True, percentile=95, spacing=[float(s) for s in spacing]
-    )
+    with warnings.catch_warnings():
+        # MONAI 1.6 passes its own deprecated `always_return_as_numpy` internally: noise for
+        # the user, nothing about their data
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*",
+                                category=FutureWarning)
+        value = compute_hausdorff_distance(
+            p, g, include_background=True, percentile=95, spacing=[float(s) for s in spacing]
+        )
     return float(value.reshape(-1)[0])
 
 
