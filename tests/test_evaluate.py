@@ -38,10 +38,13 @@ def make_run(run_dir, cache_root, pretrain_cases=(), train_cases=None):
     return run_dir
 
 
-def test_evaluate_writes_outputs(make_cache, tmp_path):
+def test_evaluate_writes_outputs(make_cache, tmp_path, capsys):
     cache = make_cache(n_cases=6, shape=(16, 16, 16))
     run = make_run(tmp_path / "run", cache)
+    evaluate(run, progress=False, echo=False)  # inside an experiment: nothing on stdout
+    assert capsys.readouterr().out == ""
     summary = evaluate(run, progress=False)
+    assert "organ" in capsys.readouterr().out
     out = run / "eval-test"
     test_ids = Cache(cache).splits()["test"]
     with open(out / "per_case.csv") as fh:

@@ -93,6 +93,7 @@ def evaluate(
     progress: bool = True,
     save_predictions: bool = True,
     absent: str = "zero",
+    echo: bool = True,
 ) -> dict[str, Any]:
     """Evaluate the best model of ``run_dir`` on the cache's ``split`` cases.
 
@@ -108,6 +109,7 @@ def evaluate(
         save_predictions: write ``pred/<case>.npy`` (preprocessed space, uint8).
         absent: the summary's rule for a structure absent from a case's ground truth: Dice 0
             (``zero``, released) or left out (``nan``); ``per_case.csv`` keeps NaN either way.
+        echo: print the summary table (the experiment grid prints its own table instead).
 
     Returns:
         the summary dict (also written to ``eval-<split>/summary.json``). Dice is NaN (and
@@ -171,6 +173,8 @@ def evaluate(
                "space": "original" if original_space else "preprocessed",
                "run": str(run_dir), "cache": str(cache.root), "structures": structures}
     write_json(out_dir / "summary.json", _nan_to_none(summary))
+    if not echo:
+        return summary
     print(f"{run_dir} — {split}: {len(rows)} cases, {summary['space']} space, lcc={lcc}")
     print(format_table(structures))
     excluded = {k: v["n_excluded"] for k, v in structures.items() if v["n_excluded"]}

@@ -220,7 +220,7 @@ def plan_stages(cfg: ExperimentConfig, exp: Path, *, progress: bool = True) -> l
                         _finetune(cache, rd, fcfg, encoder=encoder, progress=progress,
                                   **_resume_flags(rd))
                     _evaluate(rd, split=cfg.split, cache=cache, lcc=cfg.lcc, absent=cfg.absent,
-                              progress=progress, save_predictions=True)
+                              progress=progress, save_predictions=True, echo=False)
 
                 def cell_done(rd: Path = rd) -> bool:
                     return (eval_dir(rd, cfg.split) / "summary.json").is_file()
