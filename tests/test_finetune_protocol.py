@@ -169,3 +169,24 @@ def test_same_experiment_twice_gives_identical_results(make_cache, tmp_path: Pat
                 "finetune/random/f100/s0/model.safetensors"):
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     assert len((a / "results.csv").read_text().splitlines()) > 1
+
+
+def test_layout_and_cpu_bf16_options(make_cache, tmp_path: Path) -> None:
+    """channels-last (default) is recorded in the model file and used again at inference;
+    ``cpu_bf16`` trains and infers under bf16 autocast and still gives finite losses."""
+    from pimpic.finetune import load_model
+    from pimpic.io import read_jsonl
+
+    cache = make_cache(n_cases=5, shape=(16, 16, 16))
+    cfg = dataclasses.replace(TINY, steps_per_epoch=2, max_epochs=1, cpu_bf16=True)
+    run = finetune(cache, tmp_path / "run", cfg, progress=False, tensorboard=False)
+    model, info = load_model(run)
+    assert info["inference"]["channels_last"] and info["inference"]["cpu_bf16"]
+    weight = model.encoder.blocks[0].conv1[0].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert all(np.isfinite(r["loss"]) for r in read_jsonl(run / "metrics.jsonl") if "loss" in r)
+    plain = finetune(cache, tmp_path / "plain", dataclasses.replace(cfg, channels_last=False,
+                                                                    cpu_bf16=False),
+                     progress=False, tensorboard=False)
+    model, _ = load_model(plain)
+    assert model.encoder.blocks[0].conv1[0].weight.is_contiguous()

@@ -372,6 +372,13 @@ class FinetuneConfig:
     sw_mode: typing.Literal["constant", "gaussian"] = "constant"
     sw_batch_size: int = 4
     device: str = "auto"
+    #: bf16 autocast on CUDA
     amp: bool = True
+    #: bf16 autocast on CPU as well (≈3× faster steps where the CPU has bf16 units, e.g. AMX;
+    #: lower precision, so off by default)
+    cpu_bf16: bool = False
+    #: channels-last 3D memory layout for training and inference (≈2× faster on CPU; a layout,
+    #: not a change of the computation)
+    channels_last: bool = True
     num_workers: int = 2
     log_every: int = 10

@@ -152,7 +152,7 @@ def validate(model: nn.Module, cache: Cache, case_ids: list[str], cfg: FinetuneC
         logits = sliding_window_logits(model, image[box], patch_size,
                                        overlap=cfg.val_sw_overlap, mode=cfg.sw_mode,
                                        sw_batch_size=cfg.sw_batch_size, device=device,
-                                       amp=cfg.amp)
+                                       amp=cfg.amp, cpu_bf16=cfg.cpu_bf16)
         y = torch.from_numpy(np.ascontiguousarray(label[box])).to(device)[None, None]
         losses.append(float(loss_fn(logits[None], y)))
         pred = np.zeros_like(label)
@@ -254,10 +254,11 @@ def _train(model: SegmentationNet, cache: Cache, run_dir: Path, cfg: FinetuneCon
     from tqdm.auto import tqdm
 
     from pimpic.finetune_data import epoch_loader, train_transform
-    from pimpic.inference import autocast, resolve_device
+    from pimpic.inference import autocast, memory_format, resolve_device
 
     device = resolve_device(cfg.device)
-    model.to(device).train()
+    layout = memory_format(cfg.channels_last)
+    model.to(device, memory_format=layout).train()  # type: ignore[call-overload]
     patch = cfg.patch_size
     steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(train_ids) / cfg.batch_size)
     total = cfg.max_steps or cfg.max_epochs * steps_per_epoch
@@ -300,9 +301,9 @@ def _train(model: SegmentationNet, cache: Cache, run_dir: Path, cfg: FinetuneCon
             loader = epoch_loader(cache.root, train_ids, cfg, patch, n_steps, epoch, transform)
             epoch_losses, window = [], []
             for batch in loader:
-                x = _plain(batch["image"]).to(device)
+                x = _plain(batch["image"]).to(device).contiguous(memory_format=layout)
                 y = _plain(batch["label"]).to(device).long()
-                with autocast(device, cfg.amp):
+                with autocast(device, cfg.amp, cfg.cpu_bf16):
                     logits = model(x)
                 loss = loss_fn(logits.float(), y)
                 opt.zero_grad(set_to_none=True)
@@ -392,7 +393,8 @@ def _model_meta(info: dict[str, Any], cfg: FinetuneConfig, epoch: int) -> dict[s
     return {"patch_size": info["patch_size"], "settings": info["settings"],
             "fraction": info["fraction"], "epoch": epoch,
             "inference": {"overlap": cfg.sw_overlap, "mode": cfg.sw_mode,
-                          "crop_foreground": cfg.crop_foreground},
+                          "crop_foreground": cfg.crop_foreground, "cpu_bf16": cfg.cpu_bf16,
+                          "channels_last": cfg.channels_last},
             "encoder": {"method": enc.get("method"), "steps": enc.get("steps")}}
 
 

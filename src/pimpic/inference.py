@@ -78,15 +78,24 @@ def load_model(run_dir: str | Path) -> tuple[SegmentationNet, dict[str, Any]]:
     info = dict(read_json(run_dir / "run.json")) if (run_dir / "run.json").is_file() else {}
     for key, value in meta.items():
         info.setdefault(key, value)
-    return model.eval(), info
+    # infer in the layout the model was validated in (moving it to a device keeps the layout)
+    layout = memory_format(bool((meta.get("inference") or {}).get("channels_last", False)))
+    return model.to(memory_format=layout).eval(), info  # type: ignore[call-overload]
 
 
 def inference_settings(info: dict[str, Any]) -> dict[str, Any]:
-    """Sliding-window ``overlap``, blending ``mode`` and ``crop_foreground`` of a model, from its
-    metadata (files written before these were recorded: 0.5, Gaussian, no crop)."""
+    """Sliding-window ``overlap``, blending ``mode``, ``crop_foreground`` and ``cpu_bf16`` of a
+    model, from its metadata (files written before these were recorded: 0.5, Gaussian, no crop,
+    fp32)."""
     saved = info.get("inference") or {}
     return {"overlap": float(saved.get("overlap", 0.5)), "mode": str(saved.get("mode", "gaussian")),
-            "crop_foreground": bool(saved.get("crop_foreground", False))}
+            "crop_foreground": bool(saved.get("crop_foreground", False)),
+            "cpu_bf16": bool(saved.get("cpu_bf16", False))}
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """The 3D memory layout to train and infer in (channels-last is ≈2× faster on CPU)."""
+    return torch.channels_last_3d if channels_last else torch.contiguous_format
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -113,10 +122,14 @@ def flush_denormals(device: torch.device) -> Iterator[None]:
             torch.set_flush_denormal(False)
 
 
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager[None]:
-    """bf16 autocast on CUDA; a no-op elsewhere (CPU autocast is slower and changes results)."""
+def autocast(device: torch.device, enabled: bool = True,
+             cpu_bf16: bool = False) -> contextlib.AbstractContextManager[None]:
+    """bf16 autocast on CUDA when ``enabled``, on CPU when ``cpu_bf16`` (fast on CPUs with bf16
+    units, slower elsewhere; lower precision either way); otherwise a no-op."""
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if cpu_bf16 and device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -143,6 +156,7 @@ def sliding_window_logits(
     sw_batch_size: int = 4,
     device: torch.device | None = None,
     amp: bool = True,
+    cpu_bf16: bool = False,
 ) -> torch.Tensor:
     """Class logits of a whole volume.
 
@@ -155,6 +169,7 @@ def sliding_window_logits(
         sw_batch_size: windows per forward pass.
         device: where the model runs (default: the model's device).
         amp: bf16 autocast on CUDA.
+        cpu_bf16: bf16 autocast on CPU.
 
     Returns:
         ``(C, X, Y, Z)`` float32 logits on ``device``.
@@ -166,7 +181,7 @@ def sliding_window_logits(
     x = torch.as_tensor(np.asarray(image, dtype=np.float32) if isinstance(image, np.ndarray)
                         else image.float())
     x = x.to(device)[None, None]
-    with autocast(device, amp), flush_denormals(device):
+    with autocast(device, amp, cpu_bf16), flush_denormals(device):
         out = sliding_window_inference(
             x, roi_size=(patch_size,) * 3, sw_batch_size=sw_batch_size, predictor=model,
             overlap=overlap, mode=mode,
@@ -186,6 +201,7 @@ def predict_labels(
     sw_batch_size: int = 4,
     device: torch.device | None = None,
     amp: bool = True,
+    cpu_bf16: bool = False,
     lcc: bool = False,
 ) -> np.ndarray:
     """Sliding-window logits → argmax → optional :func:`largest_component`; ``(X, Y, Z)`` uint8.
@@ -195,7 +211,8 @@ def predict_labels(
     """
     box = foreground_box(image) if crop_foreground else (slice(None),) * 3
     logits = sliding_window_logits(model, image[box], patch_size, overlap=overlap, mode=mode,
-                                   sw_batch_size=sw_batch_size, device=device, amp=amp)
+                                   sw_batch_size=sw_batch_size, device=device, amp=amp,
+                                   cpu_bf16=cpu_bf16)
     labels = np.zeros(np.shape(image), dtype=np.uint8)
     labels[box] = logits.argmax(0).to(torch.uint8).cpu().numpy()
     return largest_component(labels) if lcc else labels
