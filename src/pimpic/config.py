@@ -296,7 +296,8 @@ class PretrainConfig:
     # engine
     device: str = "auto"
     amp: bool = True
-    channels_last: bool = False
+    #: channels-last 3D layout (≈2× faster steps on CPU; a layout, the computation is the same)
+    channels_last: bool = True
     compile: bool = False
     num_workers: int = 2
     checkpoint_every: int = 500
