@@ -113,7 +113,8 @@ def test_config_yaml_and_overrides(tmp_path: Path) -> None:
 
 def test_examples_parse() -> None:
     root = Path(__file__).parents[1] / "examples"
-    for name in ("experiment_small.yaml", "paper_pancreas.yaml", "paper_kits19.yaml"):
+    for name in ("experiment_small.yaml", "paper_pancreas.yaml", "paper_kits19.yaml",
+                 "evidence_cpu.yaml"):
         cfg = load_experiment_config(root / name)
         assert "random" in cfg.methods and "pimpic" in cfg.methods
 
