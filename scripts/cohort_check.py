@@ -72,7 +72,9 @@ def main() -> int:
     prepare(args.out / "data", args.out / "cache", settings=Settings(spacing=(size.spacing,) * 3),
             workers=2, seed=args.seed, progress=False)
     t_prep = time.perf_counter() - t0 - t_gen
-    cfg = dataclasses.replace(demo_config(size, args.out / "cache", "cpu"), methods=("random",))
+    # 100 % first: it decides both criteria, and the low-fraction cell can be added later
+    cfg = dataclasses.replace(demo_config(size, args.out / "cache", "cpu"), methods=("random",),
+                              fractions=(100, size.low_fraction))
     exp = run_experiment(cfg, args.out / "experiment", progress=False, report=False)
     wall = time.perf_counter() - t0
     cpu = _cpu_s() - cpu0

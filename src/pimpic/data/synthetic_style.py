@@ -12,13 +12,13 @@
                                 positive oral contrast (150–350 HU bowel lumen) in 30 %
   habitus                       body and organ scale ×0.85–1.15; subcutaneous fat 3–22 % of
                                 the body radius (the outline grows with it)
-  field of view                 pixel size ×0.8–1.45 with the body's width (fixed matrix)
+  field of view                 pixel size ×0.8–1.3 with the body's width (fixed matrix)
   slices                        1.25 / 2 / 2.5 / 3 / 5 mm (at nominal 2.5 mm), length ±10 %
   position                      shift ±8 mm left-right and anterior-posterior, ±20 mm
                                 along the body; in-plane rotation σ 4° (≤ 10°), tilt ±4°
   organs                        per-organ offsets σ ≈ 3 mm (kidneys ±10 mm vertically),
                                 size ×0.75–1.3 (spleen up to ×1.6), stronger surface warp
-  tumour                        radius 7–17 mm log-uniform, may bulge out of the organ; kind
+  tumour                        radius ≈ 7–17 mm log-uniform, may bulge out of the organ; kind
                                 and phase set its contrast (:mod:`~pimpic.data.synthetic_tumour`)
   scanner                       kernel smooth / standard / sharp, noise 8–28 HU (more with a
                                 sharp kernel and thin slices), spine streaks (60 %), surgical
@@ -72,7 +72,7 @@ def draw_style(rng: np.random.Generator, variability: str, shape: Sequence[int],
     scale = float(rng.uniform(0.85, 1.15))
     fat = float(rng.uniform(0.03, 0.22))
     width = scale * (1 - 0.09 - 0.05) / (1 - fat - 0.05)  # body width relative to nominal
-    fov = float(np.clip(width * rng.uniform(0.95, 1.2), 0.8, 1.45))
+    fov = float(np.clip(width * rng.uniform(0.85, 1.1), 0.8, 1.3))  # ≈ 1 for an average body
     acquisition = draw_acquisition(rng, shape, spacing, fov)
     phase = str(rng.choice(PHASES, p=[0.2, 0.3, 0.5]))
     contrast = Contrast(phase, float(rng.uniform(0.65, 1.3)))
