@@ -45,8 +45,8 @@ class DemoSize:
 
 SIZES = {
     # 600 fine-tuning steps, no early stop: on the realistic cohort a from-scratch model's
-    # validation Dice stays 0 for the first ~300 steps, and its tumours need more than 250
-    # steps at 100 % labels (scripts/cohort_check.py); the demo stays under 15 min on two cores
+    # validation Dice stays 0 for the first ~300 steps (scripts/cohort_check.py), so 250 steps
+    # with patience 10 stopped it before it learnt; ≈ 11 min on two quiet cores (estimated)
     "full": DemoSize(cases=40, shape=None, spacing=2.0, pretrain_steps=500,
                      finetune_steps_per_epoch=25, finetune_max_epochs=24, patience=24,
                      low_fraction=5),
