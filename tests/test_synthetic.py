@@ -12,23 +12,32 @@ from scipy import ndimage
 
 from pimpic.data.datasets import read_dataset
 from pimpic.data.synthetic import generate_cohort, make_case
+from pimpic.data.synthetic_style import VARIABILITY
 from pimpic.errors import PimpicError
 
-TINY = {"shape": (64, 64, 20), "spacing": (2.8, 2.8, 6.0)}
+TINY = {"shape": (64, 64, 20), "spacing": (2.8, 2.8, 6.0)}  # the default 180 mm field of view
+#: realistic cases draw slices of 0.5–2× the nominal spacing: 3 mm nominal keeps them ≤ 6 mm,
+#: as in clinical CT, where labels sampled at voxel centres stay connected
+GRIDS = {"low": TINY, "realistic": {"shape": (64, 64, 40), "spacing": (2.8, 2.8, 3.0)}}
+Case = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 @pytest.fixture(scope="module")
-def cases() -> dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-    return {task: [make_case(np.random.default_rng([1, i]), task=task, **TINY) for i in range(4)]
-            for task in ("pancreas", "kidney")}
+def cases() -> dict[tuple[str, str], list[Case]]:
+    return {(var, task): [make_case(np.random.default_rng([1, i]), task=task, variability=var,
+                                    **GRIDS[var]) for i in range(4)]
+            for var in VARIABILITY for task in ("pancreas", "kidney")}
 
 
+@pytest.mark.parametrize("variability", VARIABILITY)
 @pytest.mark.parametrize("task", ["pancreas", "kidney"])
-def test_labels_inside_body_and_tumour_inside_organ(cases, task: str) -> None:
+def test_labels_inside_body_and_tumour_inside_organ(cases, task: str, variability: str) -> None:
     n_tumours = 0
-    for image, label, affine in cases[task]:
+    for image, label, affine in cases[variability, task]:
         assert image.dtype == np.int16 and label.dtype == np.uint8
-        assert set(np.unique(label).tolist()) <= {0, 1, 2} and (label == 1).sum() > 20
+        assert set(np.unique(label).tolist()) <= {0, 1, 2}
+        voxel_mm3 = float(np.prod(np.abs(np.diag(affine)[:3])))
+        assert (label == 1).sum() * voxel_mm3 > 1000  # some organ is left beside the tumour
         body = ndimage.binary_fill_holes(ndimage.binary_opening(image > -500))
         assert body[label > 0].all()
         tumour = label == 2
@@ -46,28 +55,75 @@ def test_labels_inside_body_and_tumour_inside_organ(cases, task: str) -> None:
 
 
 def test_hu_ranges_are_plausible(cases) -> None:
-    image, label, _ = cases["pancreas"][0]
+    image, label, _ = cases["low", "pancreas"][0]
     assert image.min() >= -1024 and image.max() <= 3071
     assert np.median(image[0]) < -900  # air at the field-of-view edge
     assert (image > 300).sum() > 50  # bone
     assert ((image > -150) & (image < -50)).sum() > 500  # fat
     organ = image[label == 1].mean()
-    assert 40 < organ < 200
-    for image, label, _ in cases["pancreas"]:
-        if (label == 2).sum() > 10:  # pancreatic tumours are hypodense
+    assert 40 < organ < 200  # the low cohort is portal-venous
+    for image, label, _ in cases["low", "pancreas"]:
+        if (label == 2).sum() > 10:  # its pancreatic tumours are all hypodense
             assert image[label == 2].mean() < image[label == 1].mean()
-    kidney, klabel, _ = cases["kidney"][0]
-    assert 80 < kidney[klabel == 1].mean() < 250
-    # both kidneys are labelled: two big separate blobs (a few voxels may be cut off by vessels)
-    blobs, _ = ndimage.label(klabel > 0)
-    sizes = np.sort(np.bincount(blobs.ravel())[1:])[::-1]
-    assert len(sizes) >= 2 and sizes[1] > 0.3 * sizes[0] and sizes[:2].sum() > 0.95 * sizes.sum()
+    for image, label, _ in cases["realistic", "pancreas"]:  # any phase, any kind of tumour
+        assert image.min() >= -1024 and np.median(image[0]) < -900
+        assert 10 < image[label == 1].mean() < 200
+    for variability in VARIABILITY:
+        kidney, klabel, _ = cases[variability, "kidney"][0]
+        assert 15 < kidney[klabel == 1].mean() < 250
+        # both kidneys are labelled: two big separate blobs (vessels may cut off a few voxels)
+        blobs, _ = ndimage.label(klabel > 0)
+        sizes = np.sort(np.bincount(blobs.ravel())[1:])[::-1]
+        assert len(sizes) >= 2 and sizes[1] > 0.3 * sizes[0]
+        assert sizes[:2].sum() > 0.95 * sizes.sum()
 
 
-def test_deterministic_per_seed() -> None:
-    a = make_case(np.random.default_rng([3, 1]), shape=(40, 40, 12), spacing=(4, 4, 8))
-    b = make_case(np.random.default_rng([3, 1]), shape=(40, 40, 12), spacing=(4, 4, 8))
-    c = make_case(np.random.default_rng([3, 2]), shape=(40, 40, 12), spacing=(4, 4, 8))
+def _spread(cohort: list[Case]) -> dict[str, float]:
+    """What makes a few labelled cases insufficient, measured on the images and labels."""
+    hu, inplane, slices, centre_z, volume, tumour = [], [], [], [], [], []
+    for image, label, affine in cohort:
+        zooms = np.abs(np.diag(affine)[:3])
+        hu.append(image[label == 1].mean())
+        inplane.append(zooms[0])
+        slices.append(round(zooms[2], 2))
+        centre_z.append((affine[:3, :3] @ np.argwhere(label > 0).mean(0) + affine[:3, 3])[2])
+        volume.append((label > 0).sum() * zooms.prod())
+        tumour.append((label == 2).sum() * zooms.prod())
+    return {
+        "organ_hu_sd": float(np.std(hu)),  # contrast phases and strengths
+        "pixel_ratio": float(max(inplane) / min(inplane)),  # field of view
+        "n_slice_spacings": len(set(slices)),
+        "position_sd_mm": float(np.std(centre_z)),  # scan range, organ placement
+        "volume_cv": float(np.std(volume) / np.mean(volume)),  # habitus, organ size
+        # ≥ 1000 mm³ = 125 voxels at the demo's 2 mm: big enough to learn from
+        "tumour_fraction": float(np.mean(np.array(tumour) >= 1000)),
+    }
+
+
+#: the realistic cohort exceeds every bound; the low one (what a model trained on two cases
+#: already covers) stays below every one
+SPREAD_BOUNDS = {"organ_hu_sd": 18.0, "pixel_ratio": 1.2, "n_slice_spacings": 3,
+                 "position_sd_mm": 8.0, "volume_cv": 0.35, "tumour_fraction": 0.5}
+
+
+@pytest.mark.parametrize("variability", VARIABILITY)
+def test_cohort_is_varied_and_tumours_are_learnable(variability: str) -> None:
+    cohort = [make_case(np.random.default_rng([7, i]), variability=variability, **TINY)
+              for i in range(12)]
+    spread = _spread(cohort)
+    above = {k: spread[k] >= bound for k, bound in SPREAD_BOUNDS.items()}
+    if variability == "realistic":
+        assert all(above.values()), spread
+    else:
+        assert not any(above.values()), spread
+
+
+@pytest.mark.parametrize("variability", VARIABILITY)
+def test_deterministic_per_seed(variability: str) -> None:
+    kw = {"shape": (40, 40, 12), "spacing": (4, 4, 8), "variability": variability}
+    a = make_case(np.random.default_rng([3, 1]), **kw)
+    b = make_case(np.random.default_rng([3, 1]), **kw)
+    c = make_case(np.random.default_rng([3, 2]), **kw)
     for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
     assert not np.array_equal(a[0], c[0])
@@ -75,30 +131,58 @@ def test_deterministic_per_seed() -> None:
 
 def test_cohort_is_an_msd_dataset_and_reruns_are_noops(tmp_path: Path) -> None:
     out = tmp_path / "synth"
-    generate_cohort(out, 3, task="kidney", seed=5, shape=(40, 40, 12), spacing=(4, 4, 8),
-                    progress=False)
+    kw = {"task": "kidney", "seed": 5, "shape": (40, 40, 12), "spacing": (4, 4, 8),
+          "progress": False}
+    generate_cohort(out, 3, **kw)
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["labels"] == {"0": "background", "1": "kidney", "2": "tumour"}
-    assert meta["numTraining"] == 3
+    assert meta["numTraining"] == 3 and meta["pimpic_synth"]["variability"] == "realistic"
     assert meta["training"][0] == {"image": "./imagesTr/kidney_000.nii.gz",
                                    "label": "./labelsTr/kidney_000.nii.gz"}
     layout, cases = read_dataset(out)
     assert layout == "msd" and len(cases) == 3
-    img = nib.load(str(cases[0]["image"]))
-    assert img.get_data_dtype() == np.int16
-    np.testing.assert_allclose(img.header.get_zooms(), (4, 4, 8))
+    imgs = [nib.load(str(c["image"])) for c in cases]
+    assert all(img.get_data_dtype() == np.int16 for img in imgs)
+    # each case's own grid is in its header: pixdim = the affine's voxel size, varying by case
+    zooms = [tuple(float(z) for z in img.header.get_zooms()) for img in imgs]
+    for img, z in zip(imgs, zooms, strict=True):
+        np.testing.assert_allclose(np.abs(np.diag(img.affine)[:3]), z, rtol=1e-6)
+    assert len(set(zooms)) > 1
     again = make_case(np.random.default_rng([5, 0]), shape=(40, 40, 12), spacing=(4, 4, 8),
                       task="kidney")[0]
-    np.testing.assert_array_equal(np.asanyarray(img.dataobj), again)
+    np.testing.assert_array_equal(np.asanyarray(imgs[0].dataobj), again)
 
     mtime = cases[0]["image"].stat().st_mtime_ns
-    generate_cohort(out, 3, task="kidney", seed=5, shape=(40, 40, 12), spacing=(4, 4, 8),
-                    progress=False)
+    generate_cohort(out, 3, **kw)
     assert cases[0]["image"].stat().st_mtime_ns == mtime
     with pytest.raises(PimpicError, match="other arguments"):
-        generate_cohort(out, 3, task="kidney", seed=6, shape=(40, 40, 12), spacing=(4, 4, 8),
-                        progress=False)
+        generate_cohort(out, 3, **{**kw, "seed": 6})
+    with pytest.raises(PimpicError, match="variability=realistic"):
+        generate_cohort(out, 3, **kw, variability="low")
     with pytest.raises(PimpicError, match="unknown task"):
         generate_cohort(tmp_path / "x", 1, task="liver")
+    with pytest.raises(PimpicError, match="unknown variability"):
+        generate_cohort(tmp_path / "x", 1, variability="high")
     with pytest.raises(PimpicError, match="at least 8"):
         generate_cohort(tmp_path / "x", 1, shape=(4, 40, 40))
+
+
+def test_low_cohort_keeps_its_fixed_grid(tmp_path: Path) -> None:
+    generate_cohort(tmp_path, 2, seed=5, shape=(40, 40, 12), spacing=(4, 4, 8), progress=False,
+                    variability="low")
+    for path in sorted((tmp_path / "imagesTr").iterdir()):
+        img = nib.load(str(path))
+        assert img.shape == (40, 40, 12)
+        np.testing.assert_allclose(img.header.get_zooms(), (4, 4, 8))
+
+
+def test_synth_help_describes_variability() -> None:
+    from typer.testing import CliRunner
+
+    from pimpic.cli import app
+
+    result = CliRunner().invoke(app, ["synth", "--help"])
+    assert result.exit_code == 0
+    assert "--variability" in result.output
+    for word in ("realistic", "low", "contrast phase", "slice thickness"):
+        assert word in result.output

@@ -35,10 +35,18 @@ def register(app: typer.Typer) -> None:
         task: str = typer.Option("pancreas", "--task", help="Target organ: pancreas or kidney."),
         seed: int = typer.Option(0, "--seed", help="Cohort seed (case i uses (seed, i))."),
         shape: str = typer.Option(None, "--shape", help="Voxels X,Y,Z (default: 180×180×120 mm)."),
-        spacing: str = typer.Option("0.8,0.8,2.5", "--spacing", help="Voxel size in mm, a,b,c."),
+        spacing: str = typer.Option("0.8,0.8,2.5", "--spacing",
+                                    help="Voxel size in mm, a,b,c (nominal with 'realistic')."),
+        variability: str = typer.Option(
+            "realistic", "--variability",
+            help="How much cases differ. 'realistic': contrast phase (none/arterial/portal-"
+                 "venous) and strength, oral contrast, habitus and fat, field of view, slice "
+                 "thickness 1.25-5 mm, patient shift/rotation, organ size/position, tumour "
+                 "size/kind/contrast, kernel, noise, streak and motion artefacts vary per case. "
+                 "'low': the original uniform cohort (one phase, fixed grid, small tumours)."),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
     ) -> None:
-        """Write a synthetic contrast-enhanced abdominal CT cohort (a stand-in for real data)."""
+        """Write a synthetic abdominal CT cohort (a stand-in for real data)."""
         import time
 
         from pimpic.data.synthetic import generate_cohort
@@ -48,7 +56,8 @@ def register(app: typer.Typer) -> None:
         t0 = time.perf_counter()
         generate_cohort(out, cases, task=task, seed=seed,
                         shape=tuple(int(s) for s in sh) if sh else None,
-                        spacing=sp or (0.8, 0.8, 2.5), progress=progress)
+                        spacing=sp or (0.8, 0.8, 2.5), progress=progress,
+                        variability=variability)
         typer.echo(f"synth: {cases} {task} case(s) in {out} (MSD layout, dataset.json) "
                    f"in {time.perf_counter() - t0:.1f} s")
 

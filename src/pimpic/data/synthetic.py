@@ -1,4 +1,4 @@
-"""A procedural contrast-enhanced abdominal CT cohort: ``pimpic synth``.
+"""A procedural abdominal CT cohort: ``pimpic synth``.
 
 No public CT dataset can be downloaded on every machine, and users want to try pimpic before
 they have data, so this generator stands in for one. It is **not** a benchmark of clinical
@@ -8,16 +8,23 @@ Each case (see :mod:`pimpic.data.anatomy`) has a body outline with skin, subcuta
 muscle wall; spine (cortex, marrow, discs, canal, arch), ribs, paraspinal and psoas muscles;
 lung bases; liver, gallbladder, spleen, stomach (wall, fluid, gas), kidneys (cortex, medulla,
 sinus fat), pancreas (lobulated, by the splenic vein, SMA and duodenum), small bowel loops and
-colon with gas and stool, aorta and vena cava — portal-venous HU scaled by a random enhancement
-factor, positions/sizes jittered and surfaces and the whole body warped by smooth random
-fields. In 85 % of cases a lobulated tumour (hypodense for the pancreas; heterogeneous, some
-with a necrotic core or cystic, for the kidney) lies inside the target organ. Partial-volume
-blur and spatially correlated noise finish the image.
+colon with gas and stool, aorta and vena cava, positions/sizes jittered and surfaces and the
+whole body warped by smooth random fields. In 85 % of cases a lobulated tumour grows in the
+target organ (:mod:`pimpic.data.synthetic_tumour`). A simulated acquisition (blur, correlated
+noise and, with ``realistic`` variability, kernels and artefacts) finishes the image.
+
+How much cases differ is a named preset, ``variability`` (:mod:`pimpic.data.synthetic_style`):
+``realistic`` (the default) varies contrast phase, habitus, pose, field of view, slice
+thickness, organ shape and placement, tumour size and kind, kernel, noise and artefacts as
+multi-centre CT does, so that a model trained on a few labelled cases does not cover the
+cohort; ``low`` is the original uniform cohort (one portal-venous phase, a fixed grid, small
+tumours), byte-identical to earlier releases.
 
 Output is an MSD-layout dataset: ``imagesTr/<task>_NNN.nii.gz`` (int16 HU, LPS-stored like most
-DICOM conversions, anisotropic spacing), ``labelsTr/`` (uint8: 0 background, 1 organ — both
-kidneys for ``kidney`` — 2 tumour) and ``dataset.json``. The default field of view is
-180 × 180 × 120 mm (a slim, scaled-down abdomen: about 120 × 120 × 80 voxels at 1.5 mm).
+DICOM conversions, anisotropic spacing — per case with ``realistic``), ``labelsTr/`` (uint8:
+0 background, 1 organ — both kidneys for ``kidney`` — 2 tumour) and ``dataset.json``. The
+nominal field of view is 180 × 180 × 120 mm (a slim, scaled-down abdomen: about 120 × 120 × 80
+voxels at 1.5 mm).
 """
 
 from __future__ import annotations
@@ -31,13 +38,16 @@ import numpy as np
 
 from pimpic import __version__
 from pimpic.data import anatomy as A
+from pimpic.data.synthetic_contrast import Contrast
+from pimpic.data.synthetic_scanner import acquire
+from pimpic.data.synthetic_style import VARIABILITY, draw_style
+from pimpic.data.synthetic_tumour import paint_tumour
 from pimpic.errors import PimpicError
 from pimpic.io import read_json, write_json
 
 TASKS = {"pancreas": (A.PANCREAS,), "kidney": (A.KIDNEY, A.MEDULLA)}
 DEFAULT_SPACING = (0.8, 0.8, 2.5)
 DEFAULT_FOV_MM = (180.0, 180.0, 120.0)
-TUMOUR_RATE = 0.85
 
 
 def default_shape(spacing: Sequence[float]) -> tuple[int, int, int]:
@@ -46,15 +56,17 @@ def default_shape(spacing: Sequence[float]) -> tuple[int, int, int]:
 
 
 def make_case(rng: np.random.Generator, shape: Sequence[int] = (225, 225, 48),
-              spacing: Sequence[float] = DEFAULT_SPACING,
-              task: str = "pancreas") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              spacing: Sequence[float] = DEFAULT_SPACING, task: str = "pancreas",
+              variability: str = "realistic") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One synthetic case.
 
     Args:
         rng: the case's random generator (all randomness comes from it).
-        shape: voxels ``(X, Y, Z)`` of the stored array.
-        spacing: voxel size in mm.
+        shape: voxels ``(X, Y, Z)`` of the stored array (``realistic``: the nominal matrix; the
+            case's slice count follows its slice spacing).
+        spacing: voxel size in mm (``realistic``: nominal; each case draws its own).
         task: ``pancreas`` or ``kidney`` (which organ is labelled 1).
+        variability: ``realistic`` or ``low`` (:mod:`pimpic.data.synthetic_style`).
 
     Returns:
         ``image`` (X, Y, Z) int16 HU, ``label`` (X, Y, Z) uint8, ``affine`` (4, 4) — stored
@@ -64,77 +76,49 @@ def make_case(rng: np.random.Generator, shape: Sequence[int] = (225, 225, 48),
 
     if task not in TASKS:
         raise PimpicError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if variability not in VARIABILITY:
+        raise PimpicError(f"unknown variability {variability!r}; choose one of "
+                          f"{', '.join(VARIABILITY)}")
     shape = tuple(int(s) for s in shape)
     sp = np.asarray(spacing, np.float64)
+    # L, mm: the body scales with the nominal field of view, not with this case's
+    half_width = 0.44 * min(shape[0] * sp[0], shape[1] * sp[1])
+    style = draw_style(rng, variability, shape, sp)
+    acq = style.acquisition
+    if acq is not None:
+        shape, sp = acq.shape, np.asarray(acq.spacing, np.float64)
+    half_width *= style.length_scale
     origin = np.array([sp[0] * (shape[0] - 1) / 2, sp[1] * (shape[1] - 1) / 2,
                        -sp[2] * (shape[2] - 1) / 2])
     affine = np.diag([-sp[0], -sp[1], sp[2], 1.0])
     affine[:3, 3] = origin
-    half_width = 0.44 * min(shape[0] * sp[0], shape[1] * sp[1])  # L, mm
     world = [origin[i] + affine[i, i] * np.arange(shape[i]) for i in range(3)]
     axes = [world[0] / half_width, world[1] / half_width,
             world[2] / half_width + rng.uniform(-0.06, 0.06)]
-    g = A.Grid(axes, rng)
-    body = A.build_body(g, rng, e=float(rng.uniform(0.85, 1.15)))
+    g = A.Grid(axes, rng, warp=style.warp, pose=style.pose)
+    contrast = style.contrast or Contrast("low", float(rng.uniform(0.85, 1.15)))
+    body = A.build_body(g, rng, contrast, style.patient)
     A.build_organs(g, rng, body)
-    A.build_bowel(g, rng, body)
-    target = np.isin(g.tissue, TASKS[task])
-    if rng.uniform() < TUMOUR_RATE:
-        _tumour(g, rng, target, task, body["e"])
+    if acq is None:
+        A.build_bowel(g, rng, body)
+    if rng.uniform() < style.tumour.rate:
+        paint_tumour(g, rng, np.isin(g.tissue, TASKS[task]), task, contrast, style.tumour)
+    if acq is not None:  # bowel after the tumour, so loops fill around a mass, not through it
+        A.build_bowel(g, rng, body)
     label = np.zeros(shape, np.uint8)
-    label[target & (g.tissue != A.TUMOUR)] = 1
+    label[np.isin(g.tissue, TASKS[task])] = 1
     label[g.tissue == A.TUMOUR] = 2
 
-    # partial volume: ~0.6 mm in-plane and ~1 mm slice-profile blur, then correlated noise
-    hu = gaussian_filter(g.hu, sigma=tuple(np.array([0.6, 0.6, 1.0]) / sp), mode="nearest")
-    noise = gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma=(0.8, 0.8, 0.3))
-    hu += noise * (rng.uniform(8.0, 18.0) / (noise.std() + 1e-6))
+    if acq is None:
+        # partial volume: ~0.6 mm in-plane and ~1 mm slice-profile blur, then correlated noise
+        hu = gaussian_filter(g.hu, sigma=tuple(np.array([0.6, 0.6, 1.0]) / sp), mode="nearest")
+        noise = gaussian_filter(rng.standard_normal(shape, dtype=np.float32),
+                                sigma=(0.8, 0.8, 0.3))
+        hu += noise * (rng.uniform(8.0, 18.0) / (noise.std() + 1e-6))
+    else:
+        hu = acquire(g, rng, acq)
     image = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
     return image, label, affine
-
-
-def _tumour(g: A.Grid, rng: np.random.Generator, organ: np.ndarray, task: str, e: float) -> None:
-    """Paint a lobulated tumour (2–4 overlapping lobes) inside ``organ``."""
-    idx = np.flatnonzero(organ)
-    if idx.size == 0:
-        return
-    centre_idx = np.unravel_index(rng.choice(idx), organ.shape)
-    centre = np.array([float(c[centre_idx]) for c in g.coords])
-    radius = rng.uniform(0.05, 0.09) if task == "pancreas" else rng.uniform(0.06, 0.13)
-    sl = g.box(centre - 2 * radius, centre + 2 * radius, margin=0)
-    q = np.full(tuple(s.stop - s.start for s in sl), np.inf, np.float32)
-    for lobe in range(int(rng.integers(2, 5))):
-        c = centre + (rng.normal(0, 0.35 * radius, 3) if lobe else 0)
-        r = radius * rng.uniform(0.55, 0.95, 3)
-        lobe_box, ql = g.ellipsoid(c, r, rot=float(rng.uniform(0, np.pi)), rough=0.0)
-        np.minimum(q, _align(ql, lobe_box, sl), out=q)
-    q = q + 0.12 * g.noise[int(rng.integers(0, 3))][sl]
-    inside = (q < 1) & organ[sl]
-    fine = g.fine[sl]
-    if task == "pancreas":  # ductal adenocarcinoma: hypodense, mildly heterogeneous
-        hu = A.enhance(105, e) - rng.uniform(35, 65) + 12 * fine
-    else:
-        kind = rng.uniform()
-        if kind < 0.2:  # cystic
-            hu = 15 + 5 * fine
-        else:  # solid, heterogeneous, less enhancing than cortex, sometimes necrotic
-            hu = A.enhance(rng.uniform(95, 140), e) + 25 * fine
-            if kind > 0.6:
-                hu = np.where(q < 0.55, 20.0 + 8 * fine, hu)
-    g.paint(sl, inside, A.TUMOUR, np.broadcast_to(hu, inside.shape).astype(np.float32))
-
-
-def _align(q: np.ndarray, src: A.Box, dst: A.Box) -> np.ndarray:
-    """Re-box ``q`` (computed over ``src``) onto ``dst``; voxels outside ``src`` are ∞."""
-    out = np.full(tuple(s.stop - s.start for s in dst), np.inf, np.float32)
-    lo = [max(a.start, b.start) for a, b in zip(src, dst, strict=True)]
-    hi = [min(a.stop, b.stop) for a, b in zip(src, dst, strict=True)]
-    if any(h <= low for low, h in zip(lo, hi, strict=True)):
-        return out
-    o = tuple(slice(low - d.start, h - d.start) for low, h, d in zip(lo, hi, dst, strict=True))
-    i = tuple(slice(low - s.start, h - s.start) for low, h, s in zip(lo, hi, src, strict=True))
-    out[o] = q[i]
-    return out
 
 
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
@@ -162,6 +146,7 @@ def generate_cohort(
     shape: Sequence[int] | None = None,
     spacing: Sequence[float] = DEFAULT_SPACING,
     progress: bool = True,
+    variability: str = "realistic",
 ) -> Path:
     """Write ``cases`` synthetic CT cases as an MSD-layout dataset in ``out``.
 
@@ -175,8 +160,12 @@ def generate_cohort(
         task: ``pancreas`` or ``kidney``.
         seed: cohort seed.
         shape: voxels per case; default covers 180 × 180 × 120 mm at ``spacing``.
-        spacing: voxel size in mm (anisotropic like clinical CT by default).
+        spacing: voxel size in mm (anisotropic like clinical CT by default); with
+            ``realistic`` variability the nominal one, around which each case draws its own.
         progress: show a progress bar.
+        variability: ``realistic`` (default: contrast phases, habitus, pose, field of view,
+            slice thickness, kernels, artefacts and tumours vary as in multi-centre CT) or
+            ``low`` (the original, uniform cohort); see :mod:`pimpic.data.synthetic_style`.
 
     Returns:
         ``out``.
@@ -186,6 +175,9 @@ def generate_cohort(
     out = Path(out)
     if task not in TASKS:
         raise PimpicError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if variability not in VARIABILITY:
+        raise PimpicError(f"unknown variability {variability!r}; choose one of "
+                          f"{', '.join(VARIABILITY)}")
     if cases < 1:
         raise PimpicError(f"--cases must be at least 1, got {cases}")
     spacing = tuple(float(s) for s in spacing)
@@ -195,7 +187,7 @@ def generate_cohort(
     if len(shape) != 3 or min(shape) < 8:
         raise PimpicError(f"shape {shape} must be three sizes of at least 8 voxels")
     params = {"task": task, "seed": seed, "cases": cases, "shape": list(shape),
-              "spacing": list(spacing)}
+              "spacing": list(spacing), "variability": variability}
     names = [f"{task}_{i:03d}.nii.gz" for i in range(cases)]
     if _existing(out, params):
         return out
@@ -205,14 +197,15 @@ def generate_cohort(
         img_path, lab_path = out / "imagesTr" / name, out / "labelsTr" / name
         if img_path.is_file() and lab_path.is_file():
             continue  # left by an interrupted run with the same arguments
-        image, label, affine = make_case(np.random.default_rng([seed, i]), shape, spacing, task)
+        image, label, affine = make_case(np.random.default_rng([seed, i]), shape, spacing, task,
+                                          variability)
         _save_nifti(label, affine, lab_path)
         _save_nifti(image, affine, img_path)
     organ = "kidney" if task == "kidney" else "pancreas"
     write_json(out / "dataset.json", {
         "name": f"pimpic-synth-{task}",
-        "description": "Procedural contrast-enhanced abdominal CT (pimpic synth); a stand-in "
-                       "for real data, not a clinical benchmark",
+        "description": f"Procedural abdominal CT (pimpic synth, {variability} variability); a "
+                       "stand-in for real data, not a clinical benchmark",
         "tensorImageSize": "3D", "modality": {"0": "CT"},
         "labels": {"0": "background", "1": organ, "2": "tumour"},
         "numTraining": cases, "numTest": 0,

@@ -1,0 +1,113 @@
+"""Is the synthetic cohort label-scarce at the demo's settings? (issue #10 §1)
+
+    python scripts/cohort_check.py [--out DIR] [--variability realistic|low] [--task pancreas]
+
+Generates the demo's cohort (``generate_cohort`` at ``pimpic.demo.SIZES["full"]``), prepares it
+as the demo does, fine-tunes ``random`` (no encoder, Random + Aug) at the demo's low label
+fraction and at 100 % with the demo's fine-tuning config (``demo_config(...).finetune``, run
+through :func:`pimpic.experiment.run_experiment`), evaluates on the test split and prints organ,
+tumour and whole-organ Dice (mean ± SD over test cases) and the two criteria:
+
+1. organ Dice at 100 % is at least 15 points above organ Dice at the low fraction;
+2. tumour Dice at 100 % is at least 20.
+
+Only ``random`` runs: the cohort is tuned on what from-scratch training can and cannot learn,
+never on what pretraining does. Everything is resumable in ``--out`` (rerun = reprint). A
+measurement takes several minutes on two CPU cores; the load average and this process's CPU
+time over wall time are printed, because a shared machine makes the wall time pessimistic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+from pimpic.data.prepare import prepare
+from pimpic.data.preprocess import Settings
+from pimpic.data.synthetic import VARIABILITY, generate_cohort
+from pimpic.demo import SIZES, demo_config
+from pimpic.experiment import cell_dir, eval_dir, run_experiment
+from pimpic.io import read_json
+
+ORGAN_GAP = 15.0  # Dice points, criterion 1
+TUMOUR_MIN = 20.0  # Dice points, criterion 2
+
+
+def _cpu_s() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _dice(summary: dict, name: str) -> tuple[float, float, int]:
+    s = summary["structures"][name]
+    mean = s["dice_mean"] if s["dice_mean"] is not None else float("nan")
+    sd = s["dice_sd"] if s["dice_sd"] is not None else float("nan")
+    return 100 * mean, 100 * sd, int(s["n"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("cohort_check_out"))
+    parser.add_argument("--variability", choices=VARIABILITY, default=None,
+                        help="cohort variability (default: the generator's, as in the demo)")
+    parser.add_argument("--task", default="pancreas")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cases", type=int, default=None, help="override the demo's case count")
+    args = parser.parse_args()
+
+    size = SIZES["full"]
+    if args.cases is not None:
+        size = dataclasses.replace(size, cases=args.cases)
+    t0, cpu0, load0 = time.perf_counter(), _cpu_s(), os.getloadavg()
+    kw = {} if args.variability is None else {"variability": args.variability}
+    generate_cohort(args.out / "data", size.cases, task=args.task, seed=args.seed,
+                    shape=size.shape, progress=False, **kw)
+    t_gen = time.perf_counter() - t0
+    prepare(args.out / "data", args.out / "cache", settings=Settings(spacing=(size.spacing,) * 3),
+            workers=2, seed=args.seed, progress=False)
+    t_prep = time.perf_counter() - t0 - t_gen
+    # 100 % first: it decides both criteria, and the low-fraction cell can be added later
+    cfg = dataclasses.replace(demo_config(size, args.out / "cache", "cpu"), methods=("random",),
+                              fractions=(100, size.low_fraction))
+    exp = run_experiment(cfg, args.out / "experiment", progress=False, report=False)
+    wall = time.perf_counter() - t0
+    cpu = _cpu_s() - cpu0
+
+    low, full = size.low_fraction, 100
+    res = {f: read_json(eval_dir(cell_dir(exp, "random", f, 0), cfg.split) / "summary.json")
+           for f in (low, full)}
+    print(f"\ncohort: {size.cases} {args.task} cases, variability={args.variability or 'default'}"
+          f", seed {args.seed}, prepared at {size.spacing} mm; fine-tuning "
+          f"{cfg.finetune.steps_per_epoch} steps × ≤{cfg.finetune.max_epochs} epochs, "
+          f"width {cfg.finetune.width}, patch {cfg.finetune.patch_size}")
+    print(f"{'Random + Aug':<14} {'organ':>14} {'tumour':>14} {'whole':>14}   (test Dice, %)")
+    for f in (low, full):
+        cells = []
+        for name in ("organ", "tumour", "whole"):
+            m, sd, n = _dice(res[f], name)
+            cells.append(f"{m:5.1f} ± {sd:4.1f}{'' if name != 'tumour' else f' n{n}':>4}")
+        print(f"{f:>3} % labels   " + " ".join(f"{c:>14}" for c in cells))
+    gap = _dice(res[full], "organ")[0] - _dice(res[low], "organ")[0]
+    tumour = _dice(res[full], "tumour")[0]
+    ok1, ok2 = gap >= ORGAN_GAP, tumour >= TUMOUR_MIN
+    print(f"criterion 1: organ Dice 100 % − {low} % = {gap:.1f} points "
+          f"(≥ {ORGAN_GAP:.0f}) {'PASS' if ok1 else 'FAIL'}")
+    print(f"criterion 2: tumour Dice at 100 % = {tumour:.1f} (≥ {TUMOUR_MIN:.0f}) "
+          f"{'PASS' if ok2 else 'FAIL'}")
+    timings = read_json(exp / "timings.json")
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+    load1 = os.getloadavg()
+    print(f"wall {wall / 60:.1f} min (synth {t_gen:.0f} s, prepare {t_prep:.0f} s; {stages}); "
+          f"CPU/wall {cpu / wall:.2f} of {os.cpu_count()} cores; load average "
+          f"{load0[0]:.1f} at start, {load1[0]:.1f} at end (1 min)")
+    return 0 if ok1 and ok2 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
