@@ -1,6 +1,7 @@
 """Is the synthetic cohort label-scarce at the demo's settings? (issue #10 §1)
 
     python scripts/cohort_check.py [--out DIR] [--variability realistic|low] [--task pancreas]
+                                   [--set samples_per_volume=4 ...]
 
 Generates the demo's cohort (``generate_cohort`` at ``pimpic.demo.SIZES["full"]``), prepares it
 as the demo does, fine-tunes ``random`` (no encoder, Random + Aug) at the demo's low label
@@ -27,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from pimpic.config import FinetuneConfig, build_config, to_dict
 from pimpic.data.prepare import prepare
 from pimpic.data.preprocess import Settings
 from pimpic.data.synthetic import VARIABILITY, generate_cohort
@@ -59,6 +61,9 @@ def main() -> int:
     parser.add_argument("--task", default="pancreas")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cases", type=int, default=None, help="override the demo's case count")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="override a field of the demo's fine-tuning config (repeatable), "
+                        "to try budgets before changing the demo")
     args = parser.parse_args()
 
     size = SIZES["full"]
@@ -75,6 +80,9 @@ def main() -> int:
     # 100 % first: it decides both criteria, and the low-fraction cell can be added later
     cfg = dataclasses.replace(demo_config(size, args.out / "cache", "cpu"), methods=("random",),
                               fractions=(100, size.low_fraction))
+    if args.overrides:
+        finetune = build_config(FinetuneConfig, None, args.overrides, base=to_dict(cfg.finetune))
+        cfg = dataclasses.replace(cfg, finetune=finetune)
     exp = run_experiment(cfg, args.out / "experiment", progress=False, report=False)
     wall = time.perf_counter() - t0
     cpu = _cpu_s() - cpu0
@@ -85,7 +93,9 @@ def main() -> int:
     print(f"\ncohort: {size.cases} {args.task} cases, variability={args.variability or 'default'}"
           f", seed {args.seed}, prepared at {size.spacing} mm; fine-tuning "
           f"{cfg.finetune.steps_per_epoch} steps × ≤{cfg.finetune.max_epochs} epochs, "
-          f"width {cfg.finetune.width}, patch {cfg.finetune.patch_size}")
+          f"width {cfg.finetune.width}, patch {cfg.finetune.patch_size}, "
+          f"{cfg.finetune.batch_size}×{cfg.finetune.samples_per_volume} crops per step"
+          + (f"; overrides {' '.join(args.overrides)}" if args.overrides else ""))
     print(f"{'Random + Aug':<14} {'organ':>14} {'tumour':>14} {'whole':>14}   (test Dice, %)")
     for f in (low, full):
         cells = []
