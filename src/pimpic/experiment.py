@@ -31,11 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from pimpic.config import (
+    NON_NEGATIVE,
+    PERCENT,
     PRETRAIN_METHODS,
     FinetuneConfig,
     PretrainConfig,
+    Range,
     _merge,
     build_config,
+    check_ranges,
     from_dict,
     save_config,
     to_dict,
@@ -84,6 +88,7 @@ class ExperimentConfig:
             raise ValueError("fractions: need percentages in (0, 100]")
         if not self.seeds:
             raise ValueError("seeds: at least one seed is needed")
+        check_ranges(self, EXPERIMENT_RULES)
         unknown = sorted(set(self.pretrain_overrides) - set(PRETRAIN_METHODS))
         if unknown:
             raise ValueError(f"pretrain_overrides: unknown method(s) {', '.join(unknown)}")
@@ -101,6 +106,10 @@ class ExperimentConfig:
 
     def finetune_config(self, fraction: int, seed: int) -> FinetuneConfig:
         return dataclasses.replace(self.finetune, fraction=fraction, seed=seed)
+
+
+EXPERIMENT_RULES = {"fractions": PERCENT, "seeds": NON_NEGATIVE,
+                    "overlay_fraction": Range(0, 100, low_open=True, optional=True)}
 
 
 def load_experiment_config(
