@@ -139,15 +139,12 @@ def load_encoder(
 
 def _architecture(path: Path, arch: Mapping[str, Any]) -> tuple[int, int, int]:
     """``(in_channels, width, depth)`` from the metadata: positive integers, or an error."""
-    try:
-        args = tuple(arch[k] for k in ("in_channels", "width", "depth"))
-    except KeyError:
-        args = ()
-    if len(args) != 3 or not all(isinstance(a, int) and not isinstance(a, bool) and a >= 1
-                                 for a in args):
+    values = [arch.get(k) for k in ("in_channels", "width", "depth")]
+    ints = [v for v in values if isinstance(v, int) and not isinstance(v, bool) and v >= 1]
+    if len(ints) != 3:
         raise PimpicError(f"{path}: metadata has no valid 'architecture' (in_channels, width "
                           "and depth must be positive integers)")
-    return args  # type: ignore[return-value]
+    return ints[0], ints[1], ints[2]
 
 
 def _check_tensors(path: Path, args: tuple[int, int, int]) -> None:
