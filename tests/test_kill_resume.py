@@ -1,8 +1,9 @@
 """Kill a real training process at a random step, resume it, and get the same weights.
 
 Each test runs the CLI in subprocesses: once straight through, once killed with SIGKILL
-(no cleanup, no ``finally``) soon after a randomly chosen step has been logged, then resumed
-with ``--resume`` to the end. The final weights must equal the uninterrupted run's, tensor by
+(no cleanup, no ``finally``) during the step after a randomly chosen one has been logged, then
+resumed with ``--resume`` to the end (or restarted with ``--overwrite`` when the kill came
+before the first checkpoint). The final weights must equal the uninterrupted run's, tensor by
 tensor, whatever the kill interrupted (a step, a checkpoint write, a metrics line).
 """
 
@@ -45,18 +46,23 @@ def _finish(proc: subprocess.Popen[str]) -> None:
 
 
 def _kill_after(args: list[str], metrics: Path, step: int, rng: random.Random) -> int:
-    """Start ``args``, SIGKILL it a random moment after ``step`` is logged; returns the last
-    logged step at the kill (the run must not have finished)."""
+    """Start ``args``, SIGKILL it at a random moment of the step after ``step`` is logged;
+    returns the last step logged before the kill."""
     proc = _start(args)
     deadline = time.monotonic() + 90
+    first_row = None
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             rows = read_jsonl(metrics) if metrics.is_file() else []
+            if rows and first_row is None:
+                first_row = time.monotonic()
             if any(r.get("step", 0) >= step for r in rows):
-                time.sleep(rng.uniform(0.0, 0.15))  # land anywhere in the next step
+                # land anywhere in the next step: a random fraction of the mean step time
+                per_step = (time.monotonic() - first_row) / max(len(rows) - 1, 1)
+                time.sleep(rng.uniform(0.0, per_step))
                 proc.send_signal(signal.SIGKILL)
                 break
-            time.sleep(0.01)
+            time.sleep(0.005)
     finally:
         if proc.poll() is None and time.monotonic() >= deadline:
             proc.kill()
@@ -78,8 +84,11 @@ def _kill_and_resume(tmp_path: Path, base: list[str], total: int, seed: int,
     reference = _start([*base, "--out", str(straight)])  # alongside: one process per core
     at = rng.randint(1, total - 2)
     last = _kill_after([*base, "--out", str(killed)], killed / "metrics.jsonl", at, rng)
-    assert at <= last < total
-    _finish(_start([*base, "--out", str(killed), "--resume"]))
+    assert at <= last <= total  # at total: killed while exporting, before it exited
+    # what a user (and the experiment) does: resume from the checkpoint, or start over when
+    # the kill came before the first one (--resume refuses to start a run afresh)
+    again = "--resume" if (killed / "checkpoint.pt").is_file() else "--overwrite"
+    _finish(_start([*base, "--out", str(killed), again]))
     _finish(reference)
     _same_tensors(weights(straight), weights(killed))
     return at
