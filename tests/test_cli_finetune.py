@@ -62,3 +62,37 @@ def test_cli_errors(make_cache, tmp_path):
     res = runner.invoke(app, ["finetune", str(cache), "--out", str(tmp_path / "r"),
                               "--set", "loss=focal"])
     assert res.exit_code == 2 and "loss" in res.output
+
+
+def test_settings_and_folders_are_checked_before_anything_is_written(make_cache, tmp_path):
+    runner = CliRunner()
+    cache = make_cache(n_cases=5, shape=(16, 16, 16))
+    run = tmp_path / "run"
+    for setting, message in (("val_every=0", "val_every must be ≥ 1, got 0"),
+                             ("batch_size=0", "batch_size must be ≥ 1, got 0"),
+                             ("max_epochs=0", "max_epochs must be ≥ 1, got 0"),
+                             ("num_classes=2", "label value 2 does not fit num_classes=2")):
+        res = runner.invoke(app, ["finetune", str(cache), "--out", str(run), *TINY,
+                                  "--set", setting, "--no-progress"])
+        assert res.exit_code == 2, res.output
+        assert message in res.output and len(res.output.strip().splitlines()) == 1
+        assert not run.exists()
+    res = runner.invoke(app, ["finetune", str(cache), "--out", str(run), "--resume", *TINY])
+    assert res.exit_code == 2 and "no checkpoint to resume from" in res.output
+    assert not run.exists()
+
+
+def test_a_run_that_kept_no_model_says_so(make_cache, tmp_path):
+    """Validation never gives a finite Dice (no foreground in the validation labels)."""
+    from pimpic.data.cache import Cache
+
+    cache = make_cache(n_cases=5, shape=(16, 16, 16))
+    for cid in Cache(cache).splits()["val"]:
+        np.save(cache / "cases" / cid / "label.npy", np.zeros((16, 16, 16), np.uint8))
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["finetune", str(cache), "--out", str(run), *TINY,
+                                   "--set", "steps_per_epoch=1", "--set", "patience=1",
+                                   "--no-progress"])
+    assert res.exit_code == 2, res.output
+    assert "training stopped without keeping a model" in res.output
+    assert not (run / "model.safetensors").exists()

@@ -69,3 +69,33 @@ def test_bench_pretrain_step_prints_one_json_line() -> None:
     assert res.exit_code == 0, res.output
     out = json.loads(res.output.strip().splitlines()[-1])
     assert {"median_step_s", "patches_per_s", "peak_rss_mb"} <= set(out)
+
+
+def test_bad_settings_are_refused_before_the_run_folder_exists(make_cache, tmp_path: Path) -> None:
+    runner = CliRunner()
+    cache = make_cache(n_cases=3, shape=(16, 16, 16), labelled=False)
+    run = tmp_path / "run"
+    for setting, message in (("checkpoint_every=0", "checkpoint_every must be ≥ 1, got 0"),
+                             ("lr=-1", "lr must be ≥ 0, got -1"),
+                             ("num_workers=-1", "num_workers must be ≥ 0, got -1"),
+                             ("sampler.foreground_threshold=2", "must be in [0, 1], got 2")):
+        res = runner.invoke(app, ["pretrain", str(cache), "--out", str(run), *TINY,
+                                  "--set", setting])
+        assert res.exit_code == 2, res.output
+        assert message in res.output and len(res.output.strip().splitlines()) == 1
+        assert not run.exists()
+
+
+def test_resume_and_overwrite_refusals_through_the_cli(make_cache, tmp_path: Path) -> None:
+    runner = CliRunner()
+    cache = make_cache(n_cases=3, shape=(16, 16, 16), labelled=False)
+    res = runner.invoke(app, ["pretrain", str(cache), "--out", str(tmp_path / "new"), "--resume",
+                              *TINY])
+    assert res.exit_code == 2 and "no checkpoint to resume from" in res.output
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("width: 1000\n")  # not a run: never the resume base
+    for flag in ("--overwrite", "--resume"):
+        res = runner.invoke(app, ["pretrain", str(cache), "--out", str(mine), flag, *TINY])
+        assert res.exit_code == 2 and "not a pimpic run folder" in res.output, res.output
+    assert [p.name for p in mine.iterdir()] == ["config.yaml"]

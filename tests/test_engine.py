@@ -128,3 +128,74 @@ def test_nan_loss_stops_and_keeps_checkpoint(make_cache, monkeypatch: pytest.Mon
 def test_load_pretext_module_needs_a_finished_run(tmp_path: Path) -> None:
     with pytest.raises(PimpicError, match=r"method\.safetensors: not found"):
         load_pretext_module(tmp_path)
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_run(make_cache, monkeypatch, tmp_path):
+    """`pimpic pretrain --out . --overwrite` in a project folder: refused, nothing deleted."""
+    dummy.install(monkeypatch)
+    cache = make_cache(n_cases=3, shape=(16, 16, 16), labelled=False)
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "analysis.py").write_text("print('mine')")
+    (project / "config.yaml").write_text("steps: 4\n")  # looks like a run's, is not
+    monkeypatch.chdir(project)
+    with pytest.raises(PimpicError) as err:
+        pretrain(cache, Path("."), TINY, overwrite=True, progress=False)
+    assert "not a pimpic run folder" in str(err.value) and "\n" not in str(err.value)
+    assert sorted(p.name for p in project.rglob("*")) == ["analysis.py", "config.yaml", "src"]
+
+
+def test_overwrite_removes_only_the_run_and_refuses_foreign_files(finished, monkeypatch,
+                                                                  tmp_path):
+    import shutil
+
+    cache, done = finished
+    run = tmp_path / "run"
+    shutil.copytree(done, run)
+    (run / "notes.md").write_text("what I changed")
+    dummy.install(monkeypatch)
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(PimpicError, match=r"removes only what pimpic wrote.*notes\.md"):
+        pretrain(cache, run, TINY, overwrite=True, progress=False)
+    assert sorted(p.name for p in run.iterdir()) == before
+    (run / "notes.md").unlink()
+    pretrain(cache, run, dataclasses.replace(TINY, steps=2), overwrite=True, progress=False)
+    assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")] == [2]
+    assert read_json(run / ".pimpic-run")["kind"] == "pretrain"
+
+
+@pytest.mark.parametrize("content", [b"garbage" * 10, "pickle"])
+def test_a_bad_checkpoint_is_one_line_without_unsafe_advice(finished, monkeypatch, tmp_path,
+                                                            content):
+    import shutil
+
+    cache, done = finished
+    run = tmp_path / "run"
+    shutil.copytree(done, run)
+    if content == "pickle":  # a well-formed file holding more than tensors
+        torch.save({"step": 2, "model": {}, "extra": Path("x")}, run / "checkpoint.pt")
+    else:
+        (run / "checkpoint.pt").write_bytes(content)
+    dummy.install(monkeypatch)
+    with pytest.raises(PimpicError) as err:
+        pretrain(cache, run, TINY, resume=True, progress=False)
+    msg = str(err.value)
+    assert msg.startswith(f"{run / 'checkpoint.pt'}: ") and "\n" not in msg
+    assert "weights_only" not in msg
+
+
+def test_resume_refuses_a_re_prepared_cache(finished, monkeypatch, tmp_path):
+    import shutil
+
+    from pimpic.io import write_json
+
+    cache, done = finished
+    run, other = tmp_path / "run", tmp_path / "cache"
+    shutil.copytree(done, run)
+    shutil.copytree(cache, other)
+    manifest = read_json(other / "manifest.json")
+    write_json(other / "manifest.json", {**manifest, "settings": {
+        **manifest["settings"], "window": [-100.0, 240.0]}})
+    dummy.install(monkeypatch)
+    with pytest.raises(PimpicError, match=r"cannot resume — cache_manifest_sha256"):
+        pretrain(other, run, dataclasses.replace(TINY, steps=6), resume=True, progress=False)

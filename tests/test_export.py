@@ -84,3 +84,33 @@ def test_missing_tensor_key_is_an_error(tmp_path, exported):
     save_file(state, str(bad), metadata=header)
     with pytest.raises(PimpicError, match="missing"):
         load_encoder(bad, expected=SETUP)
+
+
+@pytest.mark.parametrize("arch", [
+    {"width": 10**9},  # overflows even the shape arithmetic
+    {"width": 100_000},  # would allocate terabytes before today's shape check
+    {"depth": 10**6},  # a module per level, a million times
+    {"in_channels": 0},
+    {"width": "4"},
+])
+def test_absurd_declared_architecture_is_refused_before_allocation(tmp_path, exported, arch):
+    _, path = exported
+    meta = read_encoder_metadata(path)
+    meta["architecture"] = {**meta["architecture"], **arch}
+    bad = tmp_path / "absurd.safetensors"
+    save_file(load_file(str(path)), str(bad),
+              metadata={"format": "pimpic-encoder", "pimpic": json.dumps(meta)})
+    with pytest.raises(PimpicError) as err:
+        load_encoder(bad)
+    assert str(err.value).startswith(str(bad)) and "\n" not in str(err.value)
+
+
+def test_shapes_that_do_not_fit_the_declared_width_are_named(tmp_path, exported):
+    enc, _ = exported
+    other = Encoder(1, 2, 3)  # same keys, half the width
+    header = {"format": "pimpic-encoder",
+              "pimpic": json.dumps({"architecture": enc.architecture(), **META})}
+    bad = tmp_path / "narrow.safetensors"
+    save_file(other.state_dict(), str(bad), metadata=header)
+    with pytest.raises(PimpicError, match=r"tensor shapes differ .*width 4, depth 3"):
+        load_encoder(bad, expected=SETUP)

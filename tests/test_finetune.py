@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,3 +138,151 @@ def test_frozen_encoder_and_dicece(make_cache, tmp_path):
     for k, v in init.items():
         assert torch.equal(state[f"encoder.{k}"], v), k
     assert read_json(run / "run.json")["best_score"] > 0  # a Dice loss, lower is better
+
+
+# ------------------------------------------------------------------- run folder and resume
+
+SHORT = dataclasses.replace(TINY, samples_per_volume=1, steps_per_epoch=1, max_epochs=2)
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    """(cache, encoder, run) of a finished 2-epoch run from an exported encoder."""
+    from conftest import write_cache
+
+    root = tmp_path_factory.mktemp("ft")
+    cache = write_cache(root / "cache", n_cases=5, shape=(16, 16, 16))
+    torch.manual_seed(1)
+    encoder = root / "encoder.safetensors"
+    save_encoder(encoder, Encoder(1, 2, 3), {"patch_size": 16, "spacing": [1.5] * 3,
+                                             "window": [-200, 400]})
+    run = finetune(cache, root / "run", SHORT, encoder=encoder, progress=False,
+                   tensorboard=False)
+    return cache, encoder, run
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+def _names(path):
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run(done, tmp_path):
+    cache, encoder, _ = done
+    mine = tmp_path / "mine"
+    (mine / "tb").mkdir(parents=True)
+    (mine / "eval-test").mkdir()
+    for name in ("config.yaml", "run.json", "tb/notes", "eval-test/my_results.csv"):
+        (mine / name).write_text("user data")
+    with pytest.raises(PimpicError, match="not a pimpic run folder"):
+        finetune(cache, mine, SHORT, encoder=encoder, overwrite=True, progress=False)
+    assert _names(mine) == ["config.yaml", "eval-test", "eval-test/my_results.csv", "run.json",
+                            "tb", "tb/notes"]
+
+
+def test_overwrite_with_an_eval_file_refuses_before_deleting(done, tmp_path):
+    cache, encoder, run = done
+    run = _copy(run, tmp_path / "run")
+    (run / "eval-notes").write_text("an eval-* file, not an evaluation folder")
+    before = _names(run)
+    with pytest.raises(PimpicError, match=r"removes only what pimpic wrote.*eval-notes"):
+        finetune(cache, run, SHORT, encoder=encoder, overwrite=True, progress=False)
+    assert _names(run) == before
+    (run / "eval-notes").unlink()
+    from pimpic.training.run_folder import mark_evaluation
+
+    mark_evaluation(run / "eval-test")
+    finetune(cache, run, SHORT, encoder=encoder, overwrite=True, progress=False,
+             tensorboard=False)
+    assert not (run / "eval-test").exists() and (run / "model.safetensors").is_file()
+
+
+def test_resume_without_a_checkpoint_refuses(done, tmp_path):
+    cache, encoder, _ = done
+    with pytest.raises(PimpicError, match="no checkpoint to resume from"):
+        finetune(cache, tmp_path / "new", SHORT, encoder=encoder, resume=True, progress=False)
+    assert not (tmp_path / "new").exists()
+
+
+def test_resume_compares_cache_cases_and_encoder(done, tmp_path):
+    from pimpic.io import write_json
+
+    _, encoder, _ = done
+    longer = dataclasses.replace(SHORT, max_epochs=3)
+    # the encoder file changed (same path, other weights)
+    other = _copy(encoder.parent, tmp_path / "root")
+    torch.manual_seed(2)
+    save_encoder(other / "encoder.safetensors", Encoder(1, 2, 3),
+                 {"patch_size": 16, "spacing": [1.5] * 3, "window": [-200, 400]})
+    with pytest.raises(PimpicError, match=r"cannot resume — encoder_sha256: run has '[0-9a-f]"):
+        finetune(other / "cache", other / "run", longer, encoder=other / "encoder.safetensors",
+                 resume=True, progress=False)
+    with pytest.raises(PimpicError, match=r"encoder_sha256: run has '[0-9a-f].*now None"):
+        finetune(other / "cache", other / "run", longer, resume=True, progress=False)
+    # the validation cases changed
+    splits = read_json(other / "cache" / "splits.json")
+    write_json(other / "cache" / "splits.json",
+               {**splits, "val": [splits["test"][0]], "test": splits["test"][1:]})
+    with pytest.raises(PimpicError, match=r"cannot resume — val_cases\[0\]"):
+        finetune(other / "cache", other / "run", longer, encoder=encoder, resume=True,
+                 progress=False)
+    write_json(other / "cache" / "splits.json", splits)
+    # the cache was prepared again with other settings
+    manifest = read_json(other / "cache" / "manifest.json")
+    write_json(other / "cache" / "manifest.json",
+               {**manifest, "settings": {**manifest["settings"], "crop_foreground": True}})
+    with pytest.raises(PimpicError, match=r"cannot resume — settings\.crop_foreground"):
+        finetune(other / "cache", other / "run", longer, encoder=encoder, resume=True,
+                 progress=False)
+    write_json(other / "cache" / "manifest.json", {**manifest, "source": "elsewhere"})
+    with pytest.raises(PimpicError, match=r"cannot resume — cache_manifest_sha256"):
+        finetune(other / "cache", other / "run", longer, encoder=encoder, resume=True,
+                 progress=False)
+    assert read_json(other / "run" / "run.json")["epochs"] == 2  # nothing was resumed
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 torn zip", "foreign", "no-state"])
+def test_a_corrupt_checkpoint_is_one_line(done, tmp_path, content):
+    cache, encoder, run = done
+    run = _copy(run, tmp_path / "run")
+    ckpt = run / "checkpoint.pt"
+    if content == "foreign":
+        torch.save({"model": {}, "optimizer": {}, "scheduler": {}, "state": {}, "x": Path(".")},
+                   ckpt)
+    elif content == "no-state":
+        saved = torch.load(ckpt, weights_only=True)
+        torch.save({**saved, "state": {"epoch": 1}}, ckpt)
+    else:
+        ckpt.write_bytes(content)
+    longer = dataclasses.replace(SHORT, max_epochs=3)
+    with pytest.raises(PimpicError) as err:
+        finetune(cache, run, longer, encoder=encoder, resume=True, progress=False,
+                 tensorboard=False)
+    msg = str(err.value)
+    assert msg.startswith(str(ckpt)) and "\n" not in msg and "weights_only" not in msg
+
+
+def test_resume_of_a_finished_run_completes_run_json(done, tmp_path):
+    """A kill between the last checkpoint and run.json must not leave the run unfinished."""
+    from pimpic.io import write_json
+
+    cache, encoder, run = done
+    run = _copy(run, tmp_path / "run")
+    info = read_json(run / "run.json")
+    write_json(run / "run.json", {**info, "completed": False, "epochs": 1, "stop_reason": None})
+    finetune(cache, run, SHORT, encoder=encoder, resume=True, progress=False, tensorboard=False)
+    after = read_json(run / "run.json")
+    assert after["completed"] and after["epochs"] == 2 and after["stop_reason"]
+
+
+def test_labels_beyond_num_classes_are_refused_before_the_folder(done, tmp_path):
+    cache, encoder, _ = done
+    with pytest.raises(PimpicError, match=r"label value 2 does not fit num_classes=2"):
+        finetune(cache, tmp_path / "run", dataclasses.replace(SHORT, num_classes=2),
+                 encoder=encoder, progress=False)
+    assert not (tmp_path / "run").exists()

@@ -90,3 +90,15 @@ def test_folder_input_and_bad_input(tmp_path, run):
         predict([tmp_path / "missing.nii.gz"], run, tmp_path / "o4", progress=False)
     with pytest.raises(PimpicError, match="no model"):
         predict([folder], tmp_path, tmp_path / "o5", progress=False)
+
+
+def test_out_that_is_a_file_is_one_line_and_left_alone(tmp_path, run):
+    img = _image(tmp_path / "scan.nii.gz")
+    target = tmp_path / "results.txt"
+    target.write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(PimpicError, match=r"results\.txt: exists and is not a folder"):
+            predict([img], run, target, overwrite=overwrite, progress=False)
+    assert target.read_text() == "mine"
+    with pytest.raises(PimpicError, match="cannot create the output folder"):
+        predict([img], run, target / "masks", progress=False)

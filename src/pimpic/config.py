@@ -9,6 +9,7 @@ boundary, and saved with every run (``config.yaml`` in the run folder).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -216,6 +217,69 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Range checks: each schema lists its numeric fields with the values they may take, so a bad
+# value is refused when the config is built — before any run folder exists.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric field may take: an interval, open or closed at either end.
+
+    A tuple value is checked element by element; ``optional`` also accepts None. NaN and
+    infinities are always refused.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    optional: bool = False
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            return (f"in {'(' if self.low_open else '['}{self.low:g}, "
+                    f"{self.high:g}{')' if self.high_open else ']'}")
+        if self.low is not None:
+            return f"{'>' if self.low_open else '≥'} {self.low:g}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '≤'} {self.high:g}"
+        return "finite"
+
+    def admits(self, value: Any) -> bool:
+        if value is None:
+            return self.optional
+        if isinstance(value, (tuple, list)):
+            return all(self.admits(v) for v in value) and bool(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+
+AT_LEAST_1 = Range(1)
+NON_NEGATIVE = Range(0)
+POSITIVE = Range(0, low_open=True)
+PROBABILITY = Range(0, 1)
+PERCENT = Range(0, 100, low_open=True)
+FINITE = Range()
+
+
+def check_ranges(cfg: Any, rules: Mapping[str, Range]) -> None:
+    """Raise ValueError naming the first field of ``cfg`` whose value ``rules`` refuses."""
+    for name, rule in rules.items():
+        value = getattr(cfg, name)
+        if not rule.admits(value):
+            many = isinstance(value, (tuple, list))
+            raise ValueError(f"{'each of ' if many else ''}{name} must be {rule.describe()}"
+                             f"{' (or null)' if rule.optional else ''}, "
+                             f"got {list(value) if many else value!r}")
+
+
+# --------------------------------------------------------------------------------------------
 # The schemas. Defaults reproduce the paper (METHOD.md §2–§6); every deviation is a named option.
 # --------------------------------------------------------------------------------------------
 
@@ -238,6 +302,13 @@ class SamplerConfig:
     #: value used to pad volumes smaller than the patch (0 = the bottom of the HU window)
     pad_value: float = 0.0
 
+    def __post_init__(self) -> None:
+        check_ranges(self, SAMPLER_RULES)
+
+
+SAMPLER_RULES = {"foreground_threshold": PROBABILITY, "overlap_margin": NON_NEGATIVE,
+                 "pad_value": FINITE}
+
 
 @dataclasses.dataclass(frozen=True)
 class VoCoConfig:
@@ -253,6 +324,13 @@ class VoCoConfig:
     #: momentum of the teacher for ``voco-ema``
     ema_momentum: float = 0.996
 
+    def __post_init__(self) -> None:
+        check_ranges(self, VOCO_RULES)
+
+
+VOCO_RULES = {"grid": AT_LEAST_1, "num_random": AT_LEAST_1, "proj_dim": AT_LEAST_1,
+              "reg_weight": NON_NEGATIVE, "ema_momentum": PROBABILITY}
+
 
 @dataclasses.dataclass(frozen=True)
 class Vox2VecConfig:
@@ -262,6 +340,12 @@ class Vox2VecConfig:
     #: positive voxels sampled per crop pair
     num_voxels: int = 1024
     tau: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_ranges(self, VOX2VEC_RULES)
+
+
+VOX2VEC_RULES = {"proj_dim": AT_LEAST_1, "num_voxels": AT_LEAST_1, "tau": POSITIVE}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,12 +390,21 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.method not in PRETRAIN_METHODS:
             raise ValueError(f"method {self.method!r} is not one of {', '.join(PRETRAIN_METHODS)}")
+        check_ranges(self, PRETRAIN_RULES)
         if self.patch_size % 2**self.depth:
             raise ValueError(f"patch_size {self.patch_size} must be divisible by 2^depth "
                              f"= {2**self.depth}")
-        for name in ("width", "depth", "patch_size", "patches", "volumes", "steps", "proj_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be ≥ 1")
+
+
+#: one line per numeric field of :class:`PretrainConfig` (a new field needs its line here)
+PRETRAIN_RULES = {
+    "in_channels": AT_LEAST_1, "width": AT_LEAST_1, "depth": AT_LEAST_1,
+    "patch_size": AT_LEAST_1, "patches": AT_LEAST_1, "volumes": AT_LEAST_1,
+    "proj_dim": AT_LEAST_1, "tau": POSITIVE, "pim_weight": NON_NEGATIVE,
+    "pic_weight": NON_NEGATIVE, "min_overlap": PROBABILITY, "lr": NON_NEGATIVE,
+    "weight_decay": NON_NEGATIVE, "steps": AT_LEAST_1, "seed": NON_NEGATIVE,
+    "num_workers": NON_NEGATIVE, "checkpoint_every": AT_LEAST_1, "log_every": AT_LEAST_1,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -383,3 +476,21 @@ class FinetuneConfig:
     channels_last: bool = True
     num_workers: int = 2
     log_every: int = 10
+
+    def __post_init__(self) -> None:
+        check_ranges(self, FINETUNE_RULES)
+
+
+#: one line per numeric field of :class:`FinetuneConfig` (a new field needs its line here)
+FINETUNE_RULES = {
+    "fraction": PERCENT, "seed": NON_NEGATIVE, "num_classes": Range(2),
+    "width": AT_LEAST_1, "depth": AT_LEAST_1, "patch_size": AT_LEAST_1,
+    "lr": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
+    "batch_size": AT_LEAST_1, "samples_per_volume": AT_LEAST_1, "pos_ratio": NON_NEGATIVE,
+    "steps_per_epoch": Range(1, optional=True), "max_epochs": AT_LEAST_1,
+    "max_steps": Range(1, optional=True), "patience": AT_LEAST_1,
+    "freeze_encoder_epochs": NON_NEGATIVE, "val_every": AT_LEAST_1,
+    "rotate_deg": Range(0, 180), "scale": Range(0, 1, high_open=True), "shift_vox": NON_NEGATIVE,
+    "noise_std": NON_NEGATIVE, "sw_overlap": Range(0, 1, high_open=True),
+    "sw_batch_size": AT_LEAST_1, "num_workers": NON_NEGATIVE, "log_every": AT_LEAST_1,
+}

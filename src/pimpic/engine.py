@@ -23,16 +23,17 @@ Continue a stopped run with ``--resume``: the checkpoint holds model, optimiser,
 rank's RNG state, and the data stream is a pure function of the step, so on CPU the resumed run
 is bit-for-bit the run that was never stopped.
 
-Run folder: ``config.yaml``, ``env.json``, ``run.json`` (cache and case ids), ``metrics.jsonl``,
-``tb/``, ``checkpoint.pt``, and at the end ``method.safetensors`` (the whole pretext module),
-``encoder.safetensors`` (the artifact fine-tuning loads) and ``energy.json``.
+Run folder (created, resumed and overwritten by :class:`~pimpic.training.run_folder.RunFolder`):
+``.pimpic-run``, ``config.yaml``, ``env.json``, ``run.json`` (cache, its manifest digest and the
+case ids), ``metrics.jsonl``, ``tb/``, ``checkpoint.pt``, and at the end ``method.safetensors``
+(the whole pretext module), ``encoder.safetensors`` (the artifact fine-tuning loads) and
+``energy.json``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
 import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -42,24 +43,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from pimpic.config import (
-    PretrainConfig,
-    build_config,
-    config_differences,
-    save_config,
-    to_dict,
-)
+from pimpic.config import PretrainConfig, build_config, save_config, to_dict
 from pimpic.data.cache import Cache
 from pimpic.errors import PimpicError
 from pimpic.io import read_json, save_safetensors, write_json
 from pimpic.training import checkpoint as ckpt
 from pimpic.training.distributed import Dist, setup
-from pimpic.training.monitor import Monitor, truncate_metrics
+from pimpic.training.monitor import METRICS, Monitor, truncate_metrics
+from pimpic.training.run_folder import RunFolder, json_sha256
 
 METHOD_FILE = "method.safetensors"
 ENCODER_FILE = "encoder.safetensors"
-#: files that mark a folder as a pimpic run (only such a folder is deleted by ``overwrite``)
-RUN_MARKERS = ("config.yaml", "run.json", ckpt.CHECKPOINT)
+#: what a pretraining run writes into its folder (and ``--overwrite`` may remove)
+ARTEFACTS = ("config.yaml", "env.json", "run.json", METRICS, "tb", ckpt.CHECKPOINT,
+             METHOD_FILE, ENCODER_FILE, "energy.json")
 
 
 def pretrain(
@@ -79,8 +76,9 @@ def pretrain(
         run_dir: the run folder; must be new or empty unless ``resume``/``overwrite``.
         cfg: the resolved pretraining config.
         resume: continue from ``run_dir/checkpoint.pt`` (the config may differ only in
-            :data:`pimpic.training.checkpoint.RESUMABLE` fields, e.g. more ``steps``).
-        overwrite: delete an existing run folder first.
+            :data:`pimpic.training.run_folder.RESUMABLE` fields, e.g. more ``steps``).
+        overwrite: remove what an earlier pretraining run wrote into ``run_dir`` first
+            (refused when the folder is not a pimpic pretraining run or holds other files).
         progress: show a progress bar (rank 0).
         case_ids: the pretraining pool; default the cache's training split.
 
@@ -107,7 +105,11 @@ def _pretrain(dist: Dist, cache_root: Path, run_dir: Path, cfg: PretrainConfig, 
     device = dist.device
     cache = Cache(cache_root)
     ids = _pretraining_cases(cache, case_ids)
-    state = _check_run_dir(run_dir, cfg, ids, resume, overwrite)
+    folder = RunFolder(run_dir, "pretrain", ARTEFACTS)
+    state = None
+    if folder.check(resume=resume, overwrite=overwrite):
+        folder.check_resume(to_dict(cfg), _identity(cache, ids))
+        state = ckpt.load_checkpoint(run_dir / ckpt.CHECKPOINT)
     start = int(state["step"]) if state else 0
     if state and start > cfg.steps:
         raise PimpicError(f"{run_dir}: checkpoint is at step {start}, beyond steps={cfg.steps}")
@@ -119,8 +121,7 @@ def _pretrain(dist: Dist, cache_root: Path, run_dir: Path, cfg: PretrainConfig, 
         module = module.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     optimizer = torch.optim.Adam(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if state:
-        module.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        ckpt.restore(run_dir / ckpt.CHECKPOINT, state, model=module, optimizer=optimizer)
         rngs = state["rng"]
         if len(rngs) == dist.world_size:
             ckpt.set_rng_state(rngs[dist.rank])
@@ -130,6 +131,7 @@ def _pretrain(dist: Dist, cache_root: Path, run_dir: Path, cfg: PretrainConfig, 
         ckpt.seed_all(cfg.seed, dist.rank, 0)
 
     if dist.is_main:
+        folder.start(resuming=state is not None)
         _write_run_files(run_dir, cache, cfg, ids, dist, resumed_from=start if state else None)
     dist.barrier()
 
@@ -216,45 +218,22 @@ def _pretraining_cases(cache: Cache, case_ids: Sequence[str] | None) -> list[str
     return ids
 
 
-def _check_run_dir(run_dir: Path, cfg: PretrainConfig, ids: list[str], resume: bool,
-                   overwrite: bool) -> dict[str, Any] | None:
-    """Refuse to clobber a run; on resume, load the checkpoint and check it still fits."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise PimpicError(f"{run_dir}: exists and is not a folder")
-    non_empty = run_dir.is_dir() and any(run_dir.iterdir())
-    if resume:
-        state = ckpt.load_checkpoint(run_dir / ckpt.CHECKPOINT)
-        diffs = config_differences(state["config"], to_dict(cfg), ckpt.RESUMABLE)
-        if diffs:
-            raise PimpicError(f"{run_dir}: cannot resume with a different config — "
-                              + "; ".join(diffs))
-        run_info = read_json(run_dir / "run.json")
-        if list(run_info.get("case_ids", [])) != ids:
-            raise PimpicError(f"{run_dir}: cannot resume on other cases than the run used "
-                              f"({len(run_info.get('case_ids', []))} in run.json, {len(ids)} now)")
-        return state
-    if non_empty and not overwrite:
-        raise PimpicError(f"{run_dir}: run folder exists and is not empty; pass --resume to "
-                          "continue it or --overwrite to start over")
-    if non_empty and not any((run_dir / m).exists() for m in RUN_MARKERS):
-        raise PimpicError(f"{run_dir}: not a pimpic run folder; refusing to overwrite it")
-    return None
+def _identity(cache: Cache, ids: list[str]) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues (recorded in ``run.json``)."""
+    return {"cache_manifest_sha256": json_sha256(cache.manifest), "case_ids": ids}
 
 
 def _write_run_files(run_dir: Path, cache: Cache, cfg: PretrainConfig, ids: list[str],
                      dist: Dist, resumed_from: int | None) -> None:
     from pimpic import envinfo
 
-    if resumed_from is None and run_dir.is_dir():
-        shutil.rmtree(run_dir)  # overwrite (checked above); a fresh run starts empty
-    run_dir.mkdir(parents=True, exist_ok=True)
     if resumed_from is not None:
-        truncate_metrics(run_dir / "metrics.jsonl", resumed_from)
+        truncate_metrics(run_dir / METRICS, resumed_from)
     save_config(cfg, run_dir / "config.yaml")
     write_json(run_dir / "env.json", envinfo.collect(dist.device, dist.world_size))
     info = read_json(run_dir / "run.json") if resumed_from is not None else {}
     info.update({"cache": str(cache.root.resolve()), "method": cfg.method,
-                 "world_size": dist.world_size, "case_ids": ids})
+                 "world_size": dist.world_size, **_identity(cache, ids)})
     if resumed_from is not None:
         info["resumed_from"] = [*info.get("resumed_from", []), resumed_from]
     write_json(run_dir / "run.json", info)

@@ -8,7 +8,8 @@ of :mod:`pimpic.metrics`. Metrics are computed in the preprocessed 1.5 mm space 
 or, with ``original_space=True``, after mapping the prediction back onto the original label
 file's grid.
 
-Writes ``RUN/eval-<split>/per_case.csv``, ``summary.json`` and ``pred/<case>.npy``.
+Writes ``RUN/eval-<split>/per_case.csv``, ``summary.json`` and ``pred/<case>.npy``, and the
+marker ``.pimpic-eval`` that lets the run folder's ``--overwrite`` recognise the folder.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from pimpic.data.cache import Cache
 from pimpic.errors import PimpicError
 from pimpic.metrics import COLUMNS, case_metrics, format_table, summarise
+from pimpic.training.run_folder import mark_evaluation
 
 
 def _check_held_out(run_dir: Path, split: str, case_ids: list[str],
@@ -147,6 +149,9 @@ def evaluate(
     patch = int(info["patch_size"])
     sw = inference_settings(info)
     out_dir = run_dir / f"eval-{split}"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PimpicError(f"{out_dir}: exists and is not a folder; move it away to evaluate")
+    mark_evaluation(out_dir)  # the run folder's --overwrite may remove it, and only it
     (out_dir / "pred").mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     for cid in tqdm(case_ids, disable=not progress, desc=f"evaluate {split}", unit="case"):

@@ -13,7 +13,9 @@ Layout of ``EXP/``::
 Every stage is resumable on its own, so a killed experiment rerun does only what is missing:
 
 * a pretraining run is complete when ``encoder.safetensors`` exists; a partial run resumes from
-  ``checkpoint.pt`` if there is one, otherwise it restarts (``overwrite=True``);
+  ``checkpoint.pt`` if there is one, otherwise it restarts with ``overwrite=True`` — the run
+  folder policy of :mod:`pimpic.training.run_folder`, so a restart removes only what pimpic
+  wrote and refuses a folder that holds anything else;
 * a cell is complete when its ``eval-<split>/summary.json`` exists; a fine-tuning run that
   finished (``run.json`` ``completed``) is only evaluated; a partial one resumes or restarts.
 
@@ -33,24 +35,27 @@ from pathlib import Path
 from typing import Any
 
 from pimpic.config import (
+    NON_NEGATIVE,
+    PERCENT,
     PRETRAIN_METHODS,
     FinetuneConfig,
     PretrainConfig,
+    Range,
     _merge,
     build_config,
+    check_ranges,
     from_dict,
     save_config,
     to_dict,
 )
 from pimpic.data.splits import split_digest
 from pimpic.errors import PimpicError
+from pimpic.training.run_folder import CHECKPOINT, RUNTIME_KEYS
 
 METHODS = ("random", *PRETRAIN_METHODS)
 #: config keys that may change between invocations on the same EXP folder (they only add cells
 #: or change the report); everything else must match what the finished runs were made with
 GRID_KEYS = ("methods", "fractions", "seeds", "overlay_fraction", "overlay_case")
-#: settings that do not change results (where and how fast a run executes)
-FREE_KEYS = ("device", "num_workers", "log_every", "checkpoint_every")
 SPLIT_RECORD = "split.json"
 
 
@@ -92,6 +97,7 @@ class ExperimentConfig:
             raise ValueError("fractions: need percentages in (0, 100]")
         if not self.seeds:
             raise ValueError("seeds: at least one seed is needed")
+        check_ranges(self, EXPERIMENT_RULES)
         unknown = sorted(set(self.pretrain_overrides) - set(PRETRAIN_METHODS))
         if unknown:
             raise ValueError(f"pretrain_overrides: unknown method(s) {', '.join(unknown)}")
@@ -111,6 +117,10 @@ class ExperimentConfig:
 
     def finetune_config(self, fraction: int, seed: int) -> FinetuneConfig:
         return dataclasses.replace(self.finetune, fraction=fraction, seed=seed)
+
+
+EXPERIMENT_RULES = {"fractions": PERCENT, "seeds": NON_NEGATIVE,
+                    "overlay_fraction": Range(0, 100, low_open=True, optional=True)}
 
 
 def load_experiment_config(
@@ -152,8 +162,9 @@ def eval_dir(run_dir: Path, split: str = "test") -> Path:
 
 
 def _resume_flags(run_dir: Path) -> dict[str, bool]:
-    """Resume a partial run that left a checkpoint; otherwise start over in place."""
-    if (run_dir / "checkpoint.pt").is_file():
+    """Resume a partial run that left a checkpoint; otherwise start over in place (the stage's
+    run folder policy decides what may be removed, and refuses a folder that is not its run)."""
+    if (run_dir / CHECKPOINT).is_file():
         return {"resume": True, "overwrite": False}
     return {"resume": False, "overwrite": run_dir.exists()}
 
@@ -290,7 +301,7 @@ def _check_same_setup(cfg: ExperimentConfig, exp: Path, splits: dict[str, Any]) 
                           f"(split {made_on}, now {digest}); use a new --out folder")
     saved, now = flatten(load_yaml(saved_path)), flatten(to_dict(cfg))
     diffs = [k for k in sorted(set(saved) | set(now))
-             if k.split(".")[0] not in GRID_KEYS and k.split(".")[-1] not in FREE_KEYS
+             if k.split(".")[0] not in GRID_KEYS and k.split(".")[-1] not in RUNTIME_KEYS
              and saved.get(k) != now.get(k)]
     if diffs:
         raise PimpicError(

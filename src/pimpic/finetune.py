@@ -14,15 +14,16 @@ Launch::
     pimpic finetune CACHE --out runs/ft5 --fraction 5 --encoder runs/pre/encoder.safetensors
     pimpic finetune CACHE --out runs/ft5 --fraction 5 --resume        # continue after a kill
 
-Run folder: ``config.yaml``, ``run.json``, ``env.json``, ``model.safetensors`` (best),
-``checkpoint.pt`` (last epoch; resume is bit-for-bit on CPU), ``metrics.jsonl``, ``tb/``,
-``energy.json``.
+Run folder (created, resumed and overwritten by :class:`~pimpic.training.run_folder.RunFolder`,
+the same policy as pretraining): ``.pimpic-run``, ``config.yaml``, ``run.json`` (with what a
+resumed run must still match: cache manifest digest, training and validation cases, encoder
+digest), ``env.json``, ``model.safetensors`` (best), ``checkpoint.pt`` (last epoch; resume is
+bit-for-bit on CPU), ``metrics.jsonl``, ``tb/``, ``energy.json``.
 """
 
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -35,16 +36,17 @@ from torch import nn
 from pimpic.config import FinetuneConfig, save_config, to_dict
 from pimpic.data.cache import Cache
 from pimpic.errors import PimpicError
-from pimpic.inference import load_model, save_model
-from pimpic.io import append_jsonl, atomic_path, read_json, write_json
+from pimpic.inference import flush_denormals, load_model, resolve_device, save_model
+from pimpic.io import append_jsonl, read_json, write_json
 from pimpic.models.unet import Encoder, SegmentationNet
+from pimpic.training.checkpoint import load_checkpoint, restore, save_checkpoint
 from pimpic.training.monitor import truncate_metrics
+from pimpic.training.run_folder import RunFolder, file_sha256, json_sha256
 
 RUN_ARTIFACTS = ("config.yaml", "run.json", "env.json", "model.safetensors", "checkpoint.pt",
                  "metrics.jsonl", "energy.json", "tb")
-#: config fields that may change when resuming (caps and machinery, not the experiment)
-RESUMABLE = {"max_epochs", "max_steps", "patience", "device", "num_workers", "log_every",
-             "sw_batch_size"}
+#: what a fine-tuning checkpoint holds
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "state")
 
 
 def build_model(cfg: FinetuneConfig, cache: Cache, encoder: str | Path | None,
@@ -76,37 +78,27 @@ def check_patch(patch_size: int, depth: int) -> None:
 # ------------------------------------------------------------------------------- run folder
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
-    """Returns True when resuming from an existing checkpoint."""
-    has_ckpt = (run_dir / "checkpoint.pt").is_file()
-    if resume and has_ckpt:
-        return True
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if overwrite:
-            for name in RUN_ARTIFACTS:
-                p = run_dir / name
-                if p.is_dir():
-                    shutil.rmtree(p)
-                elif p.exists():
-                    p.unlink()
-            for p in run_dir.glob("eval-*"):
-                shutil.rmtree(p)
-        elif resume:
-            raise PimpicError(f"{run_dir}: nothing to resume (no checkpoint.pt) and the folder is "
-                              "not empty; pass --overwrite to start again")
+def _identity(cache: Cache, train_ids: list[str], val_ids: list[str],
+              encoder: str | Path | None) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues (recorded in ``run.json``)."""
+    return {"settings": cache.settings, "cache_manifest_sha256": json_sha256(cache.manifest),
+            "train_cases": train_ids, "val_cases": val_ids,
+            "encoder_sha256": file_sha256(encoder) if encoder is not None else None}
+
+
+def _check_labels(cache: Cache, case_ids: list[str], num_classes: int) -> None:
+    """Every label value must be a class: ``0 … num_classes − 1``."""
+    for cid in case_ids:
+        declared = cache.meta(cid).get("label_values")  # recorded by `pimpic prepare`
+        if declared:
+            top = max(declared)
         else:
-            raise PimpicError(f"{run_dir}: run folder exists and is not empty; pass --resume to "
-                              "continue it or --overwrite to replace it")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return False
-
-
-def _check_resume_config(run_dir: Path, cfg: FinetuneConfig) -> None:
-    from pimpic.config import config_differences, load_yaml
-
-    diffs = config_differences(load_yaml(run_dir / "config.yaml"), to_dict(cfg), RESUMABLE)
-    if diffs:
-        raise PimpicError(f"{run_dir}: cannot resume with a different config — " + "; ".join(diffs))
+            label = cache.label(cid)
+            top = int(np.max(label)) if label is not None and label.size else 0
+        if top >= num_classes:
+            raise PimpicError(f"{cache.case_dir(cid)}: label value {top} does not fit "
+                              f"num_classes={num_classes} (labels 0…{num_classes - 1}); set "
+                              f"num_classes={top + 1}")
 
 
 def _cases(cache: Cache, fraction: float) -> tuple[list[str], list[str]]:
@@ -194,46 +186,46 @@ def finetune(
         cfg: the fine-tuning configuration.
         encoder: an ``encoder.safetensors`` export, or None for the from-scratch baseline.
         allow: checked metadata names whose mismatch is accepted (e.g. ``patch_size``).
-        resume: continue from ``checkpoint.pt`` (the config may change only in its caps).
-        overwrite: delete a previous run's artifacts in ``run_dir`` first.
+        resume: continue from ``checkpoint.pt``; refused without one, or when the config
+            (beyond its caps and machinery), the cache, the cases or the encoder changed.
+        overwrite: remove what an earlier fine-tuning run wrote into ``run_dir`` first
+            (refused when the folder is not a pimpic fine-tuning run or holds other files).
         progress: show a progress bar.
         tensorboard: also log to ``run_dir/tb``.
     """
     cache = cache if isinstance(cache, Cache) else Cache(cache)
     run_dir = Path(run_dir)
     train_ids, val_ids = _cases(cache, cfg.fraction)
-    # validate the encoder before touching the run folder: a refused setup leaves no trace
+    _check_labels(cache, [*train_ids, *val_ids], cfg.num_classes)
+    device = resolve_device(cfg.device)
+    # validate everything before touching the run folder: a refused setup leaves no trace
     model, enc_meta = build_model(cfg, cache, encoder, allow)
-    resuming = _prepare_run_dir(run_dir, resume, overwrite)
+    identity = _identity(cache, train_ids, val_ids, encoder)
+    folder = RunFolder(run_dir, "finetune", RUN_ARTIFACTS)
+    resuming = folder.check(resume=resume, overwrite=overwrite)
+    resumed_info = folder.check_resume(to_dict(cfg), identity) if resuming else None
+    folder.start(resuming)
     n_train = len(cache.splits()["train"])
     print(f"fine-tuning on {len(train_ids)} of {n_train} training cases ({cfg.fraction}%), "
           f"validating on {len(val_ids)}")
-    if resuming:
-        _check_resume_config(run_dir, cfg)
-        info = dict(read_json(run_dir / "run.json"))
+    if resumed_info is not None:
+        info = resumed_info
     else:
         save_config(cfg, run_dir / "config.yaml")
         info = {
-            "cache": str(cache.root.resolve()), "fraction": cfg.fraction,
-            "train_cases": train_ids, "val_cases": val_ids,
+            "cache": str(cache.root.resolve()), "fraction": cfg.fraction, **identity,
             "encoder": str(Path(encoder).resolve()) if encoder is not None else None,
-            "encoder_meta": enc_meta, "settings": cache.settings,
+            "encoder_meta": enc_meta,
             "patch_size": cfg.patch_size, "num_classes": cfg.num_classes,
             "architecture": model.encoder.architecture(),
             "best_epoch": None, "best_score": None, "epochs": 0, "steps": 0,
             "completed": False, "stop_reason": None, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         write_json(run_dir / "run.json", info)
-        try:
-            from pimpic.envinfo import collect
-            from pimpic.inference import resolve_device
+        from pimpic.envinfo import collect
 
-            write_json(run_dir / "env.json", collect(resolve_device(cfg.device)))
-        except ImportError:
-            pass
-    from pimpic.inference import flush_denormals, resolve_device
-
-    with flush_denormals(resolve_device(cfg.device)):
+        write_json(run_dir / "env.json", collect(device))
+    with flush_denormals(device):
         return _train(model, cache, run_dir, cfg, info, train_ids, val_ids, resuming=resuming,
                       progress=progress, tensorboard=tensorboard)
 
@@ -271,11 +263,12 @@ def _train(model: SegmentationNet, cache: Cache, run_dir: Path, cfg: FinetuneCon
                              "elapsed_s": 0.0}
     ckpt_path = run_dir / "checkpoint.pt"
     if resuming:
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        state = ckpt["state"]
+        saved = load_checkpoint(ckpt_path, device, required=CHECKPOINT_KEYS)
+        restore(ckpt_path, saved, model=model, optimizer=opt, scheduler=sched)
+        if not isinstance(saved["state"], dict) or not set(state) <= set(saved["state"]):
+            raise PimpicError(f"{ckpt_path}: not a fine-tuning checkpoint (its training state "
+                              f"lacks {', '.join(sorted(state))})")
+        state = saved["state"]
         truncate_metrics(run_dir / "metrics.jsonl", int(state["step"]))
         print(f"resuming at epoch {state['epoch']}, step {state['step']}")
     writer = None
@@ -289,6 +282,8 @@ def _train(model: SegmentationNet, cache: Cache, run_dir: Path, cfg: FinetuneCon
                unit="step", dynamic_ncols=True)
     t0 = time.perf_counter() - float(state["elapsed_s"])
     stop_reason = _stop_reason(state, cfg, total, val_ids)
+    if resuming:  # a kill between checkpoint and run.json leaves run.json an epoch behind
+        _record(run_dir / "run.json", info, state, stop_reason)
     if meter is not None:
         meter.__enter__()
     try:
@@ -352,10 +347,7 @@ def _train(model: SegmentationNet, cache: Cache, run_dir: Path, cfg: FinetuneCon
                         writer.add_scalar(k.replace("_", "/", 1), v, int(state["step"]))
             stop_reason = _stop_reason(state, cfg, total, val_ids)
             _checkpoint(ckpt_path, model, opt, sched, state)
-            info.update(best_epoch=state["best_epoch"], best_score=state["best_score"],
-                        epochs=epoch, steps=state["step"], completed=stop_reason is not None,
-                        stop_reason=stop_reason)
-            write_json(run_dir / "run.json", info)
+            _record(run_dir / "run.json", info, state, stop_reason)
     finally:
         bar.close()
         if writer is not None:
@@ -381,6 +373,15 @@ def _stop_reason(state: dict[str, Any], cfg: FinetuneConfig, total: int,
     return None
 
 
+def _record(path: Path, info: dict[str, Any], state: dict[str, Any],
+            stop_reason: str | None) -> None:
+    """``run.json`` follows the checkpoint: progress, best epoch and why training stopped."""
+    info.update(best_epoch=state["best_epoch"], best_score=state["best_score"],
+                epochs=state["epoch"], steps=state["step"], completed=stop_reason is not None,
+                stop_reason=stop_reason)
+    write_json(path, info)
+
+
 def _plain(x: Any) -> torch.Tensor:
     """MONAI MetaTensor → plain tensor (metadata tracking is overhead in the loop)."""
     return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
@@ -400,9 +401,8 @@ def _model_meta(info: dict[str, Any], cfg: FinetuneConfig, epoch: int) -> dict[s
 
 def _checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
                 state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "state": dict(state)}, tmp)
+    save_checkpoint(path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                           "scheduler": sched.state_dict(), "state": dict(state)})
 
 
 def _energy_meter(device: torch.device) -> Any:

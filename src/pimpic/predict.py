@@ -96,14 +96,20 @@ def predict(
 
     files = collect_images(images)
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+    if out.exists() and not out.is_dir():
+        raise PimpicError(f"{out}: exists and is not a folder; --out names the folder the masks "
+                          "go to")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise PimpicError(f"{out}: output folder exists; pass --overwrite to write into it")
     model, info = load_model(model_run)
     settings = Settings.from_dict(info["settings"])
     in_channels = int(info["architecture"]["in_channels"])
     dev = resolve_device(device)
     model.to(dev)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PimpicError(f"{out}: cannot create the output folder ({err.strerror})") from None
     written = []
     for path in tqdm(files, disable=not progress, desc="predict", unit="image"):
         _check_channels(path, in_channels)

@@ -30,21 +30,30 @@ def register(app: typer.Typer) -> None:
         config: Path | None = typer.Option(None, "--config", help="YAML FinetuneConfig."),
         set_: list[str] = typer.Option(
             [], "--set", help="Override a config key: key=value (repeatable)."),
-        resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run."),
+        resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run (its "
+                                    "config.yaml is the base; caps such as max_epochs may grow)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Remove what an earlier "
+                                       "fine-tuning run wrote into OUT and start over."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
     ) -> None:
         """Fine-tune a segmentation network (pretrained or random encoder + new decoder)."""
         from pimpic.config import FinetuneConfig, build_config
+        from pimpic.errors import PimpicError
         from pimpic.finetune import finetune
+        from pimpic.training.run_folder import saved_config
 
         flags = [f"{k}={v}" for k, v in (("fraction", fraction), ("seed", seed))
                  if v is not None]
+        base = saved_config(out) if resume else None
         # explicit flags win over the YAML file and --set
-        cfg = build_config(FinetuneConfig, config, [*set_, *flags])
+        cfg = build_config(FinetuneConfig, config, [*set_, *flags], base=base)
         run = finetune(cache, out, cfg, encoder=encoder, allow=allow, resume=resume,
                        overwrite=overwrite, progress=progress)
-        typer.echo(f"model: {run / 'model.safetensors'}")
+        model = run / "model.safetensors"
+        if not model.is_file():
+            raise PimpicError(f"{run}: training stopped without keeping a model (no epoch gave "
+                              "a finite validation score); see metrics.jsonl")
+        typer.echo(f"model: {model}")
 
     @app.command("evaluate")
     @friendly_errors

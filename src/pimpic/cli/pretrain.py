@@ -36,7 +36,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                                        "sampler.intensity_aug=true (repeatable)."),
         resume: bool = typer.Option(False, "--resume", help="Continue RUN from its checkpoint "
                                     "(its config.yaml is the base; --steps may grow)."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Delete RUN and start over."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Remove what an earlier "
+                                       "pretraining run wrote into RUN and start over."),
         steps: int | None = typer.Option(None, "--steps", help="Optimiser steps (paper: 20000)."),
         device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
         progress: bool | None = typer.Option(None, "--progress/--no-progress",
@@ -45,15 +46,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Pretrain a 3D U-Net encoder on the cache's training images and write
         RUN/encoder.safetensors. Multi-GPU: torchrun --nproc_per_node=G $(which pimpic)
         pretrain ..."""
-        from pimpic.config import PretrainConfig, build_config, load_yaml
+        from pimpic.config import PretrainConfig, build_config
         from pimpic.engine import pretrain
-        from pimpic.errors import PimpicError
+        from pimpic.training.run_folder import saved_config
 
-        if resume and overwrite:
-            raise PimpicError("--resume and --overwrite exclude each other")
-        base = None
-        if resume and (out / "config.yaml").is_file():
-            base = load_yaml(out / "config.yaml")
+        base = saved_config(out) if resume else None
         flags = [f"{k}={v}" for k, v in (("method", method), ("steps", steps),
                                          ("device", device)) if v is not None]
         cfg = build_config(PretrainConfig, config, [*set_, *flags], base=base)

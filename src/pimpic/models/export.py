@@ -6,8 +6,10 @@ the safetensors header, ``{"format": "pimpic-encoder", "pimpic": "<json>"}`` whe
 ``window`` (HU), ``method``, ``steps`` and ``pimpic_version``.
 
 Loading checks that metadata against the fine-tuning setup and fails with the list of what
-differs; missing or unexpected tensor keys are errors too (``strict`` semantics). Outside
-pimpic the file is plain safetensors::
+differs; then the declared architecture against the tensor names and shapes in the file's
+header, before any weights are allocated (a file cannot make pimpic build an absurd network);
+missing or unexpected tensor keys are errors too (``strict`` semantics). Outside pimpic the
+file is plain safetensors::
 
     from safetensors.torch import load_file
     state = load_file("encoder.safetensors")      # dict[str, Tensor]
@@ -121,26 +123,60 @@ def load_encoder(
     if diffs:
         raise PimpicError(f"{path}: encoder does not match this setup — " + "; ".join(diffs)
                           + " (pass --allow NAME to accept a difference deliberately)")
-    arch = meta.get("architecture", {})
-    try:
-        encoder = Encoder(int(arch["in_channels"]), int(arch["width"]), int(arch["depth"]))
-    except (KeyError, TypeError, ValueError):
-        raise PimpicError(f"{path}: metadata has no valid 'architecture'") from None
+    args = _architecture(path, meta.get("architecture", {}))
+    _check_tensors(path, args)
+    encoder = Encoder(*args)
     try:
         state = load_file(str(path))
     except Exception as err:
         raise PimpicError(f"{path}: corrupt tensor data ({err})") from None
-    own = encoder.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
+    encoder.load_state_dict(state, strict=True)
+    return encoder, meta
+
+
+def _architecture(path: Path, arch: Mapping[str, Any]) -> tuple[int, int, int]:
+    """``(in_channels, width, depth)`` from the metadata: positive integers, or an error."""
+    values = [arch.get(k) for k in ("in_channels", "width", "depth")]
+    ints = [v for v in values if isinstance(v, int) and not isinstance(v, bool) and v >= 1]
+    if len(ints) != 3:
+        raise PimpicError(f"{path}: metadata has no valid 'architecture' (in_channels, width "
+                          "and depth must be positive integers)")
+    return ints[0], ints[1], ints[2]
+
+
+def _check_tensors(path: Path, args: tuple[int, int, int]) -> None:
+    """The declared architecture must have exactly the tensors (names and shapes) the file's
+    header lists. Checked on the meta device, so nothing is allocated, and the depth first, so
+    a huge declared depth does not even build a module per level."""
+    import torch
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118 (not a dict)
+    except Exception as err:
+        raise PimpicError(f"{path}: corrupt tensor header ({err})") from None
+    in_channels, width, depth = args
+    levels = {k.split(".")[1] for k in shapes if k.startswith("blocks.") and k.count(".") > 1}
+    if len(levels) != depth:
+        raise PimpicError(f"{path}: metadata declares depth {depth}, the file holds "
+                          f"{len(levels)} encoder block(s)")
+    try:
+        with torch.device("meta"):
+            own = {k: tuple(v.shape) for k, v in Encoder(*args).state_dict().items()}
+    except (RuntimeError, ValueError, OverflowError):
+        raise PimpicError(f"{path}: metadata declares an impossible architecture "
+                          f"(in_channels {in_channels}, width {width}, depth {depth})") from None
+    missing = sorted(set(own) - set(shapes))
+    unexpected = sorted(set(shapes) - set(own))
     if missing or unexpected:
         raise PimpicError(
             f"{path}: state does not fit the architecture — missing {missing[:5]}"
             f"{'…' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
             f"{'…' if len(unexpected) > 5 else ''}"
         )
-    bad = [k for k in own if own[k].shape != state[k].shape]
+    bad = [k for k in own if own[k] != shapes[k]]
     if bad:
-        raise PimpicError(f"{path}: tensor shapes differ from the architecture for {bad[:5]}")
-    encoder.load_state_dict(state, strict=True)
-    return encoder, meta
+        raise PimpicError(f"{path}: tensor shapes differ from the declared architecture "
+                          f"(in_channels {in_channels}, width {width}, depth {depth}) for "
+                          f"{bad[:3]}")

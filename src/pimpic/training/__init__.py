@@ -1,3 +1,3 @@
-"""Helpers of the pretraining engine (:mod:`pimpic.engine`): process group and device
-(:mod:`.distributed`), checkpoints and resume checks (:mod:`.checkpoint`), metrics, TensorBoard
-and the progress bar (:mod:`.monitor`)."""
+"""What every training loop shares: the run folder and its create / resume / overwrite policy
+(:mod:`.run_folder`), process group and device (:mod:`.distributed`), checkpoints
+(:mod:`.checkpoint`), metrics, TensorBoard and the progress bar (:mod:`.monitor`)."""

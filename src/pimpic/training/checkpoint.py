@@ -1,16 +1,18 @@
-"""Training state on disk: ``checkpoint.pt`` and the checks that make ``--resume`` safe.
+"""Training state on disk: ``checkpoint.pt``, written atomically and read back safely.
 
 The checkpoint holds everything needed to continue bit-for-bit: model and optimiser state, the
 step, the RNG states of every rank (torch, CUDA, numpy, python) and the resolved config. The data
 stream needs no state of its own — it is a pure function of ``(seed, rank, sample index)``
 (:mod:`pimpic.data.loader`). Everything is plain tensors/containers, so it loads with
-``torch.load(weights_only=True)``.
+``torch.load(weights_only=True)``. Whether a run may be resumed at all is decided by
+:mod:`pimpic.training.run_folder`.
 """
 
 from __future__ import annotations
 
+import pickle
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,10 @@ import numpy as np
 import torch
 
 from pimpic.errors import PimpicError
+from pimpic.training.run_folder import CHECKPOINT
 
-CHECKPOINT = "checkpoint.pt"
-#: config fields that may change between a run and its resumption (length, logging, hardware)
-RESUMABLE = frozenset({"steps", "device", "num_workers", "log_every", "checkpoint_every"})
+__all__ = ["CHECKPOINT", "load_checkpoint", "restore", "rng_state", "save_checkpoint",
+           "seed_all", "set_rng_state"]
 
 
 def rng_state() -> dict[str, Any]:
@@ -66,16 +68,40 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
         torch.save(dict(state), tmp)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`; unreadable → PimpicError."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    required: Sequence[str] = ("step", "model")) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` that has the ``required`` keys.
+
+    Only tensors and plain containers are unpickled (``weights_only``): a file holding anything
+    else is refused, never executed. Missing, truncated, corrupt or foreign files are a
+    one-line PimpicError naming the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise PimpicError(f"{path}: no checkpoint to resume from")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises many types for truncated/corrupt files
-        raise PimpicError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err})"
-                          ) from None
-    if not isinstance(state, dict) or "step" not in state or "model" not in state:
-        raise PimpicError(f"{path}: not a pimpic pretraining checkpoint")
+    except pickle.UnpicklingError:
+        # torch's message suggests weights_only=False: wrong advice for a file we cannot vouch for
+        raise PimpicError(f"{path}: not a pimpic checkpoint (it holds more than tensors and "
+                          "plain containers, or is corrupt); refusing to load it") from None
+    except Exception:  # torch raises many types for truncated/corrupt files
+        raise PimpicError(f"{path}: unreadable checkpoint (truncated or corrupt); start over "
+                          "with --overwrite") from None
+    missing = [k for k in required if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise PimpicError(f"{path}: not a pimpic checkpoint of this kind of run (no "
+                          f"{', '.join(missing)})")
     return state
+
+
+def restore(path: str | Path, state: Mapping[str, Any], **parts: Any) -> None:
+    """``part.load_state_dict(state[name])`` for every ``name=part`` (model, optimiser,
+    scheduler, ...); a checkpoint that does not fit them is a PimpicError naming the file."""
+    for name, part in parts.items():
+        try:
+            part.load_state_dict(state[name])
+        except (KeyError, RuntimeError, ValueError, TypeError) as err:
+            detail = " ".join(str(err).split())[:160] or type(err).__name__
+            raise PimpicError(f"{path}: its {name} state does not fit this run ({detail})"
+                              ) from None

@@ -1,0 +1,280 @@
+"""The run folder: one policy for creating, resuming and overwriting every training run.
+
+A folder is a pimpic run only when it holds the marker ``.pimpic-run``, written when pimpic
+creates the run (a folder that merely holds a ``config.yaml`` is not)::
+
+    {"kind": "pretrain" | "finetune", "pimpic_version": "0.1.0",
+     "artefacts": ["config.yaml", "run.json", ...]}      # the names pimpic writes there
+
+What a command does with its ``--out`` folder:
+
+====================  =============  ==================================  ======================
+folder                no flag        ``--resume``                        ``--overwrite``
+====================  =============  ==================================  ======================
+missing or empty      start          refuse: nothing to resume           start
+run of this kind      refuse         continue from ``checkpoint.pt``     remove its artefacts,
+                                     (refuse without one)                start
+anything else         refuse         refuse                              refuse
+====================  =============  ==================================  ======================
+
+``--overwrite`` removes only what pimpic wrote: the artefacts the marker lists, the temporary
+files of their atomic writes (left by a killed process), and ``eval-*`` folders that are
+evaluations (marked ``.pimpic-eval``, or holding nothing but evaluation outputs). Anything else
+in the folder (a user's notes, a figure, an ``eval-*`` *file*) makes it refuse, naming what it
+found: nothing pimpic did not write is deleted, and a restarted run never sits next to results
+of the run it replaced. Nothing outside the folder is touched; a listed name that is a link is
+unlinked, never followed.
+
+``--resume`` continues only the same experiment: the config may differ in :data:`RESUMABLE`
+keys only, and the identity recorded in ``run.json`` when the run started (cache manifest, case
+ids, encoder content, ...) must be unchanged; the first difference is refused.
+
+The same policy serves the experiment's restarts (:mod:`pimpic.experiment`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pimpic.config import _untuple as _plain  # tuples as lists, as they come back from JSON
+from pimpic.config import config_differences, load_yaml
+from pimpic.errors import PimpicError
+from pimpic.io import read_json, write_json
+
+MARKER = ".pimpic-run"
+CHECKPOINT = "checkpoint.pt"
+EVAL_MARKER = ".pimpic-eval"
+#: what :func:`pimpic.evaluate.evaluate` writes into ``eval-<split>/``
+EVAL_OUTPUTS = ("per_case.csv", "summary.json", "pred")
+KINDS = ("pretrain", "finetune")
+
+#: settings that change where and how fast a run executes, never what it computes
+RUNTIME_KEYS = frozenset({"device", "num_workers", "log_every", "checkpoint_every",
+                          "sw_batch_size"})
+#: settings that only say how long a run goes on: a resumed run may extend them
+LENGTH_KEYS = frozenset({"steps", "max_epochs", "max_steps", "patience"})
+#: config keys that may change between a run and its resumption
+RESUMABLE = RUNTIME_KEYS | LENGTH_KEYS
+
+
+class RunFolder:
+    """The folder of one training run and the rules for (re)using it.
+
+    Args:
+        path: the run folder (``--out``).
+        kind: ``pretrain`` or ``finetune``; a folder of the other kind is refused.
+        artefacts: the names this kind of run writes into the folder (files or folders).
+
+    Use :meth:`check` (reads only; every rank may call it) before any expensive work, then
+    :meth:`check_resume` when resuming, then :meth:`start` (rank 0) to create or reopen it.
+    """
+
+    def __init__(self, path: str | Path, kind: str, artefacts: Iterable[str]) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
+        self.path = Path(path)
+        self.kind = kind
+        self.artefacts = tuple(artefacts)
+        self._stale: list[Path] = []
+
+    # ------------------------------------------------------------------------------ decisions
+
+    def check(self, *, resume: bool, overwrite: bool) -> bool:
+        """Decide, touching nothing, whether the run starts (False) or resumes (True).
+
+        Raises:
+            PimpicError: every refusal of the table in the module docstring.
+        """
+        path = self.path
+        if resume and overwrite:
+            raise PimpicError("--resume and --overwrite exclude each other")
+        if path.exists() and not path.is_dir():
+            raise PimpicError(f"{path}: exists and is not a folder")
+        entries = sorted(path.iterdir()) if path.is_dir() else []
+        if not entries:
+            if resume:
+                raise PimpicError(f"{path}: no checkpoint to resume from (no run there); "
+                                  "start it without --resume")
+            return False
+        marker = self._read_marker()
+        if marker is None:
+            raise PimpicError(f"{path}: not a pimpic run folder (no {MARKER}) and not empty; "
+                              "refusing to use it — choose a new or empty --out folder")
+        if marker["kind"] != self.kind:
+            raise PimpicError(f"{path}: holds a {marker['kind']} run, not a {self.kind} run; "
+                              "choose another --out folder")
+        if resume:
+            if not (path / CHECKPOINT).is_file():
+                raise PimpicError(f"{path}: no checkpoint to resume from ({CHECKPOINT} not "
+                                  "written yet); pass --overwrite to start over")
+            return True
+        if not overwrite:
+            raise PimpicError(f"{path}: run folder exists and is not empty; pass --resume to "
+                              "continue it or --overwrite to start over")
+        listed = {*marker["artefacts"], *self.artefacts}
+        foreign = [e.name for e in entries if not _owned(e, listed)]
+        if foreign:
+            raise PimpicError(f"{path}: --overwrite removes only what pimpic wrote, and the "
+                              f"folder also holds {', '.join(foreign[:5])}"
+                              f"{', …' if len(foreign) > 5 else ''}; move that away first")
+        self._stale = [e for e in entries if e.name != MARKER]
+        return False
+
+    def check_resume(self, config: Mapping[str, Any],
+                     identity: Mapping[str, Any]) -> dict[str, Any]:
+        """Refuse to resume another experiment; returns the run's ``run.json``.
+
+        Args:
+            config: the resolved config now (``to_dict``); compared with ``config.yaml``,
+                :data:`RESUMABLE` keys excepted.
+            identity: values the run must still have, compared with the same keys of
+                ``run.json`` (e.g. ``cache_manifest_sha256``, ``train_cases``).
+        """
+        diffs = config_differences(load_yaml(self.path / "config.yaml"), config, RESUMABLE)
+        if diffs:
+            raise PimpicError(f"{self.path}: cannot resume with a different config — "
+                              + "; ".join(diffs))
+        info = read_json(self.path / "run.json")
+        if not isinstance(info, dict):
+            raise PimpicError(f"{self.path / 'run.json'}: malformed (expected an object)")
+        for key, now in identity.items():
+            saved = info.get(key)
+            if _plain(saved) != _plain(now):
+                raise PimpicError(f"{self.path}: cannot resume — {_difference(key, saved, now)}")
+        return info
+
+    # ------------------------------------------------------------------------------- effects
+
+    def start(self, resuming: bool) -> None:
+        """Create or reopen the folder (rank 0 only), after :meth:`check`.
+
+        A fresh run removes the previous run's artefacts that :meth:`check` found and writes
+        the marker; a resumed run only drops the temporary files of interrupted writes and
+        adds any new artefact names to its marker.
+        """
+        listed = set(self.artefacts)
+        if resuming:
+            marker = self._read_marker()
+            listed |= set(marker["artefacts"] if marker else [])
+            stale = [e for e in self.path.iterdir() if _is_temporary(e.name, listed)]
+        else:
+            stale = self._stale
+        for entry in stale:
+            _remove(self.path, entry)
+        self._stale = []
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json(self.path / MARKER, _marker(self.kind, sorted(listed)))
+
+    def _read_marker(self) -> dict[str, Any] | None:
+        path = self.path / MARKER
+        if not path.exists() and not path.is_symlink():
+            return None
+        try:
+            data = json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError):
+            data = None
+        names = data.get("artefacts") if isinstance(data, dict) else None
+        if (not isinstance(data, dict) or data.get("kind") not in KINDS
+                or not isinstance(names, list) or not all(_plain_name(n) for n in names)):
+            raise PimpicError(f"{path}: malformed run marker; refusing to touch {self.path}")
+        return data
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def saved_config(path: str | Path) -> dict[str, Any] | None:
+    """The ``config.yaml`` of the pimpic run in ``path`` (the base of ``--resume``), or None
+    where ``path`` is not a run that saved one."""
+    path = Path(path)
+    if not (path / MARKER).is_file() or not (path / "config.yaml").is_file():
+        return None
+    return load_yaml(path / "config.yaml")
+
+
+def mark_evaluation(folder: Path) -> None:
+    """Mark ``folder`` (``RUN/eval-<split>``) as pimpic's, so ``--overwrite`` may remove it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / EVAL_MARKER, _marker("evaluation", list(EVAL_OUTPUTS)))
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (e.g. the encoder a fine-tuning run started from)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def json_sha256(obj: Any) -> str:
+    """Hex SHA-256 of a JSON value, independent of key order (e.g. a cache manifest)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def _marker(kind: str, artefacts: list[str]) -> dict[str, Any]:
+    from pimpic import __version__
+
+    return {"kind": kind, "pimpic_version": __version__, "artefacts": artefacts}
+
+
+def _plain_name(name: Any) -> bool:
+    """A single name inside the folder: no separators, not ``.``/``..``, not the marker."""
+    return (isinstance(name, str) and name not in ("", ".", "..", MARKER)
+            and not any(c in name for c in "/\\\0"))
+
+
+def _is_temporary(name: str, artefacts: Iterable[str]) -> bool:
+    """A temporary file of :func:`pimpic.io.atomic_path` (``.<name>.<random>.tmp``)."""
+    return name.endswith(".tmp") and any(name.startswith(f".{a}.") for a in [*artefacts, MARKER])
+
+
+def _owned(entry: Path, artefacts: set[str]) -> bool:
+    name = entry.name
+    if name == MARKER or name in artefacts or _is_temporary(name, artefacts):
+        return True
+    return name.startswith("eval-") and _is_evaluation(entry)
+
+
+def _is_evaluation(folder: Path) -> bool:
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    if (folder / EVAL_MARKER).is_file():
+        return True
+    names = [e.name for e in folder.iterdir()]
+    return bool(names) and all(n in EVAL_OUTPUTS or _is_temporary(n, EVAL_OUTPUTS)
+                               for n in names)
+
+
+def _remove(folder: Path, entry: Path) -> None:
+    if entry.parent != folder:  # entries come from folder.iterdir(); never reach outside
+        raise PimpicError(f"{entry}: refusing to delete outside {folder}")
+    if entry.is_symlink() or not entry.is_dir():
+        entry.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(entry)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "…"
+
+
+def _difference(key: str, saved: Any, now: Any) -> str:
+    """``key: run has A, now B``, pointing at the first differing entry of two lists."""
+    saved, now = _plain(saved), _plain(now)
+    if isinstance(saved, list) and isinstance(now, list):
+        for i, (a, b) in enumerate(zip(saved, now, strict=False)):
+            if a != b:
+                return f"{key}[{i}]: run has {_short(a)}, now {_short(b)}"
+        return f"{key}: run has {len(saved)} entries, now {len(now)}"
+    if isinstance(saved, dict) and isinstance(now, dict):
+        diffs = config_differences(saved, now)
+        if diffs:
+            return f"{key}.{diffs[0]}"
+    return f"{key}: run has {_short(saved)}, now {_short(now)}"

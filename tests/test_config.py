@@ -1,0 +1,103 @@
+"""Config validation: every numeric field has a range, refused values name the field."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from typing import Any
+
+import pytest
+
+from pimpic import config as C
+from pimpic.errors import PimpicError
+from pimpic.experiment import EXPERIMENT_RULES, ExperimentConfig
+
+SCHEMAS = [
+    (C.PretrainConfig, C.PRETRAIN_RULES),
+    (C.FinetuneConfig, C.FINETUNE_RULES),
+    (C.SamplerConfig, C.SAMPLER_RULES),
+    (C.VoCoConfig, C.VOCO_RULES),
+    (C.Vox2VecConfig, C.VOX2VEC_RULES),
+    (ExperimentConfig, EXPERIMENT_RULES),
+]
+
+
+def _numeric(tp: Any) -> bool:
+    args = typing.get_args(tp)
+    if not args:
+        return tp in (int, float)
+    return typing.get_origin(tp) is not typing.Literal and any(_numeric(a) for a in args)
+
+
+@pytest.mark.parametrize(("cls", "rules"), SCHEMAS, ids=lambda x: getattr(x, "__name__", ""))
+def test_every_numeric_field_has_a_rule(cls: type, rules: dict[str, C.Range]) -> None:
+    hints = typing.get_type_hints(cls)
+    numeric = {f.name for f in dataclasses.fields(cls) if _numeric(hints[f.name])}
+    assert numeric - set(rules) == set(), "add a line to the rules table"
+    assert set(rules) <= set(hints)
+    cls()  # the defaults pass their own rules
+
+
+BAD = [
+    (C.PretrainConfig, "checkpoint_every", 0),
+    (C.PretrainConfig, "lr", -1.0),
+    (C.PretrainConfig, "lr", math.nan),
+    (C.PretrainConfig, "num_workers", -1),
+    (C.PretrainConfig, "log_every", 0),
+    (C.PretrainConfig, "tau", 0.0),
+    (C.PretrainConfig, "min_overlap", 1.5),
+    (C.PretrainConfig, "seed", -1),
+    (C.PretrainConfig, "weight_decay", math.inf),
+    (C.FinetuneConfig, "val_every", 0),
+    (C.FinetuneConfig, "batch_size", 0),
+    (C.FinetuneConfig, "max_epochs", 0),
+    (C.FinetuneConfig, "max_steps", 0),
+    (C.FinetuneConfig, "steps_per_epoch", 0),
+    (C.FinetuneConfig, "fraction", 0),
+    (C.FinetuneConfig, "fraction", 101),
+    (C.FinetuneConfig, "num_classes", 1),
+    (C.FinetuneConfig, "sw_overlap", 1.0),
+    (C.FinetuneConfig, "patience", 0),
+    (C.FinetuneConfig, "lr", -1e-5),
+    (C.FinetuneConfig, "num_workers", -2),
+    (C.SamplerConfig, "foreground_threshold", 2.0),
+    (C.SamplerConfig, "overlap_margin", -0.1),
+    (C.VoCoConfig, "grid", (0, 2)),
+    (C.VoCoConfig, "ema_momentum", 1.5),
+    (C.Vox2VecConfig, "tau", 0.0),
+    (ExperimentConfig, "seeds", (-1,)),
+]
+
+
+@pytest.mark.parametrize(("cls", "name", "value"), BAD,
+                         ids=[f"{c.__name__}.{n}={v}" for c, n, v in BAD])
+def test_out_of_range_values_are_refused(cls: type, name: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=rf"{name} must be .*got"):
+        cls(**{name: value})
+
+
+def test_refusals_reach_the_user_as_one_line_naming_the_field() -> None:
+    with pytest.raises(PimpicError) as err:
+        C.build_config(C.FinetuneConfig, overrides=["val_every=0"])
+    assert str(err.value) == "config: val_every must be ≥ 1, got 0"
+    with pytest.raises(PimpicError, match=r"config\.sampler: overlap_margin must be ≥ 0"):
+        C.build_config(C.PretrainConfig, overrides=["sampler.overlap_margin=-1"])
+    with pytest.raises(PimpicError, match=r"max_steps must be ≥ 1 \(or null\), got 0"):
+        C.build_config(C.FinetuneConfig, overrides=["max_steps=0"])
+
+
+def test_boundaries_are_accepted() -> None:
+    C.FinetuneConfig(lr=0.0, fraction=100, sw_overlap=0.0, freeze_encoder_epochs=0,
+                     max_steps=None, steps_per_epoch=None, num_classes=2, num_workers=0)
+    C.PretrainConfig(lr=0.0, num_workers=0, min_overlap=1.0, pim_weight=0.0)
+    C.VoCoConfig(ema_momentum=1.0, grid=(1, 1))
+    ExperimentConfig(seeds=(0, 7), fractions=(100,))
+
+
+def test_range_describes_itself() -> None:
+    assert C.PERCENT.describe() == "in (0, 100]"
+    assert C.Range(0, 1, high_open=True).describe() == "in [0, 1)"
+    assert C.POSITIVE.describe() == "> 0" and C.FINITE.describe() == "finite"
+    assert not C.AT_LEAST_1.admits(True)  # a bool is not a count
+    assert not C.AT_LEAST_1.admits(())
