@@ -490,7 +490,9 @@ FINETUNE_RULES = {
     "steps_per_epoch": Range(1, optional=True), "max_epochs": AT_LEAST_1,
     "max_steps": Range(1, optional=True), "patience": AT_LEAST_1,
     "freeze_encoder_epochs": NON_NEGATIVE, "val_every": AT_LEAST_1,
-    "rotate_deg": Range(0, 180), "scale": Range(0, 1, high_open=True), "shift_vox": NON_NEGATIVE,
-    "noise_std": NON_NEGATIVE, "sw_overlap": Range(0, 1, high_open=True),
+    "affine_prob": PROBABILITY, "rotate_rad": Range(0, math.pi),
+    "scale": Range(0, 1, high_open=True), "shift_vox": NON_NEGATIVE,
+    "noise_prob": PROBABILITY, "noise_std": NON_NEGATIVE,
+    "val_sw_overlap": Range(0, 1, high_open=True), "sw_overlap": Range(0, 1, high_open=True),
     "sw_batch_size": AT_LEAST_1, "num_workers": NON_NEGATIVE, "log_every": AT_LEAST_1,
 }

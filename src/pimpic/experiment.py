@@ -104,8 +104,6 @@ class ExperimentConfig:
         for m in self.methods:
             if m != "random":
                 self.pretrain_config(m)  # validates the overrides early
-        if self.sd_ddof not in (0, 1):
-            raise ValueError(f"sd_ddof {self.sd_ddof} must be 0 (population) or 1 (sample)")
         if self.overlay_fraction is not None and self.overlay_fraction not in self.fractions:
             raise ValueError(f"overlay_fraction {self.overlay_fraction} is not in fractions")
 
@@ -120,7 +118,8 @@ class ExperimentConfig:
 
 
 EXPERIMENT_RULES = {"fractions": PERCENT, "seeds": NON_NEGATIVE,
-                    "overlay_fraction": Range(0, 100, low_open=True, optional=True)}
+                    "overlay_fraction": Range(0, 100, low_open=True, optional=True),
+                    "sd_ddof": Range(0, 1)}
 
 
 def load_experiment_config(
