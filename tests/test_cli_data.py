@@ -42,7 +42,8 @@ def test_synth_then_prepare_then_rerun(tmp_path: Path) -> None:
 
 def test_prepare_says_what_it_redoes_and_when_the_split_must_move(tmp_path: Path) -> None:
     synth, cache = tmp_path / "synth", tmp_path / "cache"
-    args = ("--shape", "24,24,8", "--spacing", "6,6,10", "--no-progress")
+    # the uniform cohort: every case has the same grid, so one case's label can replace another's
+    args = ("--shape", "24,24,8", "--spacing", "6,6,10", "--variability", "low", "--no-progress")
     assert _run("synth", "--out", synth, "--cases", "3", *args).exit_code == 0
     prep = ("prepare", synth, "--out", cache, "--spacing", "6", "--workers", "1",
             "--no-progress")

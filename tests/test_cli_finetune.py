@@ -83,7 +83,8 @@ def test_settings_and_folders_are_checked_before_anything_is_written(make_cache,
 
 
 def test_a_run_that_kept_no_model_says_so(make_cache, tmp_path):
-    """Validation never gives a finite Dice (no foreground in the validation labels)."""
+    """Validation never gives a finite Dice (no foreground in the validation labels) and the
+    model is selected on that Dice (the Dice loss, the released criterion, is always finite)."""
     from pimpic.data.cache import Cache
 
     cache = make_cache(n_cases=5, shape=(16, 16, 16))
@@ -92,7 +93,7 @@ def test_a_run_that_kept_no_model_says_so(make_cache, tmp_path):
     run = tmp_path / "run"
     res = CliRunner().invoke(app, ["finetune", str(cache), "--out", str(run), *TINY,
                                    "--set", "steps_per_epoch=1", "--set", "patience=1",
-                                   "--no-progress"])
+                                   "--set", "val_criterion=dice", "--no-progress"])
     assert res.exit_code == 2, res.output
     assert "training stopped without keeping a model" in res.output
     assert not (run / "model.safetensors").exists()
