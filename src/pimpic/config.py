@@ -280,7 +280,8 @@ def check_ranges(cfg: Any, rules: Mapping[str, Range]) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# The schemas. Defaults reproduce the paper (METHOD.md §2–§6); every deviation is a named option.
+# The schemas. Defaults reproduce the paper and the released code (docs/method.md §2–§8);
+# every deviation is a named option.
 # --------------------------------------------------------------------------------------------
 
 PRETRAIN_METHODS = ("pimpic", "pim", "pic", "voco", "voco-ema", "vox2vec")
@@ -288,7 +289,7 @@ PRETRAIN_METHODS = ("pimpic", "pim", "pic", "voco", "voco-ema", "vox2vec")
 
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
-    """Overlapping-patch sampler (METHOD.md §2). Defaults = the reference sampler."""
+    """Overlapping-patch sampler (docs/method.md §2). Defaults = the reference sampler."""
 
     #: ``uniform``: anchor start ~ U{0, dim − p − 1} (reference); ``foreground``: anchor centred
     #: on a random voxel above ``foreground_threshold`` (no patches of pure air).
@@ -312,7 +313,7 @@ SAMPLER_RULES = {"foreground_threshold": PROBABILITY, "overlap_margin": NON_NEGA
 
 @dataclasses.dataclass(frozen=True)
 class VoCoConfig:
-    """VoCo baseline (METHOD.md §7): base-crop grid and random crops per volume."""
+    """VoCo baseline (docs/method.md §7): base-crop grid and random crops per volume."""
 
     grid: tuple[int, int] = (4, 4)
     #: random crops per volume (each compared against all bases)
@@ -334,7 +335,7 @@ VOCO_RULES = {"grid": AT_LEAST_1, "num_random": AT_LEAST_1, "proj_dim": AT_LEAST
 
 @dataclasses.dataclass(frozen=True)
 class Vox2VecConfig:
-    """vox2vec baseline (METHOD.md §7): voxel-level contrast over an FPN of features."""
+    """vox2vec baseline (docs/method.md §7): voxel-level contrast over an FPN of features."""
 
     proj_dim: int = 128
     #: positive voxels sampled per crop pair

@@ -1,7 +1,8 @@
-"""Evaluation of a fine-tuned run on held-out cases, as in the paper (METHOD.md §6).
+"""Evaluation of a fine-tuned run on held-out cases, as in the paper (docs/method.md §8).
 
-Per case: sliding-window inference (training patch size, 50 % overlap, Gaussian blending),
-argmax, optional largest-connected-component post-processing (:func:`pimpic.inference.
+Per case: sliding-window inference with the model's own settings (training patch size; released
+default: 50 % overlap, constant blending, only inside the body's bounding box), argmax,
+optional largest-connected-component post-processing (:func:`pimpic.inference.
 largest_component` — the released code's version was a no-op, this one is tested), then Dice
 and HD95 (mm) for organ (label 1), tumour (label 2) and whole organ (1 ∪ 2) with the NaN rules
 of :mod:`pimpic.metrics`. Metrics are computed in the preprocessed 1.5 mm space (as the paper)

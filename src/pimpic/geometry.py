@@ -1,4 +1,4 @@
-"""Box geometry of overlapping patches (METHOD.md §2 and §5): pure tensor functions.
+"""Box geometry of overlapping patches (docs/method.md §2 and §5): pure tensor functions.
 
 Boxes are integer voxel boxes ``(..., 2, 3)`` = ``[[start_xyz], [end_xyz]]`` with ``start``
 inclusive and ``end`` exclusive, in the (padded) volume's voxel coordinates. Everything here is
@@ -37,7 +37,7 @@ def _intersection(boxes_a: Tensor, boxes_b: Tensor) -> tuple[Tensor, Tensor]:
 def overlap_matrix(
     boxes: Tensor | np.ndarray, patch_size: int | Sequence[int], dtype: torch.dtype = torch.float32
 ) -> Tensor:
-    """Ground-truth overlap ``S[i, j] = |box_i ∩ box_j| / |patch|`` (METHOD.md §2).
+    """Ground-truth overlap ``S[i, j] = |box_i ∩ box_j| / |patch|`` (docs/method.md §2).
 
     The intersection volume is divided by the patch volume (not IoU), so ``S[i, i] = 1`` for
     full-size patches and ``0 ≤ S ≤ 1``.
@@ -65,7 +65,8 @@ def intersection_pairs(
     Args:
         boxes: ``(N, 2, 3)`` integer ``[start, end)`` voxel boxes of one volume.
         overlap: ``(N, N)`` from :func:`overlap_matrix`.
-        min_overlap: a pair qualifies when ``overlap[i, j] >= min_overlap`` (METHOD.md §5: 0.01).
+        min_overlap: a pair qualifies when ``overlap[i, j] >= min_overlap`` (0.01,
+            docs/method.md §5).
 
     Returns:
         ``pairs (P, 2)`` long: all ``i < j`` that qualify, in lexicographic order;
@@ -90,7 +91,7 @@ def intersection_pairs(
 def scale_boxes(boxes: Tensor, scale: int) -> Tensor:
     """Map integer boxes ``(..., 2, 3)`` onto a grid downsampled by ``scale``.
 
-    ``[start, end)`` → ``[floor(start / scale), ceil(end / scale))`` (METHOD.md §5): a cell is
+    ``[start, end)`` → ``[floor(start / scale), ceil(end / scale))`` (docs/method.md §5): a cell is
     included as soon as any of its voxels is, so a non-empty box never maps to an empty one.
     """
     boxes = torch.as_tensor(boxes).long()

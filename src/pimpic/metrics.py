@@ -1,4 +1,4 @@
-"""Per-case segmentation metrics (METHOD.md §6): Dice and HD95 per structure, with NaN rules.
+"""Per-case segmentation metrics (docs/method.md §8): Dice and HD95 per structure, with NaN rules.
 
 Structures, from a label map with 0 background, 1 organ, 2 tumour:
 

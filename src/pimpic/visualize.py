@@ -1,8 +1,8 @@
-"""What PiM learned, without labels (paper Fig. 3 A–D, METHOD.md §7).
+"""What PiM learned, without labels (paper Fig. 3 A–D, docs/method.md §7).
 
 For one volume, every patch on a regular grid (stride p/2 by default) is embedded with the
 pretrained pretext module: the PiM embedding ``f(descriptor(encoder(patch)))`` (unit vectors,
-METHOD.md §4) when the run has head f, else the global-average-pooled deepest encoder feature
+docs/method.md §4) when the run has head f, else the global-average-pooled deepest encoder feature
 (stated in the figure titles). Two figures:
 
 * ``embedding_similarity.png`` — cosine similarity of a reference patch's embedding to every

@@ -1,7 +1,7 @@
 """Benchmark: one full PiMPiC training step, vectorised PiC vs. a per-pair Python loop.
 
 A step is forward (encoder on all patches, PiM, PiC), backward and an Adam update, on random
-patches whose boxes come from the reference sampler (METHOD.md §2) in a virtual volume of
+patches whose boxes come from the reference sampler (docs/method.md §2) in a virtual volume of
 ``2p`` per axis, so the number of PiC pairs is realistic. The loop variant reproduces how the
 released implementation computed PiC: a Python loop over pairs and levels, one host sync
 (``.item()``) per pair, one slice and masked mean per region. Both variants start from the

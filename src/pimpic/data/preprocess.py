@@ -1,4 +1,4 @@
-"""Preprocessing of one CT case (METHOD.md §1), and the way back to the original grid.
+"""Preprocessing of one CT case (docs/method.md §1), and the way back to the original grid.
 
 One case goes through MONAI's dictionary transforms::
 

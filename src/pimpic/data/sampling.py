@@ -1,4 +1,4 @@
-"""Overlapping-patch sampling for PiM/PiC pretraining (METHOD.md §2).
+"""Overlapping-patch sampling for PiM/PiC pretraining (docs/method.md §2).
 
 Why the sampler matters
 -----------------------
@@ -89,7 +89,7 @@ def reference_boxes(
     margin: float = 0.8,
     anchor: np.ndarray | None = None,
 ) -> np.ndarray:
-    """N overlapping ``[start, end)`` boxes in a volume of ``shape`` (METHOD.md §2).
+    """N overlapping ``[start, end)`` boxes in a volume of ``shape`` (docs/method.md §2).
 
     Args:
         shape: ``(X, Y, Z)`` volume size in voxels; every axis ≥ ``patch_size`` (pad first).

@@ -1,4 +1,4 @@
-"""PiC — Patch Intersection Contrast (paper eq. 2, METHOD.md §5).
+"""PiC — Patch Intersection Contrast (paper eq. 2, docs/method.md §5).
 
 For every overlapping pair (i, j) of one volume, four region means are taken on the shallow
 pyramid levels: the overlap region seen from patch i (``q0``) and from patch j (``q1``), and the
@@ -25,7 +25,7 @@ from torch import Tensor
 
 from pimpic.geometry import scale_boxes
 
-#: a mean over an empty region is ``0 / (0 + 1e-9) = 0`` (METHOD.md §5)
+#: a mean over an empty region is ``0 / (0 + 1e-9) = 0`` (docs/method.md §5)
 EMPTY_EPS = 1e-9
 
 
@@ -41,7 +41,7 @@ def _slots(patch: Tensor, n: int) -> tuple[Tensor, int]:
 
 
 def region_means(feature: Tensor, pairs: Tensor, local: Tensor, scale: int) -> Tensor:
-    """The four PiC region means of every pair on one pyramid level (METHOD.md §5).
+    """The four PiC region means of every pair on one pyramid level (docs/method.md §5).
 
     Args:
         feature: ``(N, C, D, H, W)`` one pyramid level of all patches (rows indexed by
@@ -104,7 +104,7 @@ def region_means(feature: Tensor, pairs: Tensor, local: Tensor, scale: int) -> T
 def pic_loss(
     q: Tensor, tau: float = 1.0, variant: Literal["reference", "paper"] = "reference"
 ) -> Tensor:
-    """PiC contrastive loss over pairs (METHOD.md §5).
+    """PiC contrastive loss over pairs (docs/method.md §5).
 
     Args:
         q: ``(P, 4, d)`` L2-normalised head-g embeddings ``[q0, q1, q2, q3]`` per pair.

@@ -1,4 +1,4 @@
-"""PiM — Patch Intersection Measurement (paper eq. 1, METHOD.md §4).
+"""PiM — Patch Intersection Measurement (paper eq. 1, docs/method.md §4).
 
 Each patch gets a descriptor from the deep pyramid levels, head f maps it to a unit vector, and
 the cosine similarity ``C = P Pᵀ`` of two patches is trained to equal their ground-truth overlap
@@ -19,7 +19,7 @@ EPS = 1e-6
 
 
 def pim_descriptor(features: Sequence[Tensor]) -> Tensor:
-    """Patch descriptor ``(N, F)`` from a feature pyramid ``[f1, …, f5]`` (METHOD.md §4).
+    """Patch descriptor ``(N, F)`` from a feature pyramid ``[f1, …, f5]`` (docs/method.md §4).
 
     Each of the last three levels ``f_l (N, C_l, D_l, H_l, W_l)`` (``f3, f4, f5`` for the
     5-level encoder) is averaged over its **channel** axis, keeping the spatial grid, flattened
@@ -34,7 +34,7 @@ def pim_descriptor(features: Sequence[Tensor]) -> Tensor:
 def pim_loss(
     projections: Tensor, overlap: Tensor, reduction: Literal["all", "lower"] = "all"
 ) -> Tensor:
-    """``L_PiM = − mean log(1 − clamp(|S − P Pᵀ|, 0, 1) + 1e-6)`` (METHOD.md §4).
+    """``L_PiM = − mean log(1 − clamp(|S − P Pᵀ|, 0, 1) + 1e-6)`` (docs/method.md §4).
 
     Args:
         projections: ``(N, d)`` L2-normalised head-f outputs ``P`` of one volume's patches, or

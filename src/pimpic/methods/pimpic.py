@@ -1,4 +1,4 @@
-"""PiMPiC pretext task and its ablations ``pim`` and ``pic`` (METHOD.md §2–§6).
+"""PiMPiC pretext task and its ablations ``pim`` and ``pic`` (docs/method.md §2–§6).
 
 Data flow of one step (V volumes × N patches, patch ``p³``)::
 
@@ -129,7 +129,7 @@ class PiMPiC(nn.Module):
 
 
 def build_sampler(cfg: PretrainConfig) -> OverlapPatchSampler:
-    """The overlapping-patch sampler of METHOD.md §2 for this config."""
+    """The overlapping-patch sampler of docs/method.md §2 for this config."""
     return OverlapPatchSampler(cfg.patch_size, cfg.patches, cfg.sampler)
 
 

@@ -1,4 +1,4 @@
-"""VoCo baseline (Wu et al., CVPR 2024; METHOD.md §7): ``voco`` and ``voco-ema``.
+"""VoCo baseline (Wu et al., CVPR 2024; docs/method.md §7): ``voco`` and ``voco-ema``.
 
 Sampling (per volume, :class:`VoCoSampler`): a region of ``gx·p × gy·p × p`` voxels at a random
 position is read from the memory-mapped volume (padded where it leaves the volume). The

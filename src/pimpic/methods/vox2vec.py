@@ -1,4 +1,4 @@
-"""vox2vec baseline (Goncharov et al., MICCAI 2023; METHOD.md §7): voxel-level contrast.
+"""vox2vec baseline (Goncharov et al., MICCAI 2023; docs/method.md §7): voxel-level contrast.
 
 Sampling (per volume, :class:`Vox2VecSampler`): ``num_pairs`` pairs of ``p³`` crops. The first
 crop of a pair is placed uniformly (inside the volume where it fits, see

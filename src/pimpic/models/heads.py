@@ -1,4 +1,4 @@
-"""Projection heads f (PiM) and g (PiC) (METHOD.md §4–§5)."""
+"""Projection heads f (PiM) and g (PiC) (docs/method.md §4–§5)."""
 
 from __future__ import annotations
 
