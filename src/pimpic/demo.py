@@ -82,7 +82,7 @@ def demo_config(size: DemoSize, cache: Path, device: str) -> Any:
         width=width, depth=depth, patch_size=patch, lr=3e-4 if gpu else 3e-3,
         loss="dicece", pos_ratio=3.0, batch_size=2, samples_per_volume=2,
         steps_per_epoch=size.finetune_steps_per_epoch, max_epochs=size.finetune_max_epochs,
-        patience=size.patience, val_every=1 if gpu else 2, sw_batch_size=8, device=device,
+        patience=size.patience, val_every=1 if gpu else 2, sw_batch_size=16, device=device,
         num_workers=2 if gpu else 0,
     )
     return ExperimentConfig(
