@@ -80,7 +80,7 @@ class Grid:
             rot = _rotation(pose[1], pose[2])
             shift = np.asarray(pose[0], np.float64)
             d = [g - np.float32(s) for g, s in zip(grids, shift, strict=True)]
-            grids = [sum(np.float32(rot[j, i]) * d[j] for j in range(3)) for i in range(3)]
+            grids = tuple(sum(np.float32(rot[j, i]) * d[j] for j in range(3)) for i in range(3))
             extent = np.array([[float(g.min()), float(g.max())] for g in grids])
             self._pose = rot, shift, extent[:, 0], extent[:, 1]
         self.coords = [g + warp * self.noise[i] for i, g in enumerate(grids)]

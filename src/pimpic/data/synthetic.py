@@ -83,7 +83,7 @@ def make_case(rng: np.random.Generator, shape: Sequence[int] = (225, 225, 48),
     sp = np.asarray(spacing, np.float64)
     # L, mm: the body scales with the nominal field of view, not with this case's
     half_width = 0.44 * min(shape[0] * sp[0], shape[1] * sp[1])
-    style = draw_style(rng, variability, shape, sp)
+    style = draw_style(rng, variability, shape, sp.tolist())
     acq = style.acquisition
     if acq is not None:
         shape, sp = acq.shape, np.asarray(acq.spacing, np.float64)

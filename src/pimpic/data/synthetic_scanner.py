@@ -117,7 +117,7 @@ def _clips(g: A.Grid, rng: np.random.Generator) -> None:
 def _streaks(g: A.Grid, rng: np.random.Generator, acq: Acquisition) -> np.ndarray | float:
     """Streak field (X, Y, Z) HU: radial lines from the spine and from metal, decaying with r."""
     out: np.ndarray | float = 0.0
-    sources = []
+    sources: list[tuple[list[float], float, float, slice | None]] = []
     if acq.bone_streaks:
         spine = np.nonzero(g.tissue == A.MARROW)
         if spine[0].size:
@@ -125,8 +125,8 @@ def _streaks(g: A.Grid, rng: np.random.Generator, acq: Acquisition) -> np.ndarra
     if acq.metal:
         metal = np.nonzero(g.hu > 2000)
         if metal[0].size:
-            zs = slice(max(0, int(metal[2].min()) - 1), int(metal[2].max()) + 2)
-            sources.append(([float(np.mean(s)) for s in metal], acq.metal, 25.0, zs))
+            span = slice(max(0, int(metal[2].min()) - 1), int(metal[2].max()) + 2)
+            sources.append(([float(np.mean(s)) for s in metal], acq.metal, 25.0, span))
     for centre, amp, r0_mm, zs in sources:
         x = (np.arange(g.shape[0]) - centre[0])[:, None] * acq.spacing[0]
         y = (np.arange(g.shape[1]) - centre[1])[None, :] * acq.spacing[1]
