@@ -19,10 +19,9 @@ CLI: ``pimpic bench finetune-step CACHE``.
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from pimpic.config import FinetuneConfig
 from pimpic.data.cache import Cache
 from pimpic.errors import PimpicError
 from pimpic.finetune_data import PatchDataset, train_transform
-from pimpic.inference import flush_denormals, predict_labels
+from pimpic.inference import autocast, flush_denormals, predict_labels
 from pimpic.models.unet import Encoder, SegmentationNet
 
 #: validation variants: name → (overlap, blending, body crop, windows per pass, bf16)
@@ -55,12 +54,6 @@ def _median_time(fn: Callable[[], Any], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-@contextlib.contextmanager
-def _bf16(enabled: bool) -> Iterator[None]:
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
-        yield
 
 
 def run(cache: str | Path, *, width: int = 4, depth: int = 4, patch_size: int = 32,
@@ -104,7 +97,7 @@ def run(cache: str | Path, *, width: int = 4, depth: int = 4, patch_size: int = 
 
             def step(model: SegmentationNet = model, xin: torch.Tensor = xin,
                      opt: torch.optim.Optimizer = opt, bf16: bool = bf16) -> None:
-                with _bf16(bf16):
+                with autocast(device, False, cpu_bf16=bf16):
                     logits = model(xin)
                 loss = loss_fn(logits.float(), y)
                 opt.zero_grad(set_to_none=True)
@@ -122,10 +115,10 @@ def run(cache: str | Path, *, width: int = 4, depth: int = 4, patch_size: int = 
 
             def infer(overlap: float = overlap, mode: str = mode, crop: bool = crop,
                       sw: int = sw, bf16: bool = bf16) -> None:
-                with _bf16(bf16):
-                    for image in images:
-                        predict_labels(model, image, patch_size, overlap=overlap, mode=mode,
-                                       crop_foreground=crop, sw_batch_size=sw, device=device)
+                for image in images:
+                    predict_labels(model, image, patch_size, overlap=overlap, mode=mode,
+                                   crop_foreground=crop, sw_batch_size=sw, device=device,
+                                   cpu_bf16=bf16)
 
             validation[name] = _median_time(infer, max(1, repeats // 2)) / len(images)
         result["validation_per_case_s"] = validation
