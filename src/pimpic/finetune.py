@@ -130,7 +130,7 @@ def validate(model: nn.Module, cache: Cache, case_ids: list[str], cfg: FinetuneC
     """
     from monai.losses import DiceLoss
 
-    from pimpic.inference import foreground_box, sliding_window_logits
+    from pimpic.inference import body_logits
     from pimpic.metrics import dice
 
     loss_fn = DiceLoss(to_onehot_y=True, softmax=True)
@@ -138,13 +138,12 @@ def validate(model: nn.Module, cache: Cache, case_ids: list[str], cfg: FinetuneC
     per_class: list[list[float]] = [[] for _ in range(cfg.num_classes - 1)]
     case_dice, losses = [], []
     for cid in case_ids:
-        image = cache.image(cid)
-        box = foreground_box(image) if cfg.crop_foreground else (slice(None),) * 3
         label = np.asarray(cache.label(cid), dtype=np.int64)
-        logits = sliding_window_logits(model, image[box], patch_size,
-                                       overlap=cfg.val_sw_overlap, mode=cfg.sw_mode,
-                                       sw_batch_size=cfg.sw_batch_size, device=device,
-                                       amp=cfg.amp, cpu_bf16=cfg.cpu_bf16)
+        box, logits = body_logits(model, cache.image(cid), patch_size,
+                                  crop_foreground=cfg.crop_foreground,
+                                  overlap=cfg.val_sw_overlap, mode=cfg.sw_mode,
+                                  sw_batch_size=cfg.sw_batch_size, device=device, amp=cfg.amp,
+                                  cpu_bf16=cfg.cpu_bf16)
         y = torch.from_numpy(np.ascontiguousarray(label[box])).to(device)[None, None]
         losses.append(float(loss_fn(logits[None], y)))
         pred = np.zeros_like(label)
@@ -226,8 +225,8 @@ def finetune(
 
         write_json(run_dir / "env.json", collect(device))
     with flush_denormals(device):
-        return _train(model, cache, run_dir, cfg, info, train_ids, val_ids, resuming=resuming,
-                      progress=progress, tensorboard=tensorboard)
+        return _train(model, cache, run_dir, cfg, info, train_ids, val_ids, device,
+                      resuming=resuming, progress=progress, tensorboard=tensorboard)
 
 
 def _better(score: float, best: float | None, criterion: str) -> bool:
@@ -239,16 +238,15 @@ def _better(score: float, best: float | None, criterion: str) -> bool:
 
 
 def _train(model: SegmentationNet, cache: Cache, run_dir: Path, cfg: FinetuneConfig,
-           info: dict[str, Any], train_ids: list[str], val_ids: list[str], *, resuming: bool,
-           progress: bool, tensorboard: bool) -> Path:
+           info: dict[str, Any], train_ids: list[str], val_ids: list[str],
+           device: torch.device, *, resuming: bool, progress: bool, tensorboard: bool) -> Path:
     """The loop: epochs of ``steps_per_epoch`` Adam steps, validation, best model, checkpoint."""
     from monai.losses import DiceCELoss, DiceLoss
     from tqdm.auto import tqdm
 
     from pimpic.finetune_data import epoch_loader, train_transform
-    from pimpic.inference import autocast, memory_format, resolve_device
+    from pimpic.inference import autocast, memory_format
 
-    device = resolve_device(cfg.device)
     layout = memory_format(cfg.channels_last)
     model.to(device, memory_format=layout).train()  # type: ignore[call-overload]
     patch = cfg.patch_size

@@ -190,6 +190,16 @@ def sliding_window_logits(
     return out[0].float()
 
 
+def body_logits(model: nn.Module, image: np.ndarray, patch_size: int, *,
+                crop_foreground: bool, **window: Any) -> tuple[tuple[slice, slice, slice],
+                                                                torch.Tensor]:
+    """Sliding-window logits of the body's bounding box (:func:`foreground_box`) — or of the
+    whole volume without ``crop_foreground`` — and that box; ``window`` as for
+    :func:`sliding_window_logits`. The one crop rule of validation, evaluation and prediction."""
+    box = foreground_box(image) if crop_foreground else (slice(None),) * 3
+    return box, sliding_window_logits(model, image[box], patch_size, **window)
+
+
 def predict_labels(
     model: nn.Module,
     image: np.ndarray,
@@ -209,10 +219,9 @@ def predict_labels(
     With ``crop_foreground`` the network sees only :func:`foreground_box` (as in training) and
     everything outside it is background.
     """
-    box = foreground_box(image) if crop_foreground else (slice(None),) * 3
-    logits = sliding_window_logits(model, image[box], patch_size, overlap=overlap, mode=mode,
-                                   sw_batch_size=sw_batch_size, device=device, amp=amp,
-                                   cpu_bf16=cpu_bf16)
+    box, logits = body_logits(model, image, patch_size, crop_foreground=crop_foreground,
+                              overlap=overlap, mode=mode, sw_batch_size=sw_batch_size,
+                              device=device, amp=amp, cpu_bf16=cpu_bf16)
     labels = np.zeros(np.shape(image), dtype=np.uint8)
     labels[box] = logits.argmax(0).to(torch.uint8).cpu().numpy()
     return largest_component(labels) if lcc else labels
