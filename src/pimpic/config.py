@@ -429,6 +429,10 @@ class FinetuneConfig:
     #: parameters at K = 32); ``symmetric``: up-blocks 16K … K, 3×3×3 head (47.1 M)
     decoder: typing.Literal["released", "symmetric"] = "released"
     loss: typing.Literal["dice", "dicece"] = "dice"
+    #: Dice over the whole batch (one Dice per class over all crops, as nnU-Net's batch Dice)
+    #: instead of one per crop: a structure absent from most crops (a tumour) is then not
+    #: punished into never being predicted; not in the released recipe
+    dice_batch: bool = False
     lr: float = 1e-5
     lr_schedule: typing.Literal["constant", "cosine"] = "constant"
     weight_decay: float = 0.0
@@ -437,6 +441,11 @@ class FinetuneConfig:
     samples_per_volume: int = 16
     #: positive : negative crop ratio (RandCropByPosNegLabeld)
     pos_ratio: float = 1.0
+    #: crop centres drawn per class (background, organ, tumour, …) in these proportions
+    #: (MONAI ``RandCropByLabelClassesd``; a class absent from a volume is skipped there), as
+    #: nnU-Net oversamples small foreground classes; None: ``pos_ratio`` crops on any foreground
+    #: voxel (released)
+    class_ratios: tuple[float, ...] | None = None
     #: crop every volume (train, validation, test) to its body (image > 0) and draw negative
     #: crops inside it, as the released code; False: negative crops may be centred in air
     crop_foreground: bool = True
@@ -480,6 +489,9 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self, FINETUNE_RULES)
+        if self.class_ratios is not None and len(self.class_ratios) != self.num_classes:
+            raise ValueError(f"class_ratios: {len(self.class_ratios)} values for num_classes="
+                             f"{self.num_classes} (one per class, background first)")
 
 
 #: one line per numeric field of :class:`FinetuneConfig` (a new field needs its line here)
@@ -488,6 +500,7 @@ FINETUNE_RULES = {
     "width": AT_LEAST_1, "depth": AT_LEAST_1, "patch_size": AT_LEAST_1,
     "lr": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
     "batch_size": AT_LEAST_1, "samples_per_volume": AT_LEAST_1, "pos_ratio": NON_NEGATIVE,
+    "class_ratios": Range(0, optional=True),
     "steps_per_epoch": Range(1, optional=True), "max_epochs": AT_LEAST_1,
     "max_steps": Range(1, optional=True), "patience": AT_LEAST_1,
     "freeze_encoder_epochs": NON_NEGATIVE, "val_every": AT_LEAST_1,

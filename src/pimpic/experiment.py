@@ -285,6 +285,14 @@ def print_status(event: StageEvent) -> None:
     print(f"{line} (elapsed {_fmt_s(event.elapsed)}, ETA {eta})", file=sys.stderr, flush=True)
 
 
+def _unused_override(key: str, exp: Path) -> bool:
+    """``pretrain_overrides.<method>.…`` of a method this folder has not pretrained yet: free to
+    change (a method added on resume brings its own settings; nothing run used them)."""
+    parts = key.split(".")
+    return (len(parts) > 1 and parts[0] == "pretrain_overrides"
+            and not pretrain_dir(exp, parts[1]).exists())
+
+
 def _check_same_setup(cfg: ExperimentConfig, exp: Path, splits: dict[str, Any]) -> None:
     """Refuse to mix runs made with other settings, or on another split, into one table."""
     from pimpic.config import flatten, load_yaml
@@ -299,9 +307,10 @@ def _check_same_setup(cfg: ExperimentConfig, exp: Path, splits: dict[str, Any]) 
         raise PimpicError(f"{exp}: holds an experiment made on another split of {cfg.cache} "
                           f"(split {made_on}, now {digest}); use a new --out folder")
     saved, now = flatten(load_yaml(saved_path)), flatten(to_dict(cfg))
+    saved, now = ({k: v for k, v in d.items() if v != {}} for d in (saved, now))  # no leaves
     diffs = [k for k in sorted(set(saved) | set(now))
              if k.split(".")[0] not in GRID_KEYS and k.split(".")[-1] not in RUNTIME_KEYS
-             and saved.get(k) != now.get(k)]
+             and not _unused_override(k, exp) and saved.get(k) != now.get(k)]
     if diffs:
         raise PimpicError(
             f"{exp}: holds an experiment made with different settings ({', '.join(diffs)}); "

@@ -237,11 +237,19 @@ def _better(score: float, best: float | None, criterion: str) -> bool:
     return score > best if criterion == "dice" else score < best
 
 
+def segmentation_loss(cfg: FinetuneConfig) -> torch.nn.Module:
+    """The training loss: MONAI Dice (released) or Dice + cross-entropy, over softmax and one-hot
+    targets, per crop or (``dice_batch``) over the whole batch."""
+    from monai.losses import DiceCELoss, DiceLoss
+
+    kind = DiceLoss if cfg.loss == "dice" else DiceCELoss
+    return kind(to_onehot_y=True, softmax=True, batch=cfg.dice_batch)
+
+
 def _train(model: SegmentationNet, cache: Cache, run_dir: Path, cfg: FinetuneConfig,
            info: dict[str, Any], train_ids: list[str], val_ids: list[str],
            device: torch.device, *, resuming: bool, progress: bool, tensorboard: bool) -> Path:
     """The loop: epochs of ``steps_per_epoch`` Adam steps, validation, best model, checkpoint."""
-    from monai.losses import DiceCELoss, DiceLoss
     from tqdm.auto import tqdm
 
     from pimpic.finetune_data import epoch_loader, train_transform
@@ -252,7 +260,7 @@ def _train(model: SegmentationNet, cache: Cache, run_dir: Path, cfg: FinetuneCon
     patch = cfg.patch_size
     steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(train_ids) / cfg.batch_size)
     total = cfg.max_steps or cfg.max_epochs * steps_per_epoch
-    loss_fn = (DiceLoss if cfg.loss == "dice" else DiceCELoss)(to_onehot_y=True, softmax=True)
+    loss_fn = segmentation_loss(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     cosine = cfg.lr_schedule == "cosine"
     sched = torch.optim.lr_scheduler.LambdaLR(
