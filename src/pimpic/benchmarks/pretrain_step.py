@@ -24,14 +24,15 @@ from torch import Tensor
 from pimpic.config import PretrainConfig
 from pimpic.data.sampling import reference_boxes
 from pimpic.losses import pic_loss
-from pimpic.methods.pimpic import PIC_LEVELS, PiMPiC
+from pimpic.methods.pimpic import PiMPiC
 from pimpic.models import Encoder
 
 
-def _loop_region_means(f: Tensor, box: list[list[int]], scale: int) -> tuple[Tensor, Tensor]:
+def _loop_region_means(f: Tensor, box: list[list[int]],
+                       scale: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     """Overlap and rest means ``(C,)`` of one patch's features ``f (C, D, H, W)``."""
-    lo = [s // scale for s in box[0]]
-    hi = [-(-e // scale) for e in box[1]]
+    lo = [s // k for s, k in zip(box[0], scale, strict=True)]
+    hi = [-(-e // k) for e, k in zip(box[1], scale, strict=True)]
     inside = torch.zeros(f.shape[1:], dtype=torch.bool, device=f.device)
     inside[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
     overlap = f[:, inside]
@@ -56,13 +57,13 @@ class LoopPiMPiC(PiMPiC):
                     lo = [max(bi[0][a], bj[0][a]) for a in range(3)]
                     hi = [min(bi[1][a], bj[1][a]) for a in range(3)]
                     per_level = []
-                    for lvl in range(PIC_LEVELS):
+                    for lvl, stride in zip(self.pic_index, self.pic_strides, strict=True):
                         fl = feats[lvl]
                         sides = []
                         for k, b in ((vol * n + i, bi), (vol * n + j, bj)):
                             local = [[lo[a] - b[0][a] for a in range(3)],
                                      [hi[a] - b[0][a] for a in range(3)]]
-                            sides.append(_loop_region_means(fl[k], local, 2**lvl))
+                            sides.append(_loop_region_means(fl[k], local, stride))
                         per_level.append(torch.stack([sides[0][0], sides[1][0],
                                                       sides[0][1], sides[1][1]]))
                     rows.append(torch.cat(per_level, dim=1))
