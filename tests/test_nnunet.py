@@ -209,3 +209,15 @@ def test_pretrain_on_an_nnunet_preprocessed_folder(tmp_path: Path) -> None:
     cfg = load_yaml(run / "config.yaml")
     assert Path(cfg["nnunet_plans"]).name == "nnUNetPlans.json"
     assert cfg["nnunet_configuration"] == "3d_fullres"
+
+
+def test_bench_pretrain_step_on_the_nnunet_backbone() -> None:
+    import json
+
+    res = runner.invoke(app, ["bench", "pretrain-step", "--backbone", "nnunet", "--patch-size",
+                              "16", "--width", "2", "--patches", "4", "--steps", "1",
+                              "--depth", "3"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output.strip().splitlines()[-1])
+    assert out["backbone"] == "nnunet" and out["median_step_s"] > 0
+    assert out["speedup_vs_loop"] > 0 and out["encoder_parameters"] > 0
