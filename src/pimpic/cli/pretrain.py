@@ -26,7 +26,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @app.command("pretrain")
     @friendly_errors
     def pretrain_cmd(
-        cache: Path = typer.Argument(..., help="A prepared cache (pimpic prepare)."),
+        cache: Path = typer.Argument(..., help="A prepared cache (pimpic prepare), or an nnU-Net "
+                                     "preprocessed configuration folder."),
         out: Path = typer.Option(..., "--out", help="Run folder to create (or resume)."),
         method: str | None = typer.Option(None, "--method",
                                           help="pimpic (default), pim, pic, voco, voco-ema, "
