@@ -354,7 +354,12 @@ class PretrainConfig:
     """Self-supervised pretraining. Defaults = the paper (K=32, d=128, 64³, N=32, Adam 1e-5)."""
 
     method: str = "pimpic"
-    # encoder
+    # encoder: ``unet`` is the paper's (``width``, ``depth``); ``nnunet`` is the encoder nnU-Net
+    # builds from ``nnunet_plans`` (a plans JSON; empty: the plans of the nnU-Net preprocessed
+    # folder pretrained on) and ``nnunet_configuration`` (width and depth come from the plan)
+    backbone: typing.Literal["unet", "nnunet"] = "unet"
+    nnunet_plans: str = ""
+    nnunet_configuration: str = "3d_fullres"
     in_channels: int = 1
     width: int = 32
     depth: int = 5
@@ -392,7 +397,12 @@ class PretrainConfig:
         if self.method not in PRETRAIN_METHODS:
             raise ValueError(f"method {self.method!r} is not one of {', '.join(PRETRAIN_METHODS)}")
         check_ranges(self, PRETRAIN_RULES)
-        if self.patch_size % 2**self.depth:
+        if self.backbone == "nnunet":
+            # nnunet_plans may stay empty when pretraining on an nnU-Net preprocessed folder:
+            # the engine takes the folder's plans
+            if not self.nnunet_configuration:
+                raise ValueError("backbone nnunet needs nnunet_configuration (e.g. 3d_fullres)")
+        elif self.patch_size % 2**self.depth:
             raise ValueError(f"patch_size {self.patch_size} must be divisible by 2^depth "
                              f"= {2**self.depth}")
 

@@ -32,6 +32,7 @@ case ids), ``metrics.jsonl``, ``tb/``, ``checkpoint.pt``, and at the end ``metho
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -44,9 +45,10 @@ import torch
 from torch import nn
 
 from pimpic.config import PretrainConfig, build_config, save_config, to_dict
-from pimpic.data.cache import Cache
 from pimpic.errors import PimpicError
 from pimpic.io import read_json, save_safetensors, write_json
+from pimpic.models.backbone import build_backbone
+from pimpic.nnunet.data import open_source
 from pimpic.training import checkpoint as ckpt
 from pimpic.training.distributed import Dist, setup
 from pimpic.training.monitor import METRICS, Monitor, truncate_metrics
@@ -103,7 +105,8 @@ def _pretrain(dist: Dist, cache_root: Path, run_dir: Path, cfg: PretrainConfig, 
     from pimpic.methods import base as methods
 
     device = dist.device
-    cache = Cache(cache_root)
+    cache = open_source(cache_root)
+    cfg = _with_plans(cfg, cache)
     ids = _pretraining_cases(cache, case_ids)
     folder = RunFolder(run_dir, "pretrain", ARTEFACTS)
     state = None
@@ -135,7 +138,7 @@ def _pretrain(dist: Dist, cache_root: Path, run_dir: Path, cfg: PretrainConfig, 
         _write_run_files(run_dir, cache, cfg, ids, dist, resumed_from=start if state else None)
     dist.barrier()
 
-    stream = VolumeStream(cache.root, ids, spec.build_sampler(cfg), volumes=cfg.volumes,
+    stream = VolumeStream(cache, ids, spec.build_sampler(cfg), volumes=cfg.volumes,
                           seed=cfg.seed, rank=dist.rank, world_size=dist.world_size,
                           start=start * cfg.volumes)
     loader = make_loader(stream, cfg.num_workers, pin_memory=device.type == "cuda")
@@ -203,7 +206,16 @@ def _pretrain(dist: Dist, cache_root: Path, run_dir: Path, cfg: PretrainConfig, 
 # --------------------------------------------------------------------------- checks and files
 
 
-def _pretraining_cases(cache: Cache, case_ids: Sequence[str] | None) -> list[str]:
+def _with_plans(cfg: PretrainConfig, source: Any) -> PretrainConfig:
+    """An nnU-Net backbone pretrained on an nnU-Net preprocessed folder takes that folder's
+    plans unless ``nnunet_plans`` names a file."""
+    if cfg.backbone != "nnunet" or cfg.nnunet_plans or not hasattr(source, "plan"):
+        return cfg
+    return dataclasses.replace(cfg, nnunet_plans=str(source.plan.path.resolve()),
+                               nnunet_configuration=source.plan.name)
+
+
+def _pretraining_cases(cache: Any, case_ids: Sequence[str] | None) -> list[str]:
     ids = list(case_ids) if case_ids is not None else cache.train_ids()
     if not ids:
         raise PimpicError(f"{cache.root}: no training cases to pretrain on")
@@ -218,12 +230,12 @@ def _pretraining_cases(cache: Cache, case_ids: Sequence[str] | None) -> list[str
     return ids
 
 
-def _identity(cache: Cache, ids: list[str]) -> dict[str, Any]:
+def _identity(cache: Any, ids: list[str]) -> dict[str, Any]:
     """What a resumed run must share with the run it continues (recorded in ``run.json``)."""
     return {"cache_manifest_sha256": json_sha256(cache.manifest), "case_ids": ids}
 
 
-def _write_run_files(run_dir: Path, cache: Cache, cfg: PretrainConfig, ids: list[str],
+def _write_run_files(run_dir: Path, cache: Any, cfg: PretrainConfig, ids: list[str],
                      dist: Dist, resumed_from: int | None) -> None:
     from pimpic import envinfo
 
@@ -248,7 +260,7 @@ def _save(run_dir: Path, dist: Dist, module: nn.Module, optimizer: torch.optim.O
             "rng": rngs, "config": to_dict(cfg), "elapsed_s": elapsed_s, "energy_j": energy_j})
 
 
-def _export(run_dir: Path, module: nn.Module, cache: Cache, cfg: PretrainConfig,
+def _export(run_dir: Path, module: nn.Module, cache: Any, cfg: PretrainConfig,
             ids: list[str]) -> None:
     from pimpic.models.export import save_encoder
 
@@ -257,9 +269,10 @@ def _export(run_dir: Path, module: nn.Module, cache: Cache, cfg: PretrainConfig,
     save_safetensors(state, run_dir / METHOD_FILE, {"format": "pimpic-method",
                                                     "config": json.dumps(to_dict(cfg))})
     settings = cache.settings
-    save_encoder(run_dir / ENCODER_FILE, module.encoder, {  # type: ignore[arg-type]
+    save_encoder(run_dir / ENCODER_FILE, module.encoder, {
         "patch_size": cfg.patch_size, "spacing": list(settings["spacing"]),
-        "window": list(settings["window"]), "method": cfg.method, "steps": cfg.steps,
+        "window": list(settings["window"]) if settings.get("window") is not None else None,
+        "method": cfg.method, "steps": cfg.steps,
         "pretrain_cases": ids})
 
 
@@ -267,11 +280,10 @@ def _export(run_dir: Path, module: nn.Module, cache: Cache, cfg: PretrainConfig,
 
 
 def _build_module(spec: Any, cfg: PretrainConfig) -> nn.Module:
-    from pimpic.models import Encoder
-
-    module: nn.Module = spec.build_module(Encoder(cfg.in_channels, cfg.width, cfg.depth), cfg)
-    if not isinstance(getattr(module, "encoder", None), Encoder):
-        raise TypeError(f"method {cfg.method!r}: module has no .encoder (methods/base.py)")
+    module: nn.Module = spec.build_module(build_backbone(cfg), cfg)
+    if not hasattr(getattr(module, "encoder", None), "levels"):
+        raise TypeError(f"method {cfg.method!r}: module has no .encoder backbone "
+                        "(methods/base.py)")
     return module
 
 

@@ -65,6 +65,10 @@ class ExperimentConfig:
 
     #: the prepared cache (``pimpic prepare``); its split decides train/val/test
     cache: str = ""
+    #: the pretraining pool: another cache (or an nnU-Net preprocessed folder) whose every case
+    #: is pretrained on; empty: the training split of ``cache``. Refused when it holds any of
+    #: the task's test cases, by case id or by content (:mod:`pimpic.data.leakage`)
+    pretrain_cache: str = ""
     methods: tuple[str, ...] = ("random", "voco", "vox2vec", "pim", "pic", "pimpic")
     fractions: tuple[int, ...] = (5, 10, 20, 50, 100)
     seeds: tuple[int, ...] = (0,)
@@ -102,8 +106,10 @@ class ExperimentConfig:
         if unknown:
             raise ValueError(f"pretrain_overrides: unknown method(s) {', '.join(unknown)}")
         for m in self.methods:
-            if m != "random":
-                self.pretrain_config(m)  # validates the overrides early
+            if m != "random" and self.pretrain_config(m).backbone != "unet":
+                raise ValueError(f"pretrain ({m}): pimpic fine-tunes the paper U-Net "
+                                 "(backbone unet); fine-tune an nnU-Net backbone with nnU-Net "
+                                 "after `pimpic export nnunet`")
         if self.overlay_fraction is not None and self.overlay_fraction not in self.fractions:
             raise ValueError(f"overlay_fraction {self.overlay_fraction} is not in fractions")
 
@@ -200,9 +206,33 @@ def _evaluate(*args: Any, **kwargs: Any) -> Any:
     return evaluate(*args, **kwargs)
 
 
+def pretraining_pool(cfg: ExperimentConfig) -> tuple[Path, list[str] | None]:
+    """Where pretraining reads (``pretrain_cache`` or ``cache``) and which cases (all of a
+    separate pool; None: the task cache's training split, the engine's default)."""
+    if not cfg.pretrain_cache or Path(cfg.pretrain_cache).resolve() == Path(cfg.cache).resolve():
+        return Path(cfg.cache), None
+    from pimpic.nnunet.data import open_source
+
+    return Path(cfg.pretrain_cache), list(open_source(cfg.pretrain_cache).case_ids)
+
+
+def check_pool_leakage(cfg: ExperimentConfig) -> None:
+    """A separate pool must not hold the task's evaluation cases (by id or by content)."""
+    from pimpic.data.cache import Cache
+    from pimpic.data.leakage import check_pool
+    from pimpic.nnunet.data import open_source
+
+    pool, pool_ids = pretraining_pool(cfg)
+    if pool_ids is None or all(m == "random" for m in cfg.methods):
+        return
+    task = Cache(cfg.cache)
+    check_pool(task, list(task.splits()[cfg.split]), open_source(pool), pool_ids)
+
+
 def plan_stages(cfg: ExperimentConfig, exp: Path, *, progress: bool = True) -> list[Stage]:
     """The grid as an ordered list of stages: every pretraining first, then every cell."""
     cache = Path(cfg.cache)
+    pool, pool_ids = pretraining_pool(cfg)
     stages: list[Stage] = []
     for method in cfg.methods:
         if method == "random":
@@ -211,7 +241,8 @@ def plan_stages(cfg: ExperimentConfig, exp: Path, *, progress: bool = True) -> l
         pcfg = cfg.pretrain_config(method)
 
         def run_pre(rd: Path = rd, pcfg: PretrainConfig = pcfg) -> None:
-            _pretrain(cache, rd, pcfg, progress=progress, **_resume_flags(rd))
+            _pretrain(pool, rd, pcfg, progress=progress, case_ids=pool_ids,
+                      **_resume_flags(rd))
 
         def pre_done(rd: Path = rd) -> bool:
             return (rd / "encoder.safetensors").is_file()
@@ -346,6 +377,7 @@ def run_experiment(
     exp = Path(out)
     exp.mkdir(parents=True, exist_ok=True)
     splits = cache.splits()
+    check_pool_leakage(cfg)
     _check_same_setup(cfg, exp, splits)
     save_config(cfg, exp / "config.yaml")
     write_json(exp / SPLIT_RECORD, {"digest": split_digest(splits),

@@ -9,6 +9,7 @@ answers instantly. Commands are registered by small per-stage modules:
 * :mod:`pimpic.cli.bench`      — ``bench finetune-step``
 * :mod:`pimpic.cli.experiment` — ``experiment``, ``visualize embeddings``
 * :mod:`pimpic.cli.demo`       — ``demo``
+* :mod:`pimpic.cli.nnunet`     — ``export nnunet``
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import typer
 
 from pimpic import __version__
-from pimpic.cli import bench, data, demo, experiment, finetune, pretrain
+from pimpic.cli import bench, data, demo, experiment, finetune, nnunet, pretrain
 
 app = typer.Typer(
     name="pimpic",
@@ -28,8 +29,11 @@ app = typer.Typer(
 bench_app = typer.Typer(help="Benchmarks of the hot paths.",
                         no_args_is_help=True)
 visualize_app = typer.Typer(help="Figures of a pretrained encoder.", no_args_is_help=True)
+export_app = typer.Typer(help="Hand a pretrained encoder to another framework.",
+                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(visualize_app, name="visualize")
+app.add_typer(export_app, name="export")
 
 
 def _version(value: bool) -> None:
@@ -53,6 +57,7 @@ finetune.register(app)
 bench.register(bench_app)
 experiment.register(app, visualize_app)
 demo.register(app)
+nnunet.register(export_app)
 
 
 def main() -> None:

@@ -7,11 +7,13 @@ A pretext task is two pieces, kept apart because they run in different processes
   only what you need), ``rng`` a seeded ``numpy.random.Generator``. It returns arrays for ONE
   volume, e.g. ``{"patches": (N, 1, p, p, p) float32, "boxes": (N, 2, 3) int64}``.
   The loader stacks V volumes, so the module receives ``(V, ...)`` tensors.
-* a **module** — an ``nn.Module`` holding the shared :class:`~pimpic.models.Encoder` as
-  ``.encoder`` plus its own heads; ``forward(batch) -> dict[str, Tensor]`` returns scalar
-  tensors, ``"loss"`` (what the engine back-propagates) and any named parts (``"pim"``,
-  ``"pic"``, ``"overlap_error"``, ``"embedding_std"`` ...), which the engine logs. Losses stay
-  within one volume (and one rank): the engine needs no cross-rank gather.
+* a **module** — an ``nn.Module`` holding the shared backbone (:mod:`pimpic.models.backbone`:
+  the paper's :class:`~pimpic.models.Encoder` or an nnU-Net encoder) as ``.encoder`` plus its
+  own heads; ``forward(batch) -> dict[str, Tensor]`` returns scalar tensors, ``"loss"`` (what
+  the engine back-propagates) and any named parts (``"pim"``, ``"pic"``, ``"overlap_error"``,
+  ``"embedding_std"`` ...), which the engine logs. Losses stay within one volume (and one
+  rank): the engine needs no cross-rank gather. Heads take the pyramid levels they need by
+  stride, never by position.
 
 Optionally a module may define ``after_step()`` (e.g. VoCo-EMA's teacher update), called by the
 engine after each optimiser step.
@@ -27,7 +29,6 @@ import numpy as np
 from torch import nn
 
 from pimpic.config import PretrainConfig
-from pimpic.models import Encoder
 
 Sampler = Callable[[np.ndarray, np.random.Generator], dict[str, np.ndarray]]
 
@@ -38,7 +39,8 @@ class MethodSpec:
 
     name: str
     build_sampler: Callable[[PretrainConfig], Sampler]
-    build_module: Callable[[Encoder, PretrainConfig], nn.Module]
+    #: ``(backbone, cfg) -> module``; the backbone follows :mod:`pimpic.models.backbone`
+    build_module: Callable[[nn.Module, PretrainConfig], nn.Module]
     description: str = ""
     #: encoder inputs (crops) one volume contributes to a step — what ``patches_per_s`` counts;
     #: None means ``cfg.patches``
