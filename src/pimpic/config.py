@@ -48,9 +48,13 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(saved: Mapping[str, Any], now: Mapping[str, Any],
-                       ignore: Iterable[str] = ()) -> list[str]:
-    """``key: run has A, now B`` for every dotted key whose value differs, except ``ignore``d."""
-    a, b = flatten(saved), flatten(now)
+                       ignore: Iterable[str] = (),
+                       defaults: Mapping[str, Any] | None = None) -> list[str]:
+    """``key: run has A, now B`` for every dotted key whose value differs, except ``ignore``d.
+
+    A key that ``saved`` lacks takes its value from ``defaults``: a setting added after the run
+    was made defaults to the behaviour the run had, so an older run folder still resumes."""
+    a, b = {**flatten(defaults or {}), **flatten(saved)}, flatten(now)
     skip = set(ignore)
     return [f"{k}: run has {a.get(k)!r}, now {b.get(k)!r}"
             for k in sorted(set(a) | set(b)) if k not in skip and a.get(k) != b.get(k)]

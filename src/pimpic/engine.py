@@ -111,7 +111,8 @@ def _pretrain(dist: Dist, cache_root: Path, run_dir: Path, cfg: PretrainConfig, 
     folder = RunFolder(run_dir, "pretrain", ARTEFACTS)
     state = None
     if folder.check(resume=resume, overwrite=overwrite):
-        folder.check_resume(to_dict(cfg), _identity(cache, ids))
+        folder.check_resume(to_dict(cfg), _identity(cache, ids),
+                            to_dict(type(cfg)()))
         state = ckpt.load_checkpoint(run_dir / ckpt.CHECKPOINT)
     start = int(state["step"]) if state else 0
     if state and start > cfg.steps:

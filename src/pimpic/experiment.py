@@ -337,7 +337,9 @@ def _check_same_setup(cfg: ExperimentConfig, exp: Path, splits: dict[str, Any]) 
     if made_on not in (None, digest):
         raise PimpicError(f"{exp}: holds an experiment made on another split of {cfg.cache} "
                           f"(split {made_on}, now {digest}); use a new --out folder")
-    saved, now = flatten(load_yaml(saved_path)), flatten(to_dict(cfg))
+    # keys an older pimpic did not record take today's defaults (the behaviour it had)
+    defaults = flatten(to_dict(ExperimentConfig(cache=cfg.cache)))
+    saved, now = {**defaults, **flatten(load_yaml(saved_path))}, flatten(to_dict(cfg))
     saved, now = ({k: v for k, v in d.items() if v != {}} for d in (saved, now))  # no leaves
     diffs = [k for k in sorted(set(saved) | set(now))
              if k.split(".")[0] not in GRID_KEYS and k.split(".")[-1] not in RUNTIME_KEYS

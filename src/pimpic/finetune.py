@@ -202,7 +202,8 @@ def finetune(
     identity = _identity(cache, train_ids, val_ids, encoder)
     folder = RunFolder(run_dir, "finetune", RUN_ARTIFACTS)
     resuming = folder.check(resume=resume, overwrite=overwrite)
-    resumed_info = folder.check_resume(to_dict(cfg), identity) if resuming else None
+    resumed_info = (folder.check_resume(to_dict(cfg), identity, to_dict(FinetuneConfig()))
+                    if resuming else None)
     folder.start(resuming)
     n_train = len(cache.splits()["train"])
     print(f"fine-tuning on {len(train_ids)} of {n_train} training cases ({cfg.fraction}%), "
