@@ -234,3 +234,21 @@ def test_class_ratios_centre_crops_on_each_class() -> None:
     assert all(abs(s - 1 / 3) < 0.1 for s in shares[(1.0, 1.0, 1.0)])
     with pytest.raises(ValueError, match="class_ratios"):
         FinetuneConfig(num_classes=3, class_ratios=(1.0, 1.0))
+
+
+def test_encoder_lr_moves_the_encoder_at_its_own_rate(make_cache, tmp_path: Path) -> None:
+    """``encoder_lr=0`` keeps the (pretrained or random) encoder exactly as it started while
+    the decoder trains; the default trains both at ``lr``."""
+    cache = make_cache(n_cases=6, shape=(24, 24, 24))
+    cfg = dataclasses.replace(TINY, max_steps=3, steps_per_epoch=3, max_epochs=1, val_every=1,
+                              encoder_lr=0.0)
+    run = finetune(cache, tmp_path / "frozen", cfg, progress=False)
+    start = finetune(cache, tmp_path / "start",
+                     dataclasses.replace(cfg, max_steps=1, lr=0.0, encoder_lr=None),
+                     progress=False)
+    trained, started = (load_file(str(r / "model.safetensors")) for r in (run, start))
+    enc = [k for k in trained if k.startswith("encoder.")]
+    dec = [k for k in trained if k.startswith("decoder.")]
+    assert enc and dec
+    assert all(torch.equal(trained[k], started[k]) for k in enc)
+    assert not all(torch.equal(trained[k], started[k]) for k in dec)

@@ -448,6 +448,9 @@ class FinetuneConfig:
     #: punished into never being predicted; not in the released recipe
     dice_batch: bool = False
     lr: float = 1e-5
+    #: the encoder's own learning rate (None: ``lr``), e.g. lower to keep pretrained features;
+    #: the schedule scales both alike; not in the released recipe
+    encoder_lr: float | None = None
     lr_schedule: typing.Literal["constant", "cosine"] = "constant"
     weight_decay: float = 0.0
     #: volumes per batch; each gives ``samples_per_volume`` label-balanced crops
@@ -512,8 +515,9 @@ class FinetuneConfig:
 FINETUNE_RULES = {
     "fraction": PERCENT, "seed": NON_NEGATIVE, "num_classes": Range(2),
     "width": AT_LEAST_1, "depth": AT_LEAST_1, "patch_size": AT_LEAST_1,
-    "lr": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
-    "batch_size": AT_LEAST_1, "samples_per_volume": AT_LEAST_1, "pos_ratio": NON_NEGATIVE,
+    "lr": NON_NEGATIVE, "encoder_lr": Range(0, optional=True),
+    "weight_decay": NON_NEGATIVE, "batch_size": AT_LEAST_1, "samples_per_volume": AT_LEAST_1,
+    "pos_ratio": NON_NEGATIVE,
     "class_ratios": Range(0, optional=True),
     "steps_per_epoch": Range(1, optional=True), "max_epochs": AT_LEAST_1,
     "max_steps": Range(1, optional=True), "patience": AT_LEAST_1,

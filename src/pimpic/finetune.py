@@ -238,6 +238,17 @@ def _better(score: float, best: float | None, criterion: str) -> bool:
     return score > best if criterion == "dice" else score < best
 
 
+def _param_groups(model: SegmentationNet, cfg: FinetuneConfig) -> list[dict[str, Any]]:
+    """One group at ``lr`` — or, with ``encoder_lr``, the encoder's parameters in a group of
+    their own at that rate."""
+    if cfg.encoder_lr is None:
+        return [{"params": list(model.parameters())}]
+    encoder = list(model.encoder.parameters())
+    mine = {id(p) for p in encoder}
+    return [{"params": encoder, "lr": cfg.encoder_lr},
+            {"params": [p for p in model.parameters() if id(p) not in mine]}]
+
+
 def segmentation_loss(cfg: FinetuneConfig) -> torch.nn.Module:
     """The training loss: MONAI Dice (released) or Dice + cross-entropy, over softmax and one-hot
     targets, per crop or (``dice_batch``) over the whole batch."""
@@ -262,7 +273,7 @@ def _train(model: SegmentationNet, cache: Cache, run_dir: Path, cfg: FinetuneCon
     steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(train_ids) / cfg.batch_size)
     total = cfg.max_steps or cfg.max_epochs * steps_per_epoch
     loss_fn = segmentation_loss(cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     cosine = cfg.lr_schedule == "cosine"
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)) if cosine else 1.0)
