@@ -94,7 +94,7 @@ from pathlib import Path
 import torch
 
 from pimpic.config import PretrainConfig
-from pimpic.engine import pretrain
+from pimpic.pretraining.engine import pretrain
 from pimpic.io import read_json, read_jsonl, write_json
 from pimpic.models import Encoder
 

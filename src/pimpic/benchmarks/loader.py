@@ -21,7 +21,7 @@ def run(cache: str | Path, *, patch_size: int = 64, patches: int = 32, seconds: 
     from pimpic.data.cache import Cache
     from pimpic.data.loader import VolumeStream, make_loader
     from pimpic.errors import PimpicError
-    from pimpic.methods.base import get_method
+    from pimpic.registry import get_method
 
     c = Cache(cache)
     ids = c.train_ids()

@@ -22,10 +22,10 @@ import torch
 from torch import Tensor
 
 from pimpic.config import PretrainConfig
-from pimpic.data.sampling import reference_boxes
-from pimpic.losses import pic_loss
-from pimpic.methods.pimpic import PIC_LEVELS, PiMPiC
 from pimpic.models import Encoder
+from pimpic.pretraining.losses import pic_loss
+from pimpic.pretraining.methods.pimpic import PIC_LEVELS, PiMPiC
+from pimpic.pretraining.samplers.overlap import reference_boxes
 
 
 def _loop_region_means(f: Tensor, box: list[list[int]], scale: int) -> tuple[Tensor, Tensor]:

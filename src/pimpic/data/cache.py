@@ -79,7 +79,8 @@ class Cache:
     def image(self, case_id: str, mmap: bool = True) -> np.ndarray:
         """The preprocessed image, ``(X, Y, Z)``, float16/float32 in [0, 1] (memory-mapped)."""
         d = self._check(case_id)
-        return np.load(d / "image.npy", mmap_mode="r" if mmap else None)
+        image: np.ndarray = np.load(d / "image.npy", mmap_mode="r" if mmap else None)
+        return image
 
     def label(self, case_id: str, mmap: bool = True) -> np.ndarray | None:
         """The preprocessed label, ``(X, Y, Z)`` uint8, or None for an unlabelled case."""
