@@ -59,6 +59,7 @@ from pimpic.paths import (
 )
 from pimpic.segmentation.finetune_data import epoch_loader, train_transform
 from pimpic.segmentation.model_file import save_model
+from pimpic.segmentation.run_info import FinetuneRun, Progress
 from pimpic.segmentation.validation import better, validate
 from pimpic.training.checkpoint import load_checkpoint, restore, save_checkpoint
 from pimpic.training.device import autocast, flush_denormals, memory_format, resolve_device
@@ -181,43 +182,20 @@ def finetune(
     log.info("fine-tuning on %d of %d training cases (%s%%), validating on %d",
              len(train_ids), n_train, cfg.fraction, len(val_ids))
     if resumed_info is not None:
-        info = resumed_info
+        info = FinetuneRun.from_json(run_dir / RUN_INFO, resumed_info)
     else:
         save_config(cfg, run_dir / CONFIG)
-        info = {
-            "cache": str(cache.root.resolve()), "fraction": cfg.fraction, **identity,
-            "encoder": str(Path(encoder).resolve()) if encoder is not None else None,
-            "encoder_meta": enc_meta,
-            "patch_size": cfg.patch_size, "num_classes": cfg.num_classes,
-            "architecture": model.encoder.architecture(),
-            "best_epoch": None, "best_score": None, "epochs": 0, "steps": 0,
-            "completed": False, "stop_reason": None, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
-        write_json(run_dir / RUN_INFO, info)
+        info = FinetuneRun(
+            cache=str(cache.root.resolve()), fraction=cfg.fraction, **identity,
+            encoder=str(Path(encoder).resolve()) if encoder is not None else None,
+            encoder_meta=enc_meta, patch_size=cfg.patch_size, num_classes=cfg.num_classes,
+            architecture=model.encoder.architecture(),
+            started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        write_json(run_dir / RUN_INFO, info.to_json())
         write_json(run_dir / ENV, collect(device))
     with flush_denormals(device):
         return _train(model, cache, run_dir, cfg, info, train_ids, val_ids, device,
                       resuming=resuming, progress=progress, tensorboard=tensorboard)
-
-
-@dataclasses.dataclass
-class Progress:
-    """Where a fine-tuning run stands; saved in ``checkpoint.pt`` as a plain dict."""
-
-    epoch: int = 0
-    step: int = 0
-    best_score: float | None = None
-    best_epoch: int | None = None
-    #: training time over all sessions (s)
-    elapsed_s: float = 0.0
-
-    @classmethod
-    def from_checkpoint(cls, path: Path, saved: Any) -> Progress:
-        names = [f.name for f in dataclasses.fields(cls)]
-        if not isinstance(saved, dict) or not set(names) <= set(saved):
-            raise PimpicError(f"{path}: not a fine-tuning checkpoint (its training state "
-                              f"lacks {', '.join(sorted(names))})")
-        return cls(**{k: saved[k] for k in names})
 
 
 class _Log:
@@ -262,7 +240,7 @@ class _Log:
 
 
 def _train(model: SegmentationNet, cache: Cache, run_dir: Path, cfg: FinetuneConfig,
-           info: dict[str, Any], train_ids: list[str], val_ids: list[str],
+           info: FinetuneRun, train_ids: list[str], val_ids: list[str],
            device: torch.device, *, resuming: bool, progress: bool, tensorboard: bool) -> Path:
     """The loop: epochs of ``steps_per_epoch`` Adam steps, validation, best model, checkpoint."""
     layout = memory_format(cfg.channels_last)
@@ -365,11 +343,12 @@ def _stop_reason(at: Progress, cfg: FinetuneConfig, total: int,
     return None
 
 
-def _record(path: Path, info: dict[str, Any], at: Progress, stop_reason: str | None) -> None:
+def _record(path: Path, info: FinetuneRun, at: Progress, stop_reason: str | None) -> None:
     """``run.json`` follows the checkpoint: progress, best epoch and why training stopped."""
-    info.update(best_epoch=at.best_epoch, best_score=at.best_score, epochs=at.epoch,
-                steps=at.step, completed=stop_reason is not None, stop_reason=stop_reason)
-    write_json(path, info)
+    info.best_epoch, info.best_score = at.best_epoch, at.best_score
+    info.epochs, info.steps = at.epoch, at.step
+    info.completed, info.stop_reason = stop_reason is not None, stop_reason
+    write_json(path, info.to_json())
 
 
 def _plain(x: Any) -> torch.Tensor:
@@ -377,12 +356,12 @@ def _plain(x: Any) -> torch.Tensor:
     return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
 
 
-def _model_meta(info: dict[str, Any], cfg: FinetuneConfig, epoch: int) -> dict[str, Any]:
+def _model_meta(info: FinetuneRun, cfg: FinetuneConfig, epoch: int) -> dict[str, Any]:
     """What the model file says about itself: only what identical runs share (no paths or
     times — those live in ``run.json``), so equal runs write equal files."""
-    enc = info.get("encoder_meta") or {}
-    return {"patch_size": info["patch_size"], "settings": info["settings"],
-            "fraction": info["fraction"], "epoch": epoch,
+    enc = info.encoder_meta or {}
+    return {"patch_size": info.patch_size, "settings": info.settings,
+            "fraction": info.fraction, "epoch": epoch,
             "inference": {"overlap": cfg.sw_overlap, "mode": cfg.sw_mode,
                           "crop_foreground": cfg.crop_foreground, "cpu_bf16": cfg.cpu_bf16,
                           "channels_last": cfg.channels_last},
