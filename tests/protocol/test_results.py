@@ -1,4 +1,5 @@
-"""Table 1, statistics and figures from synthetic per-case rows (no training)."""
+"""Table 1 (results.py) and the paired tests (statistics.py) from synthetic per-case rows (no
+training)."""
 
 from __future__ import annotations
 
