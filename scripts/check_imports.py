@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("pimpic.config",),
     ("pimpic.models", "pimpic.training"),
     ("pimpic.data",),
+    ("pimpic.nnunet",),
     ("pimpic.pretraining",),
     ("pimpic.segmentation",),
     ("pimpic.protocol",),

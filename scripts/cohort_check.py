@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import resource
 import sys
@@ -33,8 +34,9 @@ from pimpic.data.prepare import prepare
 from pimpic.data.preprocess import Settings
 from pimpic.data.synthetic import VARIABILITY, generate_cohort
 from pimpic.io import read_json
+from pimpic.paths import cell_dir, eval_dir
 from pimpic.protocol.demo import SIZES, demo_config
-from pimpic.protocol.experiment import cell_dir, eval_dir, run_experiment
+from pimpic.protocol.experiment import run_experiment
 
 ORGAN_GAP = 15.0  # Dice points, criterion 1
 TUMOUR_MIN = 20.0  # Dice points, criterion 2
@@ -61,6 +63,8 @@ def main() -> int:
     parser.add_argument("--task", default="pancreas")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cases", type=int, default=None, help="override the demo's case count")
+    parser.add_argument("--full-only", action="store_true",
+                        help="fine-tune at 100 %% only (criterion 2 and a quick look)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="override a field of the demo's fine-tuning config (repeatable), "
                         "to try budgets before changing the demo")
@@ -79,7 +83,7 @@ def main() -> int:
     t_prep = time.perf_counter() - t0 - t_gen
     # 100 % first: it decides both criteria, and the low-fraction cell can be added later
     cfg = dataclasses.replace(demo_config(size, args.out / "cache", "cpu"), methods=("random",),
-                              fractions=(100, size.low_fraction))
+                              fractions=(100,) if args.full_only else (100, size.low_fraction))
     if args.overrides:
         finetune = build_config(FinetuneConfig, None, args.overrides, base=to_dict(cfg.finetune))
         cfg = dataclasses.replace(cfg, finetune=finetune)
@@ -89,7 +93,7 @@ def main() -> int:
 
     low, full = size.low_fraction, 100
     res = {f: read_json(eval_dir(cell_dir(exp, "random", f, 0), cfg.split) / "summary.json")
-           for f in (low, full)}
+           for f in cfg.fractions}
     print(f"\ncohort: {size.cases} {args.task} cases, variability={args.variability or 'default'}"
           f", seed {args.seed}, prepared at {size.spacing} mm; fine-tuning "
           f"{cfg.finetune.steps_per_epoch} steps × ≤{cfg.finetune.max_epochs} epochs, "
@@ -97,13 +101,13 @@ def main() -> int:
           f"{cfg.finetune.batch_size}×{cfg.finetune.samples_per_volume} crops per step"
           + (f"; overrides {' '.join(args.overrides)}" if args.overrides else ""))
     print(f"{'Random + Aug':<14} {'organ':>14} {'tumour':>14} {'whole':>14}   (test Dice, %)")
-    for f in (low, full):
+    for f in sorted(cfg.fractions):
         cells = []
         for name in ("organ", "tumour", "whole"):
             m, sd, n = _dice(res[f], name)
             cells.append(f"{m:5.1f} ± {sd:4.1f}{'' if name != 'tumour' else f' n{n}':>4}")
         print(f"{f:>3} % labels   " + " ".join(f"{c:>14}" for c in cells))
-    gap = _dice(res[full], "organ")[0] - _dice(res[low], "organ")[0]
+    gap = _dice(res[full], "organ")[0] - _dice(res[low], "organ")[0] if low in res else math.nan
     tumour = _dice(res[full], "tumour")[0]
     ok1, ok2 = gap >= ORGAN_GAP, tumour >= TUMOUR_MIN
     print(f"criterion 1: organ Dice 100 % − {low} % = {gap:.1f} points "

@@ -103,6 +103,18 @@ def test_range_describes_itself() -> None:
     assert not C.AT_LEAST_1.admits(())
 
 
+def test_a_setting_added_later_takes_its_default_on_resume() -> None:
+    """A run folder written before a setting existed resumes: the missing key is compared as the
+    default, which is the behaviour the old run had; a real change is still reported."""
+    now = C.to_dict(C.FinetuneConfig())
+    old = {k: v for k, v in now.items() if k != "dice_batch"}
+    assert C.config_differences(old, now) == ["dice_batch: run has None, now False"]
+    assert C.config_differences(old, now, defaults=now) == []
+    changed = C.to_dict(C.FinetuneConfig(dice_batch=True))
+    assert C.config_differences(old, changed, defaults=now) == [
+        "dice_batch: run has False, now True"]
+
+
 # ------------------------------------------------------------------ coercion of YAML and --set
 
 

@@ -53,9 +53,13 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(saved: Mapping[str, Any], now: Mapping[str, Any],
-                       ignore: Iterable[str] = ()) -> list[str]:
-    """``key: run has A, now B`` for every dotted key whose value differs, except ``ignore``d."""
-    a, b = flatten(saved), flatten(now)
+                       ignore: Iterable[str] = (),
+                       defaults: Mapping[str, Any] | None = None) -> list[str]:
+    """``key: run has A, now B`` for every dotted key whose value differs, except ``ignore``d.
+
+    A key that ``saved`` lacks takes its value from ``defaults``: a setting added after the run
+    was made defaults to the behaviour the run had, so an older run folder still resumes."""
+    a, b = {**flatten(defaults or {}), **flatten(saved)}, flatten(now)
     skip = set(ignore)
     return [f"{k}: run has {a.get(k)!r}, now {b.get(k)!r}"
             for k in sorted(set(a) | set(b)) if k not in skip and a.get(k) != b.get(k)]
@@ -350,7 +354,12 @@ class PretrainConfig:
 
     #: a registered method (:mod:`pimpic.registry`; ``pimpic methods`` lists them)
     method: str = "pimpic"
-    # encoder
+    # encoder: ``unet`` is the paper's (``width``, ``depth``); ``nnunet`` is the encoder nnU-Net
+    # builds from ``nnunet_plans`` (a plans JSON; empty: the plans of the nnU-Net preprocessed
+    # folder pretrained on) and ``nnunet_configuration`` (width and depth come from the plan)
+    backbone: typing.Literal["unet", "nnunet"] = "unet"
+    nnunet_plans: str = ""
+    nnunet_configuration: str = "3d_fullres"
     in_channels: int = 1
     width: int = 32
     depth: int = 5
@@ -390,7 +399,12 @@ class PretrainConfig:
             raise ValueError(f"method {self.method!r} is not one of {', '.join(known)} "
                              "(the methods in pimpic/pretraining/methods/)")
         check_ranges(self, PRETRAIN_RULES)
-        if self.patch_size % 2**self.depth:
+        if self.backbone == "nnunet":
+            # nnunet_plans may stay empty when pretraining on an nnU-Net preprocessed folder:
+            # the engine takes the folder's plans
+            if not self.nnunet_configuration:
+                raise ValueError("backbone nnunet needs nnunet_configuration (e.g. 3d_fullres)")
+        elif self.patch_size % 2**self.depth:
             raise ValueError(f"patch_size {self.patch_size} must be divisible by 2^depth "
                              f"= {2**self.depth}")
 
@@ -427,7 +441,14 @@ class FinetuneConfig:
     #: parameters at K = 32); ``symmetric``: up-blocks 16K … K, 3×3×3 head (47.1 M)
     decoder: typing.Literal["released", "symmetric"] = "released"
     loss: typing.Literal["dice", "dicece"] = "dice"
+    #: Dice over the whole batch (one Dice per class over all crops, as nnU-Net's batch Dice)
+    #: instead of one per crop: a structure absent from most crops (a tumour) is then not
+    #: punished into never being predicted; not in the released recipe
+    dice_batch: bool = False
     lr: float = 1e-5
+    #: the encoder's own learning rate (None: ``lr``), e.g. lower to keep pretrained features;
+    #: the schedule scales both alike; not in the released recipe
+    encoder_lr: float | None = None
     lr_schedule: typing.Literal["constant", "cosine"] = "constant"
     weight_decay: float = 0.0
     #: volumes per batch; each gives ``samples_per_volume`` label-balanced crops
@@ -435,6 +456,11 @@ class FinetuneConfig:
     samples_per_volume: int = 16
     #: positive : negative crop ratio (RandCropByPosNegLabeld)
     pos_ratio: float = 1.0
+    #: crop centres drawn per class (background, organ, tumour, …) in these proportions
+    #: (MONAI ``RandCropByLabelClassesd``; a class absent from a volume is skipped there), as
+    #: nnU-Net oversamples small foreground classes; None: ``pos_ratio`` crops on any foreground
+    #: voxel (released)
+    class_ratios: tuple[float, ...] | None = None
     #: crop every volume (train, validation, test) to its body (image > 0) and draw negative
     #: crops inside it, as the released code; False: negative crops may be centred in air
     crop_foreground: bool = True
@@ -478,14 +504,19 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self, FINETUNE_RULES)
+        if self.class_ratios is not None and len(self.class_ratios) != self.num_classes:
+            raise ValueError(f"class_ratios: {len(self.class_ratios)} values for num_classes="
+                             f"{self.num_classes} (one per class, background first)")
 
 
 #: one line per numeric field of :class:`FinetuneConfig` (a new field needs its line here)
 FINETUNE_RULES = {
     "fraction": PERCENT, "seed": NON_NEGATIVE, "num_classes": Range(2),
     "width": AT_LEAST_1, "depth": AT_LEAST_1, "patch_size": AT_LEAST_1,
-    "lr": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
-    "batch_size": AT_LEAST_1, "samples_per_volume": AT_LEAST_1, "pos_ratio": NON_NEGATIVE,
+    "lr": NON_NEGATIVE, "encoder_lr": Range(0, optional=True),
+    "weight_decay": NON_NEGATIVE, "batch_size": AT_LEAST_1, "samples_per_volume": AT_LEAST_1,
+    "pos_ratio": NON_NEGATIVE,
+    "class_ratios": Range(0, optional=True),
     "steps_per_epoch": Range(1, optional=True), "max_epochs": AT_LEAST_1,
     "max_steps": Range(1, optional=True), "patience": AT_LEAST_1,
     "freeze_encoder_epochs": NON_NEGATIVE, "val_every": AT_LEAST_1,

@@ -15,11 +15,13 @@ A pretext task is two pieces, kept apart because they run in different processes
   ``numpy.random.Generator``. It returns arrays for ONE volume, e.g.
   ``{"patches": (N, 1, p, p, p) float32, "boxes": (N, 2, 3) int64}``. The loader stacks V
   volumes, so the module receives ``(V, ...)`` tensors.
-* a **module** — an ``nn.Module`` holding the shared :class:`~pimpic.models.Encoder` as
-  ``.encoder`` plus its own heads; ``forward(batch) -> dict[str, Tensor]`` returns scalar
-  tensors, ``"loss"`` (what the engine back-propagates) and any named parts (``"pim"``,
-  ``"pic"``, ``"overlap_error"``, ``"embedding_std"`` ...), which the engine logs. Losses stay
-  within one volume (and one rank): the engine needs no cross-rank gather.
+* a **module** — an ``nn.Module`` holding the shared backbone (:mod:`pimpic.models.backbone`:
+  the paper's :class:`~pimpic.models.Encoder` or an nnU-Net encoder) as ``.encoder`` plus its
+  own heads; ``forward(batch) -> dict[str, Tensor]`` returns scalar tensors, ``"loss"`` (what
+  the engine back-propagates) and any named parts (``"pim"``, ``"pic"``, ``"overlap_error"``,
+  ``"embedding_std"`` ...), which the engine logs. Losses stay within one volume (and one
+  rank): the engine needs no cross-rank gather. Heads take the pyramid levels they need by
+  stride, never by position.
 
 Optionally a module may define ``after_step()`` (e.g. VoCo-EMA's teacher update), called by the
 engine after each optimiser step.
@@ -43,7 +45,6 @@ if TYPE_CHECKING:
 
     from pimpic.config import PretrainConfig
     from pimpic.data.loader import Sampler
-    from pimpic.models import Encoder
 
 #: the package whose modules declare the methods
 METHODS_PACKAGE = "pimpic.pretraining.methods"
@@ -58,7 +59,8 @@ class MethodSpec:
     Args:
         name: the config value (``method: pimpic``).
         build_sampler: config → the picklable per-volume sampler.
-        build_module: (encoder, config) → the pretext module (encoder + heads).
+        build_module: (backbone, config) → the pretext module (backbone as ``.encoder`` +
+            heads); the backbone follows :mod:`pimpic.models.backbone`.
         display_name: the name in tables and figures (default: ``name``).
         colour: the matplotlib colour in figures.
         loss_names: the loss parts the module returns besides ``loss`` (plotted as curves;
@@ -70,7 +72,7 @@ class MethodSpec:
 
     name: str
     build_sampler: Callable[[PretrainConfig], Sampler]
-    build_module: Callable[[Encoder, PretrainConfig], nn.Module]
+    build_module: Callable[[nn.Module, PretrainConfig], nn.Module]
     display_name: str = ""
     colour: str = DEFAULT_COLOUR
     loss_names: tuple[str, ...] = ()

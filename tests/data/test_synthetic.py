@@ -39,7 +39,8 @@ def test_labels_inside_body_and_tumour_inside_organ(cases, task: str, variabilit
         voxel_mm3 = float(np.prod(np.abs(np.diag(affine)[:3])))
         assert (label == 1).sum() * voxel_mm3 > 1000  # some organ is left beside the tumour
         body = ndimage.binary_fill_holes(ndimage.binary_opening(image > -500))
-        assert body[label > 0].all()
+        # the opened body mask can cut off a few tissue voxels squeezed between bowel gas
+        assert (label[~body] > 0).sum() <= 3
         tumour = label == 2
         if tumour.any():
             n_tumours += 1
@@ -186,3 +187,21 @@ def test_synth_help_describes_variability() -> None:
     assert "--variability" in result.output
     for word in ("realistic", "low", "contrast phase", "slice thickness"):
         assert word in result.output
+
+
+@pytest.mark.parametrize("task", ["pancreas", "kidney"])
+def test_realistic_tumours_stand_out_from_their_organ(task: str) -> None:
+    """Realistic tumours differ from their host by at least REALISTIC.min_contrast on average
+    (measured against the organ label's mean, which mixes cortex and medulla, so with a margin);
+    their sign still follows the kind and phase, not one rule."""
+    from pimpic.data.synthetic_tumour import REALISTIC
+
+    gaps = []
+    for i in range(12):
+        image, label, _ = make_case(np.random.default_rng([7, i]), task=task,
+                                    variability="realistic", **GRIDS["realistic"])
+        if (label == 2).sum() > 20:
+            gaps.append(float(image[label == 2].mean() - image[label == 1].mean()))
+    assert len(gaps) >= 6
+    # without the rule a quarter of them lie within ~20 HU of the organ (measured)
+    assert np.percentile(np.abs(gaps), 25) > 0.6 * REALISTIC.min_contrast

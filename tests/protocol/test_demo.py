@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,19 @@ def test_demo_rejects_unknown_task(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["demo", "--task", "liver", "--out", str(tmp_path / "d")])
     assert res.exit_code == 2
     assert "pancreas or kidney" in res.output
+
+
+def test_evidence_config_is_the_demo_grid_grown() -> None:
+    """examples/evidence_cpu.yaml differs from the demo's experiment only in the grid (methods,
+    seeds) and the baselines' own settings, so it resumes in the demo's folder."""
+    from pimpic.config import flatten, to_dict
+    from pimpic.protocol.demo import SIZES, demo_config
+    from pimpic.protocol.grid import load_experiment_config
+
+    demo = demo_config(SIZES["full"], Path("/tmp/evidence/cache"), "cpu")
+    demo = dataclasses.replace(demo, finetune=dataclasses.replace(demo.finetune, cpu_bf16=True))
+    evidence = load_experiment_config(Path(__file__).parents[1] / "examples" / "evidence_cpu.yaml")
+    d, e = flatten(to_dict(demo)), flatten(to_dict(evidence))
+    differ = {k.split(".")[0] for k in set(d) | set(e) if d.get(k) != e.get(k)}
+    assert differ == {"methods", "seeds", "pretrain_overrides"}
+    assert set(demo.methods) < set(evidence.methods) and set(demo.seeds) < set(evidence.seeds)

@@ -197,6 +197,14 @@ def test_resume_flags_and_changed_settings(make_cache: Any, tmp_path: Path,
     with pytest.raises(PimpicError, match=r"pretrain\.steps"):
         run_experiment(_cfg(cache, pretrain=PretrainConfig(steps=5)), exp, progress=False,
                        on_stage=None)
+    # a method added on resume may bring its own pretraining overrides (the demo's folder
+    # grows into the evidence grid); a method already pretrained may not change them
+    grown = _cfg(cache, fractions=(100,), methods=("random", "pim", "pimpic", "voco"),
+                 pretrain_overrides={"voco": {"lr": 1e-3}})
+    run_experiment(grown, exp, progress=False, on_stage=None, report=False)
+    with pytest.raises(PimpicError, match=r"pretrain_overrides\.pim\.lr"):
+        run_experiment(_cfg(cache, fractions=(100,), pretrain_overrides={"pim": {"lr": 1e-3}}),
+                       exp, progress=False, on_stage=None, report=False)
 
 
 def test_eta_estimate() -> None:

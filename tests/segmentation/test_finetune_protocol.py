@@ -191,3 +191,65 @@ def test_layout_and_cpu_bf16_options(make_cache, tmp_path: Path) -> None:
                      progress=False, tensorboard=False)
     model, _ = load_model(plain)
     assert model.encoder.blocks[0].conv1[0].weight.is_contiguous()
+
+
+def test_batch_dice_does_not_punish_a_structure_absent_from_a_crop() -> None:
+    """Per-crop Dice scores a crop without tumour and one false-positive tumour voxel as a total
+    miss (loss 1 for that class); batch Dice pools the crops, so the same prediction costs little
+    beside a crop whose tumour is found."""
+    from pimpic.segmentation.finetune import segmentation_loss
+
+    label = torch.zeros(2, 1, 8, 8, 8, dtype=torch.long)
+    label[:, :, 2:6, 2:6, 2:6] = 1
+    label[0, :, 3:5, 3:5, 3:5] = 2  # tumour only in crop 0
+    pred = label.clone()
+    pred[1, 0, 4, 4, 4] = 2  # one false-positive tumour voxel in crop 1
+    logits = 20.0 * torch.nn.functional.one_hot(pred[:, 0], 3).permute(0, 4, 1, 2, 3).float()
+    losses = {}
+    for batch in (False, True):
+        cfg = FinetuneConfig(num_classes=3, loss="dice", dice_batch=batch)
+        losses[batch] = float(segmentation_loss(cfg)(logits, label))
+    # per crop: tumour Dice of crop 1 is 0 → the class mean alone adds ≈ 1/3 / 2 to the loss
+    assert losses[False] > 0.15
+    assert losses[True] < 0.05
+
+
+def test_class_ratios_centre_crops_on_each_class() -> None:
+    """``class_ratios`` (nnU-Net-style class oversampling): a tiny tumour gets its share of crop
+    centres; with the released positive/negative rule it gets a share ∝ its voxel count."""
+    image = np.zeros((1, 40, 40, 40), np.float32)
+    image[:, 4:36, 4:36, 4:36] = 0.5
+    label = np.zeros((1, 40, 40, 40), np.int64)
+    label[:, 8:32, 8:32, 8:32] = 1
+    label[:, 18:20, 18:20, 18:20] = 2  # 8 of 13,824 foreground voxels
+    item = {"image": torch.from_numpy(image), "label": torch.from_numpy(label)}
+    shares = {}
+    for ratios in (None, (1.0, 1.0, 1.0)):
+        cfg = FinetuneConfig(patch_size=3, augment=False, samples_per_volume=300, num_classes=3,
+                             class_ratios=ratios)
+        transform = train_transform(cfg, cfg.patch_size)
+        transform.set_random_state(seed=0)
+        centres = [int(c["label"][0, 1, 1, 1]) for c in transform(dict(item))]
+        shares[ratios] = [centres.count(k) / len(centres) for k in range(3)]
+    assert shares[None][2] < 0.02
+    assert all(abs(s - 1 / 3) < 0.1 for s in shares[(1.0, 1.0, 1.0)])
+    with pytest.raises(ValueError, match="class_ratios"):
+        FinetuneConfig(num_classes=3, class_ratios=(1.0, 1.0))
+
+
+def test_encoder_lr_moves_the_encoder_at_its_own_rate(make_cache, tmp_path: Path) -> None:
+    """``encoder_lr=0`` keeps the (pretrained or random) encoder exactly as it started while
+    the decoder trains; the default trains both at ``lr``."""
+    cache = make_cache(n_cases=6, shape=(24, 24, 24))
+    cfg = dataclasses.replace(TINY, max_steps=3, steps_per_epoch=3, max_epochs=1, val_every=1,
+                              encoder_lr=0.0)
+    run = finetune(cache, tmp_path / "frozen", cfg, progress=False)
+    start = finetune(cache, tmp_path / "start",
+                     dataclasses.replace(cfg, max_steps=1, lr=0.0, encoder_lr=None),
+                     progress=False)
+    trained, started = (load_file(str(r / "model.safetensors")) for r in (run, start))
+    enc = [k for k in trained if k.startswith("encoder.")]
+    dec = [k for k in trained if k.startswith("decoder.")]
+    assert enc and dec
+    assert all(torch.equal(trained[k], started[k]) for k in enc)
+    assert not all(torch.equal(trained[k], started[k]) for k in dec)

@@ -8,6 +8,11 @@ released implementation computed PiC: a Python loop over pairs and levels, one h
 same weights and see the same batches.
 
 CLI: ``pimpic bench pretrain-step --patch-size 32 --width 8 --patches 16 --steps 6``.
+
+``--backbone nnunet`` times the same step on an nnU-Net encoder: a plan given with
+``--plans``/``--configuration``, or by default :func:`small_plan`, a 3d_fullres-like
+PlainConvUNet plan (stage strides 1, 2, 2, 2, 2; two 3×3×3 conv–IN–LeakyReLU per stage, the
+first one strided) with the paper U-Net's widths ``K·2^l`` — the same pyramid, nnU-Net's blocks.
 """
 
 from __future__ import annotations
@@ -22,16 +27,17 @@ import torch
 from torch import Tensor
 
 from pimpic.config import PretrainConfig
-from pimpic.models import Encoder
+from pimpic.pretraining.backbones import build_backbone
 from pimpic.pretraining.losses import pic_loss
-from pimpic.pretraining.methods.pimpic import PIC_LEVELS, PiMPiC
+from pimpic.pretraining.methods.pimpic import PiMPiC
 from pimpic.pretraining.samplers.overlap import reference_boxes
 
 
-def _loop_region_means(f: Tensor, box: list[list[int]], scale: int) -> tuple[Tensor, Tensor]:
+def _loop_region_means(f: Tensor, box: list[list[int]],
+                       scale: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     """Overlap and rest means ``(C,)`` of one patch's features ``f (C, D, H, W)``."""
-    lo = [s // scale for s in box[0]]
-    hi = [-(-e // scale) for e in box[1]]
+    lo = [s // k for s, k in zip(box[0], scale, strict=True)]
+    hi = [-(-e // k) for e, k in zip(box[1], scale, strict=True)]
     inside = torch.zeros(f.shape[1:], dtype=torch.bool, device=f.device)
     inside[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
     overlap = f[:, inside]
@@ -56,13 +62,13 @@ class LoopPiMPiC(PiMPiC):
                     lo = [max(bi[0][a], bj[0][a]) for a in range(3)]
                     hi = [min(bi[1][a], bj[1][a]) for a in range(3)]
                     per_level = []
-                    for lvl in range(PIC_LEVELS):
+                    for lvl, stride in zip(self.pic_index, self.pic_strides, strict=True):
                         fl = feats[lvl]
                         sides = []
                         for k, b in ((vol * n + i, bi), (vol * n + j, bj)):
                             local = [[lo[a] - b[0][a] for a in range(3)],
                                      [hi[a] - b[0][a] for a in range(3)]]
-                            sides.append(_loop_region_means(fl[k], local, 2**lvl))
+                            sides.append(_loop_region_means(fl[k], local, stride))
                         per_level.append(torch.stack([sides[0][0], sides[1][0],
                                                       sides[0][1], sides[1][1]]))
                     rows.append(torch.cat(per_level, dim=1))
@@ -96,13 +102,39 @@ def _time_steps(module: PiMPiC, batches: list[dict[str, Tensor]], device: torch.
     return times, pairs
 
 
+def small_plan(width: int = 8, depth: int = 5) -> dict[str, Any]:
+    """A 3d_fullres-like nnU-Net plans mapping (one configuration, ``3d_fullres``) whose
+    encoder has the paper U-Net's pyramid: ``depth`` stages of widths ``width·2^l``."""
+    kwargs = {
+        "n_stages": depth, "features_per_stage": [width * 2**i for i in range(depth)],
+        "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": [[3, 3, 3]] * depth,
+        "strides": [[1, 1, 1]] + [[2, 2, 2]] * (depth - 1), "n_conv_per_stage": [2] * depth,
+        "n_conv_per_stage_decoder": [2] * (depth - 1), "conv_bias": True,
+        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+        "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None,
+        "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True}}
+    config = {"data_identifier": "nnUNetPlans_3d_fullres", "patch_size": [64, 64, 64],
+              "spacing": [1.5, 1.5, 1.5], "normalization_schemes": ["CTNormalization"],
+              "architecture": {
+                  "network_class_name":
+                      "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                  "arch_kwargs": kwargs,
+                  "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}}
+    return {"dataset_name": "bench", "plans_name": "nnUNetPlans",
+            "configurations": {"3d_fullres": config}}
+
+
 def run(patch_size: int = 32, width: int = 8, patches: int = 16, steps: int = 6, depth: int = 5,
         naive: bool = False, device: str = "cpu", compare: bool = True, warmup: int = 1,
-        seed: int = 0) -> dict[str, Any]:
+        seed: int = 0, backbone: str = "unet", plans: str | None = None,
+        configuration: str = "3d_fullres") -> dict[str, Any]:
     """Time ``steps`` training steps (after ``warmup`` untimed ones) of the pimpic method.
 
     Args:
         patch_size, width, depth, patches: encoder and batch (one volume of ``patches``).
+        backbone: ``unet`` (``width``, ``depth``) or ``nnunet`` (``plans``/``configuration``,
+            default :func:`small_plan` of ``width`` and ``depth``).
         naive: time the per-pair loop implementation as the main result.
         device: ``cpu``, ``cuda`` or ``auto``.
         compare: with ``naive=False``, also time the loop and report ``speedup_vs_loop``.
@@ -115,8 +147,18 @@ def run(patch_size: int = 32, width: int = 8, patches: int = 16, steps: int = 6,
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
+    import json
+    import tempfile
+    from pathlib import Path
+
+    tmp = tempfile.TemporaryDirectory()
+    if backbone == "nnunet" and plans is None:
+        plans = str(Path(tmp.name) / "nnUNetPlans.json")
+        Path(plans).write_text(json.dumps(small_plan(width, depth)))
     cfg = PretrainConfig(method="pimpic", width=width, depth=depth, patch_size=patch_size,
-                         patches=patches)
+                         patches=patches, backbone=backbone,  # type: ignore[arg-type]
+                         nnunet_plans=plans or "", nnunet_configuration=configuration)
+    n_params = sum(p.numel() for p in build_backbone(cfg).parameters())
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     batches = [{
@@ -128,14 +170,15 @@ def run(patch_size: int = 32, width: int = 8, patches: int = 16, steps: int = 6,
 
     def measure(cls: type[PiMPiC]) -> tuple[float, float]:
         torch.manual_seed(seed)
-        module = cls(Encoder(cfg.in_channels, width, depth), cfg).to(dev)
+        module = cls(build_backbone(cfg), cfg).to(dev)
         times, pairs = _time_steps(module, batches, dev, warmup)
         return statistics.median(times), statistics.mean(pairs)
 
     main_cls = LoopPiMPiC if naive else PiMPiC
     median, pairs = measure(main_cls)
     result: dict[str, Any] = {
-        "implementation": "loop" if naive else "vectorised",
+        "implementation": "loop" if naive else "vectorised", "backbone": backbone,
+        "encoder_parameters": n_params,
         "device": str(dev), "threads": torch.get_num_threads(),
         "patch_size": patch_size, "width": width, "depth": depth, "patches": patches,
         "steps": steps, "pairs_per_step": pairs,
@@ -146,6 +189,7 @@ def run(patch_size: int = 32, width: int = 8, patches: int = 16, steps: int = 6,
         result["loop_median_step_s"] = loop_median
         result["speedup_vs_loop"] = loop_median / median
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    tmp.cleanup()
     if dev.type == "cuda":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
     return result

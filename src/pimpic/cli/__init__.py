@@ -13,6 +13,7 @@ answers instantly. Commands are registered by small per-stage modules:
 
 Progress goes through :mod:`logging` to stderr (``-v`` adds debug messages, ``-q`` keeps only
 warnings); results and the paths of what was written go to stdout.
+* :mod:`pimpic.cli.nnunet`     — ``export nnunet``
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import sys
 import typer
 
 from pimpic import __version__
-from pimpic.cli import bench, data, demo, experiment, finetune, methods, pretrain
+from pimpic.cli import bench, data, demo, experiment, finetune, methods, nnunet, pretrain
 
 app = typer.Typer(
     name="pimpic",
@@ -35,8 +36,11 @@ app = typer.Typer(
 bench_app = typer.Typer(help="Benchmarks of the hot paths.",
                         no_args_is_help=True)
 visualize_app = typer.Typer(help="Figures of a pretrained encoder.", no_args_is_help=True)
+export_app = typer.Typer(help="Hand a pretrained encoder to another framework.",
+                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(visualize_app, name="visualize")
+app.add_typer(export_app, name="export")
 
 
 def _version(value: bool) -> None:
@@ -74,6 +78,7 @@ bench.register(bench_app)
 experiment.register(app, visualize_app)
 demo.register(app)
 methods.register(app)
+nnunet.register(export_app)
 
 
 def main() -> None:

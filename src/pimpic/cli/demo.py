@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
     def demo(
         out: Path = typer.Option(Path("pimpic-demo"), "--out", help="Folder for everything."),
         quick: bool = typer.Option(False, "--quick", help="A smoke run: fewer cases and steps."),
-        task: str = typer.Option("pancreas", "--task", help="pancreas or kidney."),
+        task: str = typer.Option("kidney", "--task", help="kidney (default) or pancreas."),
         device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
         cases: int = typer.Option(None, "--cases", help="Override the number of cases."),
         seed: int = typer.Option(0, "--seed", help="Cohort and split seed."),

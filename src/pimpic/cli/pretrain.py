@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from pimpic.errors import friendly_errors
+from pimpic.errors import PimpicError, friendly_errors
 
 
 def _is_main() -> bool:
@@ -26,7 +26,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @app.command("pretrain")
     @friendly_errors
     def pretrain_cmd(
-        cache: Path = typer.Argument(..., help="A prepared cache (pimpic prepare)."),
+        cache: Path = typer.Argument(..., help="A prepared cache (pimpic prepare), or an nnU-Net "
+                                     "preprocessed configuration folder."),
         out: Path = typer.Option(..., "--out", help="Run folder to create (or resume)."),
         method: str | None = typer.Option(None, "--method",
                                           help="A registered method (`pimpic methods` lists "
@@ -68,14 +69,24 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         steps: int = typer.Option(6, "--steps", help="Timed steps (after one warm-up)."),
         depth: int = typer.Option(5, "--depth", help="Encoder blocks."),
         device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
+        backbone: str = typer.Option("unet", "--backbone", help="unet (the paper's) or nnunet "
+                                     "(--plans, default a small 3d_fullres-like plan of the "
+                                     "same widths)."),
+        plans: str | None = typer.Option(None, "--plans", help="nnU-Net plans file "
+                                         "(--backbone nnunet)."),
+        configuration: str = typer.Option("3d_fullres", "--configuration",
+                                          help="Plans configuration (--backbone nnunet)."),
     ) -> None:
         """One full PiMPiC training step (forward, PiM + PiC, backward, Adam) on random data with
         the reference sampler's boxes; prints one JSON line (median_step_s, patches_per_s,
         peak_rss_mb, ...)."""
         from pimpic.benchmarks.pretrain_step import run
 
+        if backbone not in ("unet", "nnunet"):
+            raise PimpicError(f"--backbone {backbone!r}: choose unet or nnunet")
         result = run(patch_size=patch_size, width=width, patches=patches, steps=steps,
-                     depth=depth, device=device)
+                     depth=depth, device=device, backbone=backbone, plans=plans,
+                     configuration=configuration)
         typer.echo(json.dumps(result))
 
     @bench_app.command("loader")

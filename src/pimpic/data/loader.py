@@ -61,7 +61,8 @@ class VolumeStream(IterableDataset[dict[str, np.ndarray]]):
     """Endless stream of one-volume samples ``sampler(image, rng)`` for one rank.
 
     Args:
-        cache: the cache folder.
+        cache: the cache folder, or a picklable source with ``image(case_id)`` (an nnU-Net
+            preprocessed folder, :class:`pimpic.nnunet.data.PreprocessedFolder`).
         case_ids: the pretraining pool (the same list, in the same order, on every rank).
         sampler: picklable ``(image (X, Y, Z), rng) -> dict[str, ndarray]`` of the method.
         volumes: V, volumes per batch (the DataLoader's ``batch_size``).
@@ -71,7 +72,7 @@ class VolumeStream(IterableDataset[dict[str, np.ndarray]]):
 
     def __init__(
         self,
-        cache: str | Path,
+        cache: str | Path | Any,
         case_ids: Sequence[str],
         sampler: Sampler,
         *,
@@ -86,7 +87,8 @@ class VolumeStream(IterableDataset[dict[str, np.ndarray]]):
             raise ValueError("VolumeStream needs at least one case")
         if start % volumes:
             raise ValueError(f"start {start} must be a multiple of volumes {volumes}")
-        self.root = Path(cache)
+        self.source: Any = None if isinstance(cache, (str, Path)) else cache
+        self.root = Path(cache) if isinstance(cache, (str, Path)) else Path(cache.root)
         self.case_ids = list(case_ids)
         self.sampler = sampler
         self.volumes = volumes
@@ -100,11 +102,12 @@ class VolumeStream(IterableDataset[dict[str, np.ndarray]]):
         """Sample ``index`` of this rank (``volumes``: an optional open-memmap LRU)."""
         cid = self.case_ids[case_for_sample(len(self.case_ids), self.seed, self.rank,
                                             self.world_size, index)]
+        source = self.source if self.source is not None else Cache(self.root)
         if volumes is None:
-            image = Cache(self.root).image(cid)
+            image = source.image(cid)
         else:
             if cid not in volumes:
-                volumes[cid] = Cache(self.root).image(cid)
+                volumes[cid] = source.image(cid)
                 if len(volumes) > _OPEN_VOLUMES:
                     volumes.popitem(last=False)
             volumes.move_to_end(cid)

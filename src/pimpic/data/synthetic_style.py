@@ -18,7 +18,7 @@
                                 along the body; in-plane rotation σ 4° (≤ 10°), tilt ±4°
   organs                        per-organ offsets σ ≈ 3 mm (kidneys ±10 mm vertically),
                                 size ×0.75–1.3 (spleen up to ×1.6), stronger surface warp
-  tumour                        radius ≈ 7–17 mm log-uniform, may bulge out of the organ; kind
+  tumour                        radius ≈ 10–21 mm log-uniform, may bulge out of the organ; kind
                                 and phase set its contrast (:mod:`~pimpic.data.synthetic_tumour`)
   scanner                       kernel smooth / standard / sharp, noise 8–28 HU (more with a
                                 sharp kernel and thin slices), spine streaks (60 %), surgical

@@ -32,10 +32,11 @@ FORMAT = "pimpic-encoder"
 CHECKED = ("in_channels", "width", "depth", "patch_size", "spacing", "window")
 
 
-def save_encoder(path: str | Path, encoder: Encoder, meta: Mapping[str, Any]) -> None:
+def save_encoder(path: str | Path, encoder: Any, meta: Mapping[str, Any]) -> None:
     """Write ``encoder`` to ``path`` atomically, with ``meta`` plus its architecture."""
     full = {"architecture": encoder.architecture(), "pimpic_version": __version__, **meta}
-    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    # clone: nnU-Net's blocks register one tensor under two names, which safetensors refuses
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in encoder.state_dict().items()}
     save_safetensors(state, path, {"format": FORMAT, "pimpic": json.dumps(full)})
 
 
@@ -122,6 +123,9 @@ def load_encoder(
     if diffs:
         raise PimpicError(f"{path}: encoder does not match this setup — " + "; ".join(diffs)
                           + " (pass --allow NAME to accept a difference deliberately)")
+    if meta.get("architecture", {}).get("name") == "nnunet-encoder":
+        raise PimpicError(f"{path}: an nnU-Net encoder; fine-tune it with nnU-Net after "
+                          "`pimpic export nnunet RUN --plans ... --configuration ... --out ...`")
     args = _architecture(path, meta.get("architecture", {}))
     _check_tensors(path, args)
     encoder = Encoder(*args)

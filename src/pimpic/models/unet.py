@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pimpic.models.backbone import Level, isotropic_levels
+
 
 def _conv_in_relu(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
@@ -63,6 +65,8 @@ class Encoder(nn.Module):
         self.widths = widths
         cins = [in_channels, *widths[:-1]]
         self.blocks = nn.ModuleList(ConvBlock(ci, co) for ci, co in zip(cins, widths, strict=True))
+        #: the pyramid's strides and widths (the backbone contract, :mod:`pimpic.models.backbone`)
+        self.levels: tuple[Level, ...] = isotropic_levels(widths)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         feats = []

@@ -32,6 +32,7 @@ case ids), ``metrics.jsonl``, ``tb/``, ``checkpoint.pt``, and at the end ``metho
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -45,13 +46,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pimpic import envinfo, registry
 from pimpic.config import PretrainConfig, build_config, save_config, to_dict
-from pimpic.data.cache import Cache
 from pimpic.data.loader import VolumeStream, make_loader
 from pimpic.energy import EnergyMeter
 from pimpic.errors import PimpicError
 from pimpic.io import read_json, save_safetensors, write_json
-from pimpic.models import Encoder
 from pimpic.models.export import save_encoder
+from pimpic.nnunet.data import open_source
 from pimpic.paths import (
     CHECKPOINT,
     CONFIG,
@@ -63,6 +63,7 @@ from pimpic.paths import (
     RUN_INFO,
     TENSORBOARD,
 )
+from pimpic.pretraining.backbones import build_backbone
 from pimpic.registry import MethodSpec
 from pimpic.training import checkpoint as ckpt
 from pimpic.training.device import autocast, flush_denormals
@@ -113,12 +114,13 @@ def pretrain(
 def _pretrain(dist: Dist, cache_root: Path, run_dir: Path, cfg: PretrainConfig, resume: bool,
               overwrite: bool, progress: bool, case_ids: Sequence[str] | None) -> Path:
     device = dist.device
-    cache = Cache(cache_root)
+    cache = open_source(cache_root)
+    cfg = _with_plans(cfg, cache)
     ids = _pretraining_cases(cache, case_ids)
     folder = RunFolder(run_dir, "pretrain", ARTEFACTS)
     state = None
     if folder.check(resume=resume, overwrite=overwrite):
-        folder.check_resume(to_dict(cfg), _identity(cache, ids))
+        folder.check_resume(to_dict(cfg), _identity(cache, ids), to_dict(type(cfg)()))
         state = ckpt.load_checkpoint(run_dir / CHECKPOINT)
     start = int(state["step"]) if state else 0
     if state and start > cfg.steps:
@@ -145,7 +147,7 @@ def _pretrain(dist: Dist, cache_root: Path, run_dir: Path, cfg: PretrainConfig, 
         _write_run_files(run_dir, cache, cfg, ids, dist, resumed_from=start if state else None)
     dist.barrier()
 
-    stream = VolumeStream(cache.root, ids, spec.build_sampler(cfg), volumes=cfg.volumes,
+    stream = VolumeStream(cache, ids, spec.build_sampler(cfg), volumes=cfg.volumes,
                           seed=cfg.seed, rank=dist.rank, world_size=dist.world_size,
                           start=start * cfg.volumes)
     loader = make_loader(stream, cfg.num_workers, pin_memory=device.type == "cuda")
@@ -211,7 +213,16 @@ def _pretrain(dist: Dist, cache_root: Path, run_dir: Path, cfg: PretrainConfig, 
 # --------------------------------------------------------------------------- checks and files
 
 
-def _pretraining_cases(cache: Cache, case_ids: Sequence[str] | None) -> list[str]:
+def _with_plans(cfg: PretrainConfig, source: Any) -> PretrainConfig:
+    """An nnU-Net backbone pretrained on an nnU-Net preprocessed folder takes that folder's
+    plans unless ``nnunet_plans`` names a file."""
+    if cfg.backbone != "nnunet" or cfg.nnunet_plans or not hasattr(source, "plan"):
+        return cfg
+    return dataclasses.replace(cfg, nnunet_plans=str(source.plan.path.resolve()),
+                               nnunet_configuration=source.plan.name)
+
+
+def _pretraining_cases(cache: Any, case_ids: Sequence[str] | None) -> list[str]:
     ids = list(case_ids) if case_ids is not None else cache.train_ids()
     if not ids:
         raise PimpicError(f"{cache.root}: no training cases to pretrain on")
@@ -226,12 +237,12 @@ def _pretraining_cases(cache: Cache, case_ids: Sequence[str] | None) -> list[str
     return ids
 
 
-def _identity(cache: Cache, ids: list[str]) -> dict[str, Any]:
+def _identity(cache: Any, ids: list[str]) -> dict[str, Any]:
     """What a resumed run must share with the run it continues (recorded in ``run.json``)."""
     return {"cache_manifest_sha256": json_sha256(cache.manifest), "case_ids": ids}
 
 
-def _write_run_files(run_dir: Path, cache: Cache, cfg: PretrainConfig, ids: list[str],
+def _write_run_files(run_dir: Path, cache: Any, cfg: PretrainConfig, ids: list[str],
                      dist: Dist, resumed_from: int | None) -> None:
     if resumed_from is not None:
         truncate_metrics(run_dir / METRICS, resumed_from)
@@ -254,16 +265,17 @@ def _save(run_dir: Path, dist: Dist, module: nn.Module, optimizer: torch.optim.O
             "rng": rngs, "config": to_dict(cfg), "elapsed_s": elapsed_s, "energy_j": energy_j})
 
 
-def _export(run_dir: Path, module: nn.Module, cache: Cache, cfg: PretrainConfig,
+def _export(run_dir: Path, module: nn.Module, cache: Any, cfg: PretrainConfig,
             ids: list[str]) -> None:
     # clone: safetensors refuses tensors that share storage (e.g. tied or EMA-initialised heads)
     state = {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
     save_safetensors(state, run_dir / METHOD_FILE, {"format": "pimpic-method",
                                                     "config": json.dumps(to_dict(cfg))})
     settings = cache.settings
-    save_encoder(run_dir / ENCODER_FILE, module.encoder, {  # type: ignore[arg-type]
+    save_encoder(run_dir / ENCODER_FILE, module.encoder, {
         "patch_size": cfg.patch_size, "spacing": list(settings["spacing"]),
-        "window": list(settings["window"]), "method": cfg.method, "steps": cfg.steps,
+        "window": list(settings["window"]) if settings.get("window") is not None else None,
+        "method": cfg.method, "steps": cfg.steps,
         "pretrain_cases": ids})
 
 
@@ -271,9 +283,10 @@ def _export(run_dir: Path, module: nn.Module, cache: Cache, cfg: PretrainConfig,
 
 
 def _build_module(spec: MethodSpec, cfg: PretrainConfig) -> nn.Module:
-    module: nn.Module = spec.build_module(Encoder(cfg.in_channels, cfg.width, cfg.depth), cfg)
-    if not isinstance(getattr(module, "encoder", None), Encoder):
-        raise TypeError(f"method {cfg.method!r}: module has no .encoder (methods/base.py)")
+    module: nn.Module = spec.build_module(build_backbone(cfg), cfg)
+    if not hasattr(getattr(module, "encoder", None), "levels"):
+        raise TypeError(f"method {cfg.method!r}: module has no .encoder backbone "
+                        "(pimpic/registry.py)")
     return module
 
 

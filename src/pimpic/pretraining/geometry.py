@@ -108,13 +108,15 @@ def intersection_pairs(
     return pairs, local
 
 
-def scale_boxes(boxes: Tensor, scale: int) -> Tensor:
+def scale_boxes(boxes: Tensor, scale: int | Sequence[int]) -> Tensor:
     """Map integer boxes ``(..., 2, 3)`` onto a grid downsampled by ``scale``.
 
     ``[start, end)`` → ``[floor(start / scale), ceil(end / scale))`` (docs/method.md §5): a cell is
     included as soon as any of its voxels is, so a non-empty box never maps to an empty one.
+    ``scale`` is one factor for all axes or one per axis (an anisotropic pyramid level).
     """
     boxes = torch.as_tensor(boxes).long()
-    start = torch.div(boxes[..., 0, :], scale, rounding_mode="floor")
-    end = -torch.div(-boxes[..., 1, :], scale, rounding_mode="floor")
+    k = scale if isinstance(scale, int) else torch.as_tensor(list(scale), device=boxes.device)
+    start = torch.div(boxes[..., 0, :], k, rounding_mode="floor")
+    end = -torch.div(-boxes[..., 1, :], k, rounding_mode="floor")
     return torch.stack([start, end], dim=-2)

@@ -35,6 +35,7 @@ from pimpic.protocol.experiment import run_experiment
 from pimpic.protocol.grid import BASELINE, ExperimentConfig
 from pimpic.protocol.report import write_all
 from pimpic.protocol.visualize import embedding_figures
+from pimpic.training.device import cpu_has_bf16
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +57,11 @@ class DemoSize:
 
 
 SIZES = {
-    # 600 fine-tuning steps, no early stop: on the realistic cohort a from-scratch model's
-    # validation Dice stays 0 for the first ~300 steps (scripts/cohort_check.py), so 250 steps
-    # with patience 10 stopped it before it learnt; ≈ 11 min on two quiet cores (estimated)
+    # 800 fine-tuning steps of 2 × 4 crops, no early stop: on the realistic cohort a
+    # from-scratch model's validation Dice stays 0 for the first ~300 steps and the tumour comes
+    # later still (scripts/cohort_check.py)
     "full": DemoSize(cases=40, shape=None, spacing=2.0, pretrain_steps=500,
-                     finetune_steps_per_epoch=25, finetune_max_epochs=24, patience=24,
+                     finetune_steps_per_epoch=25, finetune_max_epochs=32, patience=32,
                      low_fraction=5),
     "quick": DemoSize(cases=12, shape=(160, 160, 36), spacing=3.0, pretrain_steps=15,
                       finetune_steps_per_epoch=5, finetune_max_epochs=2, patience=2,
@@ -86,14 +87,15 @@ def demo_config(size: DemoSize, cache: Path, device: str) -> ExperimentConfig:
     )
     # the released fine-tuning protocol (decoder, body crop, whole-volume augmentation, model
     # selection on the validation Dice loss, sliding-window settings) with a CPU's budget: a
-    # few hundred steps of 2 volumes × 2 crops, a higher learning rate than the paper's 1e-5,
-    # 3:1 organ-centred crops and DiceCE — identical for every method
+    # few hundred steps of 2 volumes × 4 crops, a higher learning rate than the paper's 1e-5,
+    # 3:1 organ-centred crops, DiceCE, and bf16 on CPUs with bf16 units (≈1.4× faster steps, 2×
+    # faster validation) — identical for every method
     finetune = FinetuneConfig(
         width=width, depth=depth, patch_size=patch, lr=3e-4 if gpu else 3e-3,
-        loss="dicece", pos_ratio=3.0, batch_size=2, samples_per_volume=2,
+        loss="dicece", pos_ratio=3.0, batch_size=2, samples_per_volume=4,
         steps_per_epoch=size.finetune_steps_per_epoch, max_epochs=size.finetune_max_epochs,
-        patience=size.patience, val_every=1 if gpu else 2, sw_batch_size=16, device=device,
-        num_workers=2 if gpu else 0,
+        patience=size.patience, val_every=1 if gpu else 4, sw_batch_size=16, device=device,
+        num_workers=2 if gpu else 0, cpu_bf16=not gpu and cpu_has_bf16(),
     )
     return ExperimentConfig(
         cache=str(cache), methods=(BASELINE, "pimpic"),
@@ -106,7 +108,7 @@ def run_demo(
     out: str | Path = "pimpic-demo",
     *,
     quick: bool = False,
-    task: str = "pancreas",
+    task: str = "kidney",
     device: str = "auto",
     seed: int = 0,
     cases: int | None = None,

@@ -35,9 +35,11 @@ from typing import Any
 
 from pimpic.config import FinetuneConfig, PretrainConfig, flatten, load_yaml, save_config, to_dict
 from pimpic.data.cache import Cache
+from pimpic.data.leakage import check_pool
 from pimpic.data.splits import split_digest
 from pimpic.errors import PimpicError
 from pimpic.io import read_json, write_json
+from pimpic.nnunet.data import open_source
 from pimpic.paths import (
     CHECKPOINT,
     CONFIG,
@@ -95,9 +97,27 @@ def _finetune_finished(run_dir: Path) -> bool:
         return False
 
 
+def pretraining_pool(cfg: ExperimentConfig) -> tuple[Path, list[str] | None]:
+    """Where pretraining reads (``pretrain_cache`` or ``cache``) and which cases (all of a
+    separate pool; None: the task cache's training split, the engine's default)."""
+    if not cfg.pretrain_cache or Path(cfg.pretrain_cache).resolve() == Path(cfg.cache).resolve():
+        return Path(cfg.cache), None
+    return Path(cfg.pretrain_cache), list(open_source(cfg.pretrain_cache).case_ids)
+
+
+def check_pool_leakage(cfg: ExperimentConfig) -> None:
+    """A separate pool must not hold the task's evaluation cases (by id or by content)."""
+    pool, pool_ids = pretraining_pool(cfg)
+    if pool_ids is None or all(m == BASELINE for m in cfg.methods):
+        return
+    task = Cache(cfg.cache)
+    check_pool(task, list(task.splits()[cfg.split]), open_source(pool), pool_ids)
+
+
 def plan_stages(cfg: ExperimentConfig, exp: Path, *, progress: bool = True) -> list[Stage]:
     """The grid as an ordered list of stages: every pretraining first, then every cell."""
     cache = Path(cfg.cache)
+    pool, pool_ids = pretraining_pool(cfg)
     stages: list[Stage] = []
     for method in cfg.methods:
         if method == BASELINE:
@@ -107,7 +127,8 @@ def plan_stages(cfg: ExperimentConfig, exp: Path, *, progress: bool = True) -> l
 
         def run_pre(rd: Path = rd, pcfg: PretrainConfig = pcfg) -> None:
             resume, overwrite = _restart(rd)
-            pretrain(cache, rd, pcfg, progress=progress, resume=resume, overwrite=overwrite)
+            pretrain(pool, rd, pcfg, progress=progress, case_ids=pool_ids, resume=resume,
+                     overwrite=overwrite)
 
         def pre_done(rd: Path = rd) -> bool:
             return (rd / ENCODER_FILE).is_file()
@@ -182,6 +203,14 @@ def log_status(event: StageEvent) -> None:
     log.info("%s (elapsed %s, ETA %s)", line, _fmt_s(event.elapsed), eta)
 
 
+def _unused_override(key: str, exp: Path) -> bool:
+    """``pretrain_overrides.<method>.…`` of a method this folder has not pretrained yet: free to
+    change (a method added on resume brings its own settings; nothing run used them)."""
+    parts = key.split(".")
+    return (len(parts) > 1 and parts[0] == "pretrain_overrides"
+            and not pretrain_dir(exp, parts[1]).exists())
+
+
 def _check_same_setup(cfg: ExperimentConfig, exp: Path, splits: dict[str, Any]) -> None:
     """Refuse to mix runs made with other settings, or on another split, into one table."""
     saved_path = exp / CONFIG
@@ -192,10 +221,13 @@ def _check_same_setup(cfg: ExperimentConfig, exp: Path, splits: dict[str, Any]) 
     if made_on not in (None, digest):
         raise PimpicError(f"{exp}: holds an experiment made on another split of {cfg.cache} "
                           f"(split {made_on}, now {digest}); use a new --out folder")
-    saved, now = flatten(load_yaml(saved_path)), flatten(to_dict(cfg))
+    # keys an older pimpic did not record take today's defaults (the behaviour it had)
+    defaults = flatten(to_dict(ExperimentConfig(cache=cfg.cache)))
+    saved, now = {**defaults, **flatten(load_yaml(saved_path))}, flatten(to_dict(cfg))
+    saved, now = ({k: v for k, v in d.items() if v != {}} for d in (saved, now))  # no leaves
     diffs = [k for k in sorted(set(saved) | set(now))
              if k.split(".")[0] not in GRID_KEYS and k.split(".")[-1] not in RUNTIME_KEYS
-             and saved.get(k) != now.get(k)]
+             and not _unused_override(k, exp) and saved.get(k) != now.get(k)]
     if diffs:
         raise PimpicError(
             f"{exp}: holds an experiment made with different settings ({', '.join(diffs)}); "
@@ -228,6 +260,7 @@ def run_experiment(
     exp = Path(out)
     exp.mkdir(parents=True, exist_ok=True)
     splits = cache.splits()
+    check_pool_leakage(cfg)
     _check_same_setup(cfg, exp, splits)
     save_config(cfg, exp / CONFIG)
     write_json(exp / SPLIT_RECORD, {"digest": split_digest(splits),

@@ -36,6 +36,10 @@ class ExperimentConfig:
 
     #: the prepared cache (``pimpic prepare``); its split decides train/val/test
     cache: str = ""
+    #: the pretraining pool: another cache (or an nnU-Net preprocessed folder) whose every case
+    #: is pretrained on; empty: the training split of ``cache``. Refused when it holds any of
+    #: the task's test cases, by case id or by content (:mod:`pimpic.data.leakage`)
+    pretrain_cache: str = ""
     methods: tuple[str, ...] = ("random", "voco", "vox2vec", "pim", "pic", "pimpic")
     fractions: tuple[int, ...] = (5, 10, 20, 50, 100)
     seeds: tuple[int, ...] = (0,)
@@ -74,8 +78,10 @@ class ExperimentConfig:
         if unknown:
             raise ValueError(f"pretrain_overrides: unknown method(s) {', '.join(unknown)}")
         for m in self.methods:
-            if m != BASELINE:
-                self.pretrain_config(m)  # validates the overrides early
+            if m != BASELINE and self.pretrain_config(m).backbone != "unet":
+                raise ValueError(f"pretrain ({m}): pimpic fine-tunes the paper U-Net "
+                                 "(backbone unet); fine-tune an nnU-Net backbone with nnU-Net "
+                                 "after `pimpic export nnunet`")
         if self.overlay_fraction is not None and self.overlay_fraction not in self.fractions:
             raise ValueError(f"overlay_fraction {self.overlay_fraction} is not in fractions")
 

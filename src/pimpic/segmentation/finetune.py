@@ -176,7 +176,8 @@ def finetune(
     identity = _identity(cache, train_ids, val_ids, encoder)
     folder = RunFolder(run_dir, "finetune", RUN_ARTIFACTS)
     resuming = folder.check(resume=resume, overwrite=overwrite)
-    resumed_info = folder.check_resume(to_dict(cfg), identity) if resuming else None
+    resumed_info = (folder.check_resume(to_dict(cfg), identity, to_dict(FinetuneConfig()))
+                    if resuming else None)
     folder.start(resuming)
     n_train = len(cache.splits()["train"])
     log.info("fine-tuning on %d of %d training cases (%s%%), validating on %d",
@@ -196,6 +197,24 @@ def finetune(
     with flush_denormals(device):
         return _train(model, cache, run_dir, cfg, info, train_ids, val_ids, device,
                       resuming=resuming, progress=progress, tensorboard=tensorboard)
+
+
+def _param_groups(model: SegmentationNet, cfg: FinetuneConfig) -> list[dict[str, Any]]:
+    """One group at ``lr`` — or, with ``encoder_lr``, the encoder's parameters in a group of
+    their own at that rate."""
+    if cfg.encoder_lr is None:
+        return [{"params": list(model.parameters())}]
+    encoder = list(model.encoder.parameters())
+    mine = {id(p) for p in encoder}
+    return [{"params": encoder, "lr": cfg.encoder_lr},
+            {"params": [p for p in model.parameters() if id(p) not in mine]}]
+
+
+def segmentation_loss(cfg: FinetuneConfig) -> nn.Module:
+    """The training loss: MONAI Dice (released) or Dice + cross-entropy, over softmax and one-hot
+    targets, per crop or (``dice_batch``) over the whole batch."""
+    kind = DiceLoss if cfg.loss == "dice" else DiceCELoss
+    return kind(to_onehot_y=True, softmax=True, batch=cfg.dice_batch)
 
 
 class _Log:
@@ -247,8 +266,8 @@ def _train(model: SegmentationNet, cache: Cache, run_dir: Path, cfg: FinetuneCon
     model.to(device, memory_format=layout).train()  # type: ignore[call-overload]
     steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(train_ids) / cfg.batch_size)
     total = cfg.max_steps or cfg.max_epochs * steps_per_epoch
-    loss_fn = (DiceLoss if cfg.loss == "dice" else DiceCELoss)(to_onehot_y=True, softmax=True)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = segmentation_loss(cfg)
+    opt = torch.optim.Adam(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     cosine = cfg.lr_schedule == "cosine"
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)) if cosine else 1.0)

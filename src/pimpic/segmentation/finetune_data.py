@@ -37,6 +37,7 @@ from monai.transforms import (
     CropForegroundd,
     RandAdjustContrastd,
     RandAffined,
+    RandCropByLabelClassesd,
     RandCropByPosNegLabeld,
     RandGaussianNoised,
     RandScaleIntensityd,
@@ -81,14 +82,20 @@ def train_transform(cfg: FinetuneConfig, patch_size: int) -> Any:
                                      allow_smaller=True))
     if cfg.augment and cfg.aug_stage == "volume":
         chain += _affine_and_noise(cfg, None)
-    chain += [
-        RandCropByPosNegLabeld(
+    body = "image" if cfg.crop_foreground else None  # centres on image > 0 only
+    crop: Any
+    if cfg.class_ratios is None:
+        crop = RandCropByPosNegLabeld(
             keys=("image", "label"), label_key="label", spatial_size=size, pos=cfg.pos_ratio,
-            neg=1.0, num_samples=cfg.samples_per_volume, allow_smaller=True,
-            image_key="image" if cfg.crop_foreground else None, image_threshold=0.0,
-        ),
-        SpatialPadd(keys=("image", "label"), spatial_size=size),
-    ]
+            neg=1.0, num_samples=cfg.samples_per_volume, allow_smaller=True, image_key=body,
+            image_threshold=0.0)
+    else:
+        crop = RandCropByLabelClassesd(
+            keys=("image", "label"), label_key="label", spatial_size=size,
+            ratios=list(cfg.class_ratios), num_classes=cfg.num_classes,
+            num_samples=cfg.samples_per_volume, allow_smaller=True, warn=False, image_key=body,
+            image_threshold=0.0)
+    chain += [crop, SpatialPadd(keys=("image", "label"), spatial_size=size)]
     if cfg.augment and cfg.aug_stage == "patch":
         chain += _affine_and_noise(cfg, size)
     if cfg.intensity_aug:

@@ -121,8 +121,8 @@ class RunFolder:
         self._stale = [e for e in entries if e.name != MARKER]
         return False
 
-    def check_resume(self, config: Mapping[str, Any],
-                     identity: Mapping[str, Any]) -> dict[str, Any]:
+    def check_resume(self, config: Mapping[str, Any], identity: Mapping[str, Any],
+                     defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Refuse to resume another experiment; returns the run's ``run.json``.
 
         Args:
@@ -130,8 +130,10 @@ class RunFolder:
                 :data:`RESUMABLE` keys excepted.
             identity: values the run must still have, compared with the same keys of
                 ``run.json`` (e.g. ``cache_manifest_sha256``, ``train_cases``).
+            defaults: the config class's defaults (``to_dict``), standing in for keys a run
+                made by an older pimpic did not record.
         """
-        diffs = config_differences(load_yaml(self.path / CONFIG), config, RESUMABLE)
+        diffs = config_differences(load_yaml(self.path / CONFIG), config, RESUMABLE, defaults)
         if diffs:
             raise PimpicError(f"{self.path}: cannot resume with a different config — "
                               + "; ".join(diffs))

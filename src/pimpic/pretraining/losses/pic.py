@@ -18,6 +18,7 @@ for the backward pass.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -40,7 +41,8 @@ def _slots(patch: Tensor, n: int) -> tuple[Tensor, int]:
     return slot, int(counts.max())
 
 
-def region_means(feature: Tensor, pairs: Tensor, local: Tensor, scale: int) -> Tensor:
+def region_means(feature: Tensor, pairs: Tensor, local: Tensor,
+                 scale: int | Sequence[int]) -> Tensor:
     """The four PiC region means of every pair on one pyramid level (docs/method.md §5).
 
     Args:
@@ -49,8 +51,9 @@ def region_means(feature: Tensor, pairs: Tensor, local: Tensor, scale: int) -> T
         pairs: ``(P, 2)`` long patch indices ``(i, j)``.
         local: ``(P, 2, 2, 3)`` intersection boxes in patch i's and patch j's voxel coordinates
             (:func:`pimpic.pretraining.geometry.intersection_pairs`).
-        scale: the level's downsampling factor ``2^(l−1)``; a box maps to
-            ``[floor(start / scale), ceil(end / scale))`` cells.
+        scale: the level's downsampling factor ``2^(l−1)``, or its stride per axis for an
+            anisotropic level; a box maps to ``[floor(start / scale), ceil(end / scale))``
+            cells.
 
     Returns:
         ``(P, 4, C)``: ``[overlap_i, overlap_j, rest_i, rest_j]`` channel vectors, each the mean

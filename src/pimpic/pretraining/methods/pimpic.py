@@ -7,40 +7,51 @@ Data flow of one step (V volumes × N patches, patch ``p³``)::
     PiC: pairs with S ≥ 0.01 per volume ─▶ region means on f1, f2, f3 (scales 1, 2, 4)
          ─▶ (P', 4, 7K) ─▶ head g on all 4P' rows ─▶ Q (P', 4, d) ─▶ contrastive loss
 
+(f1..f5 are the paper U-Net's levels. Any backbone works: PiM reads its three deepest levels
+and PiC its levels at strides 1, 2 and 4, found by stride (:mod:`pimpic.models.backbone`).)
+
 Overlaps never cross volumes: pairs are formed per volume, then all volumes' pairs go through
 head g together (one BatchNorm batch, as in the paper for V = 1).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from pimpic.config import PretrainConfig
-from pimpic.models import Encoder, ProjectionHead
+from pimpic.models import ProjectionHead
+from pimpic.models.backbone import (
+    Level,
+    grid_size,
+    isotropic_levels,
+    levels_of,
+    pic_levels,
+    pim_levels,
+)
 from pimpic.pretraining.geometry import intersection_pairs, overlap_matrix
 from pimpic.pretraining.losses import pic_loss, pim_descriptor, pim_loss, region_means
 from pimpic.pretraining.samplers.overlap import OverlapPatchSampler
 from pimpic.registry import MethodSpec, register
 
-#: pyramid levels whose region means feed PiC (f1, f2, f3)
-PIC_LEVELS = 3
 
-
-def descriptor_dim(patch_size: int, depth: int) -> int:
-    """Length of :func:`~pimpic.pretraining.losses.pim_descriptor` for a ``depth``-level encoder:
-    ``Σ (p / 2^(l−1))³`` over the last three levels (4672 for 64³, depth 5)."""
-    levels = range(max(1, depth - 2), depth + 1)
-    return sum((patch_size // 2 ** (lvl - 1)) ** 3 for lvl in levels)
+def descriptor_dim(patch_size: int, depth_or_levels: int | Sequence[Level]) -> int:
+    """Length of :func:`~pimpic.pretraining.losses.pim_descriptor`: the cells of PiM's levels,
+    ``Σ (p / 2^(l−1))³`` over the last three levels of a ``depth``-level U-Net (4672 for 64³,
+    depth 5), or over the three deepest of a backbone's ``levels``."""
+    levels = (isotropic_levels([1] * depth_or_levels) if isinstance(depth_or_levels, int)
+              else depth_or_levels)
+    return sum(math.prod(grid_size(levels[i], patch_size)) for i in pim_levels(levels))
 
 
 class PiMPiC(nn.Module):
     """Encoder + head f (PiM) and/or head g (PiC).
 
     Args:
-        encoder: the shared :class:`~pimpic.models.Encoder` (kept as ``.encoder``).
+        encoder: the shared backbone (kept as ``.encoder``; :mod:`pimpic.models.backbone`).
         cfg: pretraining config (patch size, d, τ, loss weights and variants, min overlap).
         use_pim / use_pic: which terms this module computes (``pim`` and ``pic`` ablations
             build only their own head).
@@ -50,7 +61,7 @@ class PiMPiC(nn.Module):
     :meth:`forward`).
     """
 
-    def __init__(self, encoder: Encoder, cfg: PretrainConfig, use_pim: bool = True,
+    def __init__(self, encoder: nn.Module, cfg: PretrainConfig, use_pim: bool = True,
                  use_pic: bool = True) -> None:
         super().__init__()
         self.encoder = encoder
@@ -58,10 +69,14 @@ class PiMPiC(nn.Module):
         self.use_pim = use_pim
         self.use_pic = use_pic
         d = cfg.proj_dim
+        levels = levels_of(encoder)
+        self.pim_index = pim_levels(levels) if use_pim else []
+        self.pic_index = pic_levels(levels) if use_pic else []
+        self.pic_strides = [levels[i].stride for i in self.pic_index]
         if use_pim:
-            self.head_f = ProjectionHead(descriptor_dim(cfg.patch_size, encoder.depth), 2 * d, d)
+            self.head_f = ProjectionHead(descriptor_dim(cfg.patch_size, levels), 2 * d, d)
         if use_pic:
-            self.head_g = ProjectionHead(sum(encoder.widths[:PIC_LEVELS]), d, d)
+            self.head_g = ProjectionHead(sum(levels[i].width for i in self.pic_index), d, d)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Returns ``loss`` (weighted sum of the computed terms) and, when computed: ``pim``,
@@ -88,14 +103,15 @@ class PiMPiC(nn.Module):
         if not self.use_pim:
             # PiC never reads the deep levels; a zero term keeps their parameters in the graph
             # so DDP (which expects a gradient for every parameter) needs no unused-param scan
-            for f in feats[PIC_LEVELS:]:
-                loss = loss + f.sum() * 0.0
+            for i, f in enumerate(feats):
+                if i not in self.pic_index:
+                    loss = loss + f.sum() * 0.0
         out["loss"] = loss
         return out
 
     def _pim(self, feats: list[Tensor], overlap: Tensor, v: int,
              n: int) -> tuple[Tensor, dict[str, Tensor]]:
-        proj = self.head_f(pim_descriptor(feats)).reshape(v, n, -1)
+        proj = self.head_f(pim_descriptor([feats[i] for i in self.pim_index])).reshape(v, n, -1)
         loss = pim_loss(proj, overlap, self.cfg.pim_reduction)
         with torch.no_grad():
             p = proj.float()
@@ -121,9 +137,9 @@ class PiMPiC(nn.Module):
             zero = torch.stack([t.sum().float() for t in [*self.head_g.parameters(), *feats]])
             zero = zero.sum() * 0.0
             return zero, 0
-        levels = feats[:PIC_LEVELS]
-        means = torch.cat([region_means(f, all_pairs, all_local, 2**lvl)
-                           for lvl, f in enumerate(levels)], dim=2)  # (P, 4, 7K)
+        means = torch.cat([region_means(feats[i], all_pairs, all_local, stride)
+                           for i, stride in zip(self.pic_index, self.pic_strides, strict=True)],
+                          dim=2)  # (P, 4, 7K)
         q = self.head_g(means.reshape(4 * n_pairs, -1))
         return pic_loss(q.reshape(n_pairs, 4, -1), self.cfg.tau, self.cfg.pic_variant), n_pairs
 
@@ -133,8 +149,8 @@ def build_sampler(cfg: PretrainConfig) -> OverlapPatchSampler:
     return OverlapPatchSampler(cfg.patch_size, cfg.patches, cfg.sampler)
 
 
-def _builder(use_pim: bool, use_pic: bool) -> Callable[[Encoder, PretrainConfig], nn.Module]:
-    def build(encoder: Encoder, cfg: PretrainConfig) -> nn.Module:
+def _builder(use_pim: bool, use_pic: bool) -> Callable[[nn.Module, PretrainConfig], nn.Module]:
+    def build(encoder: nn.Module, cfg: PretrainConfig) -> nn.Module:
         return PiMPiC(encoder, cfg, use_pim=use_pim, use_pic=use_pic)
     return build
 

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from pimpic.config import PretrainConfig
-from pimpic.models import Encoder
+from pimpic.models.backbone import levels_of
 from pimpic.pretraining.losses.voco import voco_loss
 from pimpic.pretraining.methods._shared import embedding_std
 from pimpic.pretraining.samplers.voco import VoCoSampler
@@ -71,7 +71,7 @@ def embed(encoder: nn.Module, projector: nn.Module, crops: Tensor) -> Tensor:
 class _Teacher(nn.Module):
     """The momentum copy of encoder + projector (``voco-ema``); never trained directly."""
 
-    def __init__(self, encoder: Encoder, projector: VoCoProjector) -> None:
+    def __init__(self, encoder: nn.Module, projector: VoCoProjector) -> None:
         super().__init__()
         self.encoder = copy.deepcopy(encoder)
         self.projector = copy.deepcopy(projector)
@@ -93,11 +93,11 @@ class VoCoModule(nn.Module):
         ema_momentum: ``None`` for ``voco``; the teacher momentum ``m`` for ``voco-ema``.
     """
 
-    def __init__(self, encoder: Encoder, proj_dim: int = 2048, reg_weight: float = 1.0,
+    def __init__(self, encoder: nn.Module, proj_dim: int = 2048, reg_weight: float = 1.0,
                  ema_momentum: float | None = None) -> None:
         super().__init__()
         self.encoder = encoder
-        self.projector = VoCoProjector(encoder.widths[-1], proj_dim)
+        self.projector = VoCoProjector(levels_of(encoder)[-1].width, proj_dim)
         self.reg_weight = reg_weight
         self.ema_momentum = ema_momentum
         self.teacher = _Teacher(encoder, self.projector) if ema_momentum is not None else None
@@ -138,11 +138,11 @@ def build_sampler(cfg: PretrainConfig) -> VoCoSampler:
     return VoCoSampler(cfg.patch_size, cfg.voco.grid, cfg.voco.num_random, cfg.sampler.pad_value)
 
 
-def build_voco(encoder: Encoder, cfg: PretrainConfig) -> VoCoModule:
+def build_voco(encoder: nn.Module, cfg: PretrainConfig) -> VoCoModule:
     return VoCoModule(encoder, cfg.voco.proj_dim, cfg.voco.reg_weight)
 
 
-def build_voco_ema(encoder: Encoder, cfg: PretrainConfig) -> VoCoModule:
+def build_voco_ema(encoder: nn.Module, cfg: PretrainConfig) -> VoCoModule:
     return VoCoModule(encoder, cfg.voco.proj_dim, cfg.voco.reg_weight, cfg.voco.ema_momentum)
 
 

@@ -29,31 +29,39 @@ PiMPiC step.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
 from pimpic.config import PretrainConfig
-from pimpic.models import Encoder, ProjectionHead
+from pimpic.models import ProjectionHead
+from pimpic.models.backbone import levels_of
 from pimpic.pretraining.losses.vox2vec import vox2vec_infonce
 from pimpic.pretraining.methods._shared import embedding_std
 from pimpic.pretraining.samplers.vox2vec import Vox2VecSampler
 from pimpic.registry import MethodSpec, register
 
 
-def pyramid_voxel_features(pyramid: list[Tensor], voxels: Tensor) -> Tensor:
+def pyramid_voxel_features(pyramid: list[Tensor], voxels: Tensor,
+                           strides: Sequence[Sequence[int]] | None = None) -> Tensor:
     """Features of every pyramid level at given voxels, concatenated over levels.
 
     Args:
-        pyramid: ``[f_1, …, f_L]`` with ``f_l (B, C_l, D/2^(l−1), H/2^(l−1), W/2^(l−1))``.
-        voxels: ``(B, n, 3)`` long, ``(d, h, w)`` coordinates at level 1 (crop voxels).
+        pyramid: ``[f_1, …, f_L]`` with ``f_l (B, C_l, D/s_l, H/s_l, W/s_l)``.
+        voxels: ``(B, n, 3)`` long, ``(d, h, w)`` coordinates in the crop's voxels.
+        strides: each level's stride ``s_l`` per axis (the backbone's levels); default
+            ``2^(l−1)`` on every axis (the paper's U-Net).
 
     Returns:
-        ``(B, n, Σ C_l)``: ``f_l[b, :, v // 2^(l−1)]`` (nearest coarser cell) per level.
+        ``(B, n, Σ C_l)``: ``f_l[b, :, v // s_l]`` (nearest coarser cell) per level.
     """
     out = []
     for level, f in enumerate(pyramid):
         b, c, _, h, w = f.shape
-        idx = voxels.div(2**level, rounding_mode="floor")
+        stride = 2**level if strides is None else torch.as_tensor(
+            list(strides[level]), dtype=voxels.dtype, device=voxels.device)
+        idx = voxels.div(stride, rounding_mode="floor")
         lin = (idx[..., 0] * h + idx[..., 1]) * w + idx[..., 2]  # (B, n)
         out.append(f.flatten(2).gather(2, lin[:, None, :].expand(b, c, -1)))
     return torch.cat(out, dim=1).transpose(1, 2)
@@ -70,10 +78,12 @@ class Vox2VecModule(nn.Module):
         tau: InfoNCE temperature (0.1).
     """
 
-    def __init__(self, encoder: Encoder, proj_dim: int = 128, tau: float = 0.1) -> None:
+    def __init__(self, encoder: nn.Module, proj_dim: int = 128, tau: float = 0.1) -> None:
         super().__init__()
         self.encoder = encoder
-        channels = sum(encoder.widths)
+        levels = levels_of(encoder)
+        channels = sum(level.width for level in levels)
+        self.strides = [level.stride for level in levels]
         self.head = ProjectionHead(channels, channels, proj_dim)
         self.tau = tau
 
@@ -82,7 +92,8 @@ class Vox2VecModule(nn.Module):
         n = voxels.shape[-2]
         pairs = crops.shape[0] * crops.shape[1]
         feats = pyramid_voxel_features(self.encoder(crops.flatten(0, 2)),
-                                       voxels.reshape(-1, n, 3).long())  # (2·pairs, n, C)
+                                       voxels.reshape(-1, n, 3).long(),
+                                       self.strides)  # (2·pairs, n, C)
         rows = valid.reshape(pairs, 1, n).expand(pairs, 2, n).reshape(-1)
         flat = feats.reshape(-1, feats.shape[-1])
         # BatchNorm statistics over real voxels only; padding rows are zeros (masked in the loss)
@@ -103,7 +114,7 @@ def build_sampler(cfg: PretrainConfig) -> Vox2VecSampler:
                           cfg.sampler.foreground_threshold, cfg.sampler.pad_value)
 
 
-def build_module(encoder: Encoder, cfg: PretrainConfig) -> Vox2VecModule:
+def build_module(encoder: nn.Module, cfg: PretrainConfig) -> Vox2VecModule:
     return Vox2VecModule(encoder, cfg.vox2vec.proj_dim, cfg.vox2vec.tau)
 
 

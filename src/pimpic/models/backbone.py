@@ -1,0 +1,101 @@
+"""The backbone contract: an encoder that returns a feature pyramid and describes its levels.
+
+A backbone is an ``nn.Module`` whose ``forward(x (B, C, D, H, W))`` returns the list of its
+pyramid levels, finest first, and whose ``levels`` attribute describes them: one
+:class:`Level` per entry, with its ``stride`` (voxels of the input per cell, per axis) and its
+``width`` (channels). The pretext tasks never index the pyramid by position; they ask for the
+levels they need by stride:
+
+* PiC (docs/method.md §5) takes the levels at strides 1, 2 and 4 (:func:`pic_levels`);
+* PiM (§4) takes the three deepest levels (:func:`pim_levels`) — strides 4, 8, 16 for the
+  paper's U-Net;
+* VoCo takes the deepest level, vox2vec all of them, each at its own stride.
+
+Two backbones exist: the paper's U-Net encoder (:class:`pimpic.models.unet.Encoder`, the
+default, strides ``2^l`` on every axis) and nnU-Net's encoders built from a plans file
+(:mod:`pimpic.nnunet.network`; strides from the plan, possibly anisotropic, e.g. ``(1, 2, 2)``).
+A level's *nominal* stride is its largest per-axis stride, so an in-plane-only downsampling
+``(1, 2, 2)`` counts as stride 2; the region means of PiC still map boxes per axis.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pimpic.errors import PimpicError
+
+if TYPE_CHECKING:
+
+    pass
+
+#: the nominal strides whose levels PiC reads (f1, f2, f3 of the paper's U-Net)
+PIC_STRIDES = (1, 2, 4)
+#: how many of the deepest levels PiM reads (f3, f4, f5 of the paper's U-Net)
+PIM_DEPTH = 3
+
+
+@dataclass(frozen=True)
+class Level:
+    """One pyramid level: ``stride`` input voxels per cell along (D, H, W), ``width`` channels."""
+
+    stride: tuple[int, int, int]
+    width: int
+
+    @property
+    def nominal(self) -> int:
+        """The level's stride as one number: its largest per-axis stride."""
+        return max(self.stride)
+
+
+def levels_of(encoder: Any) -> tuple[Level, ...]:
+    """A backbone's ``levels`` (untyped ``nn.Module`` attribute access, typed here once)."""
+    return tuple(encoder.levels)
+
+
+def isotropic_levels(widths: Sequence[int]) -> tuple[Level, ...]:
+    """Levels of a pyramid that halves every axis per level (the paper's U-Net)."""
+    return tuple(Level((2**i,) * 3, int(w)) for i, w in enumerate(widths))
+
+
+def levels_at(levels: Sequence[Level], strides: Sequence[int], what: str) -> list[int]:
+    """Indices of the levels with nominal ``strides`` (first match each), or a one-line error
+    naming the strides the pyramid lacks."""
+    index: dict[int, int] = {}
+    for i, level in enumerate(levels):
+        index.setdefault(level.nominal, i)
+    missing = [s for s in strides if s not in index]
+    if missing:
+        have = ", ".join(str(level.nominal) for level in levels)
+        raise PimpicError(f"{what} needs pyramid levels at strides {', '.join(map(str, strides))};"
+                          f" this backbone has strides {have} (missing "
+                          f"{', '.join(map(str, missing))})")
+    return [index[s] for s in strides]
+
+
+def pic_levels(levels: Sequence[Level]) -> list[int]:
+    """The levels PiC reads: strides 1, 2, 4."""
+    return levels_at(levels, PIC_STRIDES, "PiC")
+
+
+def pim_levels(levels: Sequence[Level]) -> list[int]:
+    """The levels PiM reads: the three deepest (all of them for a shallower pyramid)."""
+    return list(range(max(0, len(levels) - PIM_DEPTH), len(levels)))
+
+
+def grid_size(level: Level, patch_size: int | Sequence[int]) -> tuple[int, int, int]:
+    """Cells of ``level`` for a patch of ``patch_size`` voxels (an int: a cube)."""
+    d, h, w = (patch_size,) * 3 if isinstance(patch_size, int) else tuple(patch_size)
+    return d // level.stride[0], h // level.stride[1], w // level.stride[2]
+
+
+def check_patch(levels: Sequence[Level], patch_size: int, what: str = "backbone") -> None:
+    """Every level's stride must divide the (cubic) patch: a one-line error otherwise."""
+    for i, level in enumerate(levels):
+        if any(patch_size % s for s in level.stride):
+            total = math.lcm(*(s for lv in levels for s in lv.stride))
+            raise PimpicError(f"patch_size {patch_size} is not divisible by the stride "
+                              f"{list(level.stride)} of {what} level {i + 1}; use a multiple "
+                              f"of {total}")

@@ -1,0 +1,180 @@
+"""An nnU-Net preprocessed folder as a pretraining data source.
+
+``nnUNetv2_plan_and_preprocess`` writes, per configuration, a folder such as
+``nnUNet_preprocessed/Dataset001_X/nnUNetPlans_3d_fullres/`` with one image per case —
+``<case>.b2nd`` (blosc2, nnU-Net ≥ 2.6) or ``<case>.npy`` / ``<case>.npz`` (older versions; key
+``data``) — of shape ``(C, D, H, W)``: resampled to the configuration's spacing and normalised
+with its schemes (for CT: clipped to the foreground's 0.5–99.5 percentiles, then z-scored).
+Beside the folder lie ``dataset.json`` and the plans file whose configuration has that
+``data_identifier``. Pretraining on it means the encoder sees exactly the arrays nnU-Net will
+fine-tune on.
+
+:class:`PreprocessedFolder` offers the part of :class:`pimpic.data.cache.Cache` the pretraining
+engine reads: ``root``, ``manifest`` (what a resumed run must share), ``settings``
+(``spacing`` from the plan, ``window``: the CT clip range in HU, or None), ``case_ids``,
+``train_ids()`` (every case: self-supervision reads no labels, and nnU-Net's own test cases
+are never preprocessed) and ``image(case_id)`` — channel 0 as a lazily read ``(D, H, W)`` array.
+Intensities are z-scores, not the [0, 1] of a pimpic cache: padding (``sampler.pad_value``, 0)
+is then the foreground mean, as in nnU-Net's own padding.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pimpic.data.cache import Cache
+from pimpic.errors import PimpicError
+from pimpic.nnunet.plans import NnunetPlan, load_plan
+
+FORMAT = "nnunet-preprocessed"
+_SUFFIXES = (".b2nd", ".npy", ".npz")
+
+
+def _case_files(root: Path) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for suffix in _SUFFIXES:
+        for f in sorted(root.glob(f"*{suffix}")):
+            cid = f.name[: -len(suffix)]
+            if not cid.endswith("_seg"):
+                out.setdefault(cid, f)
+    return out
+
+
+def is_preprocessed_folder(path: str | Path) -> bool:
+    """Does ``path`` look like an nnU-Net preprocessed configuration folder (case arrays with
+    ``.pkl`` properties, a ``dataset.json`` one level up)?"""
+    root = Path(path)
+    return (root.is_dir() and (root.parent / "dataset.json").is_file()
+            and any(root.glob("*.pkl")) and bool(_case_files(root)))
+
+
+def find_plan(root: Path) -> NnunetPlan:
+    """The plans file beside ``root`` with a configuration whose ``data_identifier`` is the
+    folder's name (the first such configuration in file order)."""
+    for plans in sorted(root.parent.glob("*.json")):
+        try:
+            data = json.loads(plans.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        configs = data.get("configurations") if isinstance(data, dict) else None
+        if not isinstance(configs, dict):
+            continue
+        for name in configs:
+            try:
+                plan = load_plan(plans, name)
+            except PimpicError:
+                continue
+            if plan.data_identifier == root.name:
+                return plan
+    raise PimpicError(f"{root}: no plans file in {root.parent} has a configuration with "
+                      f"data_identifier {root.name!r}")
+
+
+class _Blosc2Channel:
+    """Channel ``c`` of a blosc2 ``(C, D, H, W)`` array, sliced lazily like a numpy array."""
+
+    def __init__(self, path: Path, channel: int = 0) -> None:
+        import blosc2
+
+        self._array = blosc2.open(urlpath=str(path), mode="r")
+        self.shape = tuple(int(s) for s in self._array.shape[1:])
+        self.dtype = np.dtype(self._array.dtype)
+        self.ndim = 3
+        self._channel = channel
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        index = index if isinstance(index, tuple) else (index,)
+        steps = [s.step for s in index if isinstance(s, slice) and s.step not in (None, 1)]
+        if steps:  # strided views (the foreground anchor's coarse grid): read, then stride
+            strided: np.ndarray = np.asarray(self._array[self._channel])[index]
+            return strided
+        return np.asarray(self._array[(self._channel,) + index])  # noqa: RUF005
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.asarray(self._array[self._channel])
+        return out if dtype is None else out.astype(dtype)
+
+
+class PreprocessedFolder:
+    """Read access to one nnU-Net preprocessed configuration folder (see the module doc).
+
+    Args:
+        root: e.g. ``nnUNet_preprocessed/Dataset001_X/nnUNetPlans_3d_fullres``.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        if not is_preprocessed_folder(self.root):
+            raise PimpicError(f"{self.root}: not an nnU-Net preprocessed folder (case arrays "
+                              "with .pkl properties, dataset.json one level up)")
+
+    @cached_property
+    def plan(self) -> NnunetPlan:
+        return find_plan(self.root)
+
+    @cached_property
+    def _files(self) -> dict[str, Path]:
+        return _case_files(self.root)
+
+    @property
+    def case_ids(self) -> list[str]:
+        return list(self._files)
+
+    def train_ids(self) -> list[str]:
+        return self.case_ids
+
+    def case_dir(self, case_id: str) -> Path:
+        return self.root / case_id
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """``spacing`` (mm, the plan's, transposed axes), ``window`` (HU: the CT clip range of
+        channel 0, None for other schemes) and the plan's ``normalization`` schemes."""
+        plan = self.plan
+        schemes = list(plan.config.get("normalization_schemes") or [])
+        window = None
+        if schemes[:1] == ["CTNormalization"]:
+            props = plan.plans.get("foreground_intensity_properties_per_channel", {}).get("0", {})
+            if "percentile_00_5" in props and "percentile_99_5" in props:
+                window = [float(props["percentile_00_5"]), float(props["percentile_99_5"])]
+        return {"spacing": plan.spacing, "window": window, "normalization": schemes,
+                "source": FORMAT}
+
+    @cached_property
+    def manifest(self) -> dict[str, Any]:
+        """What identifies the data (hashed into a run's ``run.json``)."""
+        plan = self.plan
+        return {"format": FORMAT, "plans": plan.path.name, "configuration": plan.name,
+                "dataset_name": plan.plans.get("dataset_name"), "settings": self.settings,
+                "cases": self.case_ids}
+
+    def image(self, case_id: str, mmap: bool = True) -> Any:
+        """Channel 0 of the case, ``(D, H, W)`` in the plan's transposed axes, read lazily."""
+        path = self._files.get(case_id)
+        if path is None:
+            raise PimpicError(f"{self.root}: case {case_id!r} is not in the folder")
+        try:
+            if path.suffix == ".b2nd":
+                return _Blosc2Channel(path)
+            if path.suffix == ".npy":
+                arr = np.load(path, mmap_mode="r" if mmap else None)
+            else:
+                with np.load(path) as z:
+                    arr = z["data"]
+        except (OSError, ValueError, KeyError) as err:
+            raise PimpicError(f"{path}: unreadable preprocessed case ({err})") from None
+        if arr.ndim != 4:
+            raise PimpicError(f"{path}: expected a (C, D, H, W) array, got shape {arr.shape}")
+        return arr[0]
+
+
+def open_source(root: str | Path) -> Any:
+    """A pimpic cache, or an nnU-Net preprocessed folder, whichever ``root`` is."""
+    if is_preprocessed_folder(root):
+        return PreprocessedFolder(root)
+    return Cache(root)
