@@ -3,11 +3,11 @@
     python scripts/cohort_check.py [--out DIR] [--variability realistic|low] [--task pancreas]
                                    [--set samples_per_volume=4 ...]
 
-Generates the demo's cohort (``generate_cohort`` at ``pimpic.demo.SIZES["full"]``), prepares it
-as the demo does, fine-tunes ``random`` (no encoder, Random + Aug) at the demo's low label
-fraction and at 100 % with the demo's fine-tuning config (``demo_config(...).finetune``, run
-through :func:`pimpic.experiment.run_experiment`), evaluates on the test split and prints organ,
-tumour and whole-organ Dice (mean ± SD over test cases) and the two criteria:
+Generates the demo's cohort (``generate_cohort`` at ``pimpic.protocol.demo.SIZES["full"]``),
+prepares it as the demo does, fine-tunes ``random`` (no encoder, Random + Aug) at the demo's low
+label fraction and at 100 % with the demo's fine-tuning config (``demo_config(...).finetune``,
+run through :func:`pimpic.protocol.experiment.run_experiment`), evaluates on the test split and
+prints organ, tumour and whole-organ Dice (mean ± SD over test cases) and the two criteria:
 
 1. organ Dice at 100 % is at least 15 points above organ Dice at the low fraction;
 2. tumour Dice at 100 % is at least 20.
@@ -33,9 +33,10 @@ from pimpic.config import FinetuneConfig, build_config, to_dict
 from pimpic.data.prepare import prepare
 from pimpic.data.preprocess import Settings
 from pimpic.data.synthetic import VARIABILITY, generate_cohort
-from pimpic.demo import SIZES, demo_config
-from pimpic.experiment import cell_dir, eval_dir, run_experiment
 from pimpic.io import read_json
+from pimpic.paths import cell_dir, eval_dir
+from pimpic.protocol.demo import SIZES, demo_config
+from pimpic.protocol.experiment import run_experiment
 
 ORGAN_GAP = 15.0  # Dice points, criterion 1
 TUMOUR_MIN = 20.0  # Dice points, criterion 2

@@ -53,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pimpic.data.cache import write_manifest
 from pimpic.data.splits import make_splits
 from pimpic.io import write_json
 
@@ -64,10 +65,8 @@ for cid in ids:
     np.save(root / "cases" / cid / "image.npy", rng.random((128, 128, 96), np.float32)
             .astype(np.float16))
     write_json(root / "cases" / cid / "meta.json", {"id": cid, "shape": [128, 128, 96]})
-write_json(root / "manifest.json", {
-    "format": "pimpic-cache", "version": 1, "pimpic_version": "gpu-check",
-    "settings": {"spacing": [1.5, 1.5, 1.5], "window": [-200.0, 400.0]},
-    "source": "random", "layout": "random", "cases": ids})
+write_manifest(root, {"spacing": [1.5, 1.5, 1.5], "window": [-200.0, 400.0]}, ids,
+               source="random", layout="random")
 write_json(root / "splits.json", make_splits(ids, seed=0))
 EOF
     fi
@@ -94,7 +93,7 @@ from pathlib import Path
 import torch
 
 from pimpic.config import PretrainConfig
-from pimpic.engine import pretrain
+from pimpic.pretraining.engine import pretrain
 from pimpic.io import read_json, read_jsonl, write_json
 from pimpic.models import Encoder
 

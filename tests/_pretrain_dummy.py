@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pimpic.methods.base import MethodSpec
+from pimpic.registry import MethodSpec
 
 
 @dataclass
@@ -69,7 +69,7 @@ SPEC = MethodSpec(
 
 def install(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Route every method name to the dummy for the duration of one test."""
-    import pimpic.methods.base as base
+    import pimpic.registry as base
 
     monkeypatch.setattr(base, "get_method", lambda name: SPEC)
     DummyModule.nan_at = None

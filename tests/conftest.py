@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from pimpic.data.cache import write_manifest
 from pimpic.io import write_json
 
 torch.set_num_threads(2)
@@ -65,12 +66,9 @@ def write_cache(
             "has_label": labelled, "source_image": f"{cid}.nii.gz",
             "source_label": f"{cid}_seg.nii.gz" if labelled else None,
         })
-    write_json(root / "manifest.json", {
-        "format": "pimpic-cache", "version": 1, "pimpic_version": "test",
-        "settings": {"spacing": [1.5, 1.5, 1.5], "window": [-200.0, 400.0],
-                     "crop_foreground": False, "dtype": "float16"},
-        "source": "fixture", "layout": "fixture", "cases": ids,
-    })
+    write_manifest(root, {"spacing": [1.5, 1.5, 1.5], "window": [-200.0, 400.0],
+                          "crop_foreground": False, "dtype": "float16"}, ids,
+                   source="fixture", layout="fixture")
     splits = make_splits(ids, seed=seed)
     if not splits["val"] and len(splits["test"]) > 1:
         splits["val"], splits["test"] = splits["test"][:1], splits["test"][1:]

@@ -11,7 +11,7 @@ import pytest
 
 from pimpic import config as C
 from pimpic.errors import PimpicError
-from pimpic.experiment import EXPERIMENT_RULES, ExperimentConfig
+from pimpic.protocol.grid import EXPERIMENT_RULES, ExperimentConfig
 
 SCHEMAS = [
     (C.PretrainConfig, C.PRETRAIN_RULES),
@@ -113,3 +113,50 @@ def test_a_setting_added_later_takes_its_default_on_resume() -> None:
     changed = C.to_dict(C.FinetuneConfig(dice_batch=True))
     assert C.config_differences(old, changed, defaults=now) == [
         "dice_batch: run has False, now True"]
+
+
+# ------------------------------------------------------------------ coercion of YAML and --set
+
+
+def test_override_strings_are_coerced_to_the_schema_types() -> None:
+    cfg = C.build_config(C.PretrainConfig, None, [
+        "steps=1e3", "lr=3e-4", "amp=no", "sampler.intensity_aug=true", "voco.grid=[2, 3]",
+        "pim_reduction=lower", "patch_size=32"])
+    assert (cfg.steps, cfg.lr, cfg.amp, cfg.patch_size) == (1000, 3e-4, False, 32)
+    assert cfg.sampler.intensity_aug is True and cfg.voco.grid == (2, 3)
+    assert cfg.pim_reduction == "lower"
+
+
+def test_optional_and_tuple_fields() -> None:
+    cfg = C.build_config(C.FinetuneConfig, None, ["steps_per_epoch=null", "max_steps=5"])
+    assert cfg.steps_per_epoch is None and cfg.max_steps == 5
+    exp = C.from_dict(ExperimentConfig, {"cache": "c", "methods": "random,pimpic",
+                                         "fractions": "5, 100", "seeds": 3})
+    assert exp.methods == ("random", "pimpic") and exp.fractions == (5, 100)
+    assert exp.seeds == (3,)
+
+
+@pytest.mark.parametrize(("override", "match"), [
+    ("steps=1.5", "steps: expected an integer, got 1.5"),
+    ("steps=true", "steps: expected an integer, got True"),
+    ("amp=maybe", "amp: expected true/false"),
+    ("lr=fast", "lr: expected a number"),
+    ("pim_reduction=upper", "pim_reduction: 'upper' is not one of 'all', 'lower'"),
+    ("voco.grid=[1, 2, 3]", "voco.grid: expected 2 values, got 3"),
+    ("nope=1", "unknown key\\(s\\) nope"),
+    ("sampler.nope=1", "config.sampler: unknown key\\(s\\) nope"),
+    ("steps", "--set 'steps': expected key=value"),
+])
+def test_coercion_errors_name_the_key(override: str, match: str) -> None:
+    with pytest.raises(PimpicError, match=match):
+        C.build_config(C.PretrainConfig, None, [override])
+
+
+def test_yaml_then_overrides_then_flags(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "c.yaml"
+    path.write_text("steps: 100\nsampler:\n  anchor: foreground\n  overlap_margin: 0.5\n")
+    cfg = C.build_config(C.PretrainConfig, path, ["sampler.overlap_margin=0.6", "steps=7"])
+    assert cfg.steps == 7 and cfg.sampler.anchor == "foreground"
+    assert cfg.sampler.overlap_margin == 0.6
+    C.save_config(cfg, tmp_path / "saved.yaml")
+    assert C.build_config(C.PretrainConfig, tmp_path / "saved.yaml") == cfg

@@ -16,22 +16,27 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
+
+from pimpic import registry
 from pimpic.errors import PimpicError
+from pimpic.io import atomic_open
 
 T = TypeVar("T")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A plain, YAML-able dict of a (nested) config dataclass; tuples become lists."""
-    out = dataclasses.asdict(cfg)
-    return _untuple(out)
+    out: dict[str, Any] = plain(dataclasses.asdict(cfg))
+    return out
 
 
-def _untuple(obj: Any) -> Any:
+def plain(obj: Any) -> Any:
+    """Tuples as lists, recursively: a value as it comes back from JSON or YAML."""
     if isinstance(obj, dict):
-        return {k: _untuple(v) for k, v in obj.items()}
+        return {k: plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_untuple(v) for v in obj]
+        return [plain(v) for v in obj]
     return obj
 
 
@@ -149,8 +154,6 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
 
 def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
     """``["a.b=1", "c=x"]`` → nested ``{"a": {"b": "1"}, "c": "x"}`` (values typed later)."""
-    import yaml
-
     out: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
@@ -168,11 +171,12 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``extra``, nested mappings merged key by key."""
     out = dict(base)
     for k, v in extra.items():
         if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = _merge(dict(out[k]), v)
+            out[k] = merge(dict(out[k]), v)
         else:
             out[k] = v
     return out
@@ -180,8 +184,6 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a missing or malformed file is a one-line error naming it."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise PimpicError(f"{path}: config file not found")
@@ -204,18 +206,14 @@ def build_config(
     data: dict[str, Any] = dict(base or {})
     where = "config"
     if yaml_path is not None:
-        data = _merge(data, load_yaml(yaml_path))
+        data = merge(data, load_yaml(yaml_path))
         where = str(yaml_path)
-    data = _merge(data, parse_overrides(overrides))
+    data = merge(data, parse_overrides(overrides))
     return from_dict(cls, data, where)
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically."""
-    import yaml
-
-    from pimpic.io import atomic_open
-
     with atomic_open(path) as fh:
         yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
 
@@ -288,9 +286,6 @@ def check_ranges(cfg: Any, rules: Mapping[str, Range]) -> None:
 # every deviation is a named option.
 # --------------------------------------------------------------------------------------------
 
-PRETRAIN_METHODS = ("pimpic", "pim", "pic", "voco", "voco-ema", "vox2vec")
-
-
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
     """Overlapping-patch sampler (docs/method.md §2). Defaults = the reference sampler."""
@@ -357,6 +352,7 @@ VOX2VEC_RULES = {"proj_dim": AT_LEAST_1, "num_voxels": AT_LEAST_1, "tau": POSITI
 class PretrainConfig:
     """Self-supervised pretraining. Defaults = the paper (K=32, d=128, 64³, N=32, Adam 1e-5)."""
 
+    #: a registered method (:mod:`pimpic.registry`; ``pimpic methods`` lists them)
     method: str = "pimpic"
     # encoder: ``unet`` is the paper's (``width``, ``depth``); ``nnunet`` is the encoder nnU-Net
     # builds from ``nnunet_plans`` (a plans JSON; empty: the plans of the nnU-Net preprocessed
@@ -398,8 +394,10 @@ class PretrainConfig:
     log_every: int = 10
 
     def __post_init__(self) -> None:
-        if self.method not in PRETRAIN_METHODS:
-            raise ValueError(f"method {self.method!r} is not one of {', '.join(PRETRAIN_METHODS)}")
+        known = registry.method_names()
+        if self.method not in known:
+            raise ValueError(f"method {self.method!r} is not one of {', '.join(known)} "
+                             "(the methods in pimpic/pretraining/methods/)")
         check_ranges(self, PRETRAIN_RULES)
         if self.backbone == "nnunet":
             # nnunet_plans may stay empty when pretraining on an nnU-Net preprocessed folder:

@@ -16,7 +16,7 @@ Usage::
 
     with EnergyMeter(device) as meter:
         train()
-    meter.write(run_dir / "energy.json")   # {"joules", "kwh", "seconds", "source", "note"}
+    meter.result()   # {"joules", "kwh", "seconds", "source", "note"}
 """
 
 from __future__ import annotations
@@ -174,9 +174,3 @@ class EnergyMeter:
             raise RuntimeError("EnergyMeter.result() before the measured block ended")
         return {"joules": self._joules, "kwh": self._joules / JOULES_PER_KWH,
                 "seconds": self._seconds, "source": self.source, "note": self.note}
-
-    def write(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
-        """Write :meth:`result` (plus ``extra`` fields) as JSON, atomically."""
-        from pimpic.io import write_json
-
-        write_json(path, {**self.result(), **(extra or {})})

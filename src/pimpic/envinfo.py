@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import socket
 import subprocess
@@ -11,12 +12,20 @@ from typing import Any
 
 import torch
 
+from pimpic import __version__
+
 
 def _version(package: str) -> str | None:
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
+
+
+def _software() -> dict[str, str]:
+    """The versions that decide what a run computes: pimpic, python, torch."""
+    return {"pimpic": __version__, "python": platform.python_version(),
+            "torch": torch.__version__}
 
 
 def git_commit(path: str | Path | None = None) -> str | None:
@@ -54,13 +63,9 @@ def device_name(device: torch.device) -> str:
 
 def collect(device: str | torch.device = "cpu", world_size: int = 1) -> dict[str, Any]:
     """Versions of python/torch/monai/numpy/pimpic, git commit, hostname, device, world size."""
-    from pimpic import __version__
-
     device = torch.device(device)
     return {
-        "pimpic": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
+        **_software(),
         "cuda": torch.version.cuda,
         "monai": _version("monai"),
         "numpy": _version("numpy"),
@@ -75,3 +80,11 @@ def collect(device: str | torch.device = "cpu", world_size: int = 1) -> dict[str
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "world_size": world_size,
     }
+
+
+def machine() -> dict[str, str]:
+    """This machine for a human reader (the report's hardware section): CPU model and cores,
+    GPU, torch/python/pimpic versions and OS."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {"CPU": f"{cpu_model()} ({os.cpu_count()} logical cores)", "GPU": gpu,
+            **_software(), "OS": platform.platform()}

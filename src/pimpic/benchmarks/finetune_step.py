@@ -4,7 +4,7 @@ On one prepared cache, with a given network (default: the demo's CPU network, wi
 4, 32³ patches), it times
 
 * **data**: building one batch (``batch_size`` volumes → ``samples_per_volume`` crops each)
-  with the fine-tuning transform chain (:func:`pimpic.finetune_data.train_transform`);
+  with the fine-tuning transform chain (:func:`pimpic.segmentation.finetune_data.train_transform`);
 * **step**: forward + backward + Adam on real crops, as fp32, channels-last, and bf16 autocast
   (on CPUs with AVX-512-bf16/AMX the bf16 matrix units);
 * **validation**: sliding-window inference of the first validation cases under the previous
@@ -33,9 +33,10 @@ from monai.losses import DiceCELoss
 from pimpic.config import FinetuneConfig
 from pimpic.data.cache import Cache
 from pimpic.errors import PimpicError
-from pimpic.finetune_data import PatchDataset, train_transform
-from pimpic.inference import autocast, flush_denormals, predict_labels
 from pimpic.models.unet import Encoder, SegmentationNet
+from pimpic.segmentation.finetune_data import PatchDataset, train_transform
+from pimpic.segmentation.inference import predict_labels
+from pimpic.training.device import autocast, flush_denormals
 
 #: validation variants: name → (overlap, blending, body crop, windows per pass, bf16)
 VALIDATION = {
@@ -77,7 +78,9 @@ def run(cache: str | Path, *, width: int = 4, depth: int = 4, patch_size: int = 
         counter = iter(range(10**6))
 
         def one_batch() -> dict[str, Any]:
-            return list_data_collate([ds[next(counter) % len(ds)] for _ in range(batch_size)])
+            batch: dict[str, Any] = list_data_collate(
+                [ds[next(counter) % len(ds)] for _ in range(batch_size)])
+            return batch
 
         result["data_batch_s"] = _median_time(one_batch, repeats)
         batch = one_batch()

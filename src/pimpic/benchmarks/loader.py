@@ -12,17 +12,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pimpic.config import PretrainConfig
+from pimpic.data.cache import Cache
+from pimpic.data.loader import VolumeStream, make_loader
+from pimpic.errors import PimpicError
+from pimpic.registry import get_method
+
 
 def run(cache: str | Path, *, patch_size: int = 64, patches: int = 32, seconds: float = 10.0,
         workers: int = 2, volumes: int = 1, method: str = "pimpic", seed: int = 0
         ) -> dict[str, Any]:
     """Measure the loader for ``seconds`` (after the first batch, which includes start-up)."""
-    from pimpic.config import PretrainConfig
-    from pimpic.data.cache import Cache
-    from pimpic.data.loader import VolumeStream, make_loader
-    from pimpic.errors import PimpicError
-    from pimpic.methods.base import get_method
-
     c = Cache(cache)
     ids = c.train_ids()
     if not ids:

@@ -27,10 +27,10 @@ import torch
 from torch import Tensor
 
 from pimpic.config import PretrainConfig
-from pimpic.data.sampling import reference_boxes
-from pimpic.losses import pic_loss
-from pimpic.methods.pimpic import PiMPiC
-from pimpic.models.backbone import build_backbone
+from pimpic.pretraining.backbones import build_backbone
+from pimpic.pretraining.losses import pic_loss
+from pimpic.pretraining.methods.pimpic import PiMPiC
+from pimpic.pretraining.samplers.overlap import reference_boxes
 
 
 def _loop_region_means(f: Tensor, box: list[list[int]],

@@ -9,15 +9,22 @@ answers instantly. Commands are registered by small per-stage modules:
 * :mod:`pimpic.cli.bench`      — ``bench finetune-step``
 * :mod:`pimpic.cli.experiment` — ``experiment``, ``visualize embeddings``
 * :mod:`pimpic.cli.demo`       — ``demo``
+* :mod:`pimpic.cli.methods`    — ``methods`` (the registered pretext tasks)
+
+Progress goes through :mod:`logging` to stderr (``-v`` adds debug messages, ``-q`` keeps only
+warnings); results and the paths of what was written go to stdout.
 * :mod:`pimpic.cli.nnunet`     — ``export nnunet``
 """
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import typer
 
 from pimpic import __version__
-from pimpic.cli import bench, data, demo, experiment, finetune, nnunet, pretrain
+from pimpic.cli import bench, data, demo, experiment, finetune, methods, nnunet, pretrain
 
 app = typer.Typer(
     name="pimpic",
@@ -46,9 +53,22 @@ def _version(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show debug messages."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors on "
+                               "stderr (results still go to stdout)."),
 ) -> None:
     """pimpic: pretrain a 3D U-Net encoder on unlabelled CT, fine-tune it on a few labels,
     and measure whether it helped."""
+    configure_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+
+
+def configure_logging(level: int) -> None:
+    """pimpic's messages as plain lines on stderr at ``level`` (other libraries: warnings)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("pimpic")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
 
 
 data.register(app)
@@ -57,6 +77,7 @@ finetune.register(app)
 bench.register(bench_app)
 experiment.register(app, visualize_app)
 demo.register(app)
+methods.register(app)
 nnunet.register(export_app)
 
 

@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
 
         Resumable: rerun the same command after an interruption.
         """
-        from pimpic.demo import run_demo
+        from pimpic.protocol.demo import run_demo
 
         if task not in ("pancreas", "kidney"):
             from pimpic.errors import PimpicError

@@ -25,7 +25,8 @@ def register(app: typer.Typer, visualize_app: typer.Typer) -> None:
         """Pretrain every method once, fine-tune every (method, fraction, seed), evaluate on the
         test split, and write results.csv, table.md, stats.md, figures/ and report.md.
         Resumable: a rerun skips every finished stage."""
-        from pimpic.experiment import load_experiment_config, run_experiment
+        from pimpic.protocol.experiment import run_experiment
+        from pimpic.protocol.grid import load_experiment_config
 
         cfg = load_experiment_config(config, set_)
         exp = run_experiment(cfg, out, progress=progress)
@@ -52,7 +53,7 @@ def register(app: typer.Typer, visualize_app: typer.Typer) -> None:
         patches (axial/coronal/sagittal), a PCA of the embeddings coloured by distance to the
         reference, and predicted vs true overlap for sampled patch pairs."""
         from pimpic.errors import PimpicError
-        from pimpic.visualize import embedding_figures
+        from pimpic.protocol.visualize import embedding_figures
 
         ref_xyz = None
         if ref is not None:

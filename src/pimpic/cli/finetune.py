@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         """Fine-tune a segmentation network (pretrained or random encoder + new decoder)."""
         from pimpic.config import FinetuneConfig, build_config
         from pimpic.errors import PimpicError
-        from pimpic.finetune import finetune
+        from pimpic.segmentation.finetune import finetune
         from pimpic.training.run_folder import saved_config
 
         flags = [f"{k}={v}" for k, v in (("fraction", fraction), ("seed", seed))
@@ -72,12 +72,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Dice and HD95 per structure on held-out cases; writes RUN/eval-<split>/."""
         from pimpic.errors import PimpicError
-        from pimpic.evaluate import evaluate
+        from pimpic.segmentation.evaluate import describe, evaluate
 
         if absent not in ("zero", "nan"):
             raise PimpicError(f"--absent {absent!r}: choose 'zero' or 'nan'")
-        evaluate(run, split=split, cache=cache, lcc=lcc, original_space=original_space,
-                 device=device, progress=progress, absent=absent)
+        summary = evaluate(run, split=split, cache=cache, lcc=lcc, original_space=original_space,
+                           device=device, progress=progress, absent=absent)
+        typer.echo(describe(summary))
 
     @app.command("predict")
     @friendly_errors
@@ -90,7 +91,8 @@ def register(app: typer.Typer) -> None:
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
     ) -> None:
         """Segment new scans; masks have the input's shape and affine."""
-        from pimpic.predict import predict
+        from pimpic.segmentation.predict import predict
 
-        predict(images, model, out, overwrite=overwrite, device=device,
-                progress=progress)
+        written = predict(images, model, out, overwrite=overwrite, device=device,
+                          progress=progress)
+        typer.echo(f"wrote {len(written)} mask(s) to {out}")

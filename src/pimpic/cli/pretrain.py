@@ -30,8 +30,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                                      "preprocessed configuration folder."),
         out: Path = typer.Option(..., "--out", help="Run folder to create (or resume)."),
         method: str | None = typer.Option(None, "--method",
-                                          help="pimpic (default), pim, pic, voco, voco-ema, "
-                                          "vox2vec."),
+                                          help="A registered method (`pimpic methods` lists "
+                                          "them); default pimpic."),
         config: Path | None = typer.Option(None, "--config", help="PretrainConfig YAML."),
         set_: list[str] = typer.Option([], "--set", help="Override a key, e.g. lr=1e-4 or "
                                        "sampler.intensity_aug=true (repeatable)."),
@@ -48,7 +48,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         RUN/encoder.safetensors. Multi-GPU: torchrun --nproc_per_node=G $(which pimpic)
         pretrain ..."""
         from pimpic.config import PretrainConfig, build_config
-        from pimpic.engine import pretrain
+        from pimpic.pretraining.engine import pretrain
         from pimpic.training.run_folder import saved_config
 
         base = saved_config(out) if resume else None

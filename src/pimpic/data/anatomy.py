@@ -47,7 +47,8 @@ def smooth_field(rng: np.random.Generator, shape: Sequence[int],
     # contract the small axes first; the last product writes the full grid contiguously
     field = np.tensordot(w[0], field, axes=1)  # (X, c1, c2)
     field = np.matmul(w[1], field) @ w[2].T  # (X, Y, c2) → (X, Y, Z)
-    return (field - field.mean()) / (field.std() + 1e-6)
+    normalised: np.ndarray = (field - field.mean()) / (field.std() + 1e-6)
+    return normalised
 
 
 class Grid:
@@ -170,8 +171,9 @@ class Grid:
 def _rotation(yaw: float, pitch: float) -> np.ndarray:
     """``R = R_pitch R_yaw`` (3, 3): patient axes → scanner axes (``x = R p + shift``)."""
     cy, sy, cp, sp = np.cos(yaw), np.sin(yaw), np.cos(pitch), np.sin(pitch)
-    return np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]]) @ np.array(
+    rotation: np.ndarray = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]]) @ np.array(
         [[cy, -sy, 0], [sy, cy, 0], [0, 0, 1]])
+    return rotation
 
 
 @dataclasses.dataclass(frozen=True)

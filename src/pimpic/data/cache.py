@@ -19,15 +19,20 @@ Arrays are opened memory-mapped, so the patch sampler reads only the voxels of a
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pimpic import __version__
 from pimpic.errors import PimpicError
-from pimpic.io import read_json
+from pimpic.io import read_json, write_json
 
+#: ``manifest.json``'s ``format`` and ``version``
+FORMAT = "pimpic-cache"
+VERSION = 1
 MANIFEST = "manifest.json"
 SPLITS = "splits.json"
 CASES_DIR = "cases"
@@ -50,12 +55,18 @@ class Cache:
                 f"{self.root}: not a pimpic cache (no {MANIFEST}; run `pimpic prepare`)"
             )
 
+    @staticmethod
+    def is_manifest(data: Any) -> bool:
+        """Is ``data`` (a parsed ``manifest.json``) a pimpic cache manifest?"""
+        return isinstance(data, dict) and data.get("format") == FORMAT
+
     @cached_property
     def manifest(self) -> dict[str, Any]:
         data = read_json(self.root / MANIFEST)
-        if not isinstance(data, dict) or data.get("format") != "pimpic-cache":
+        if not self.is_manifest(data):
             raise PimpicError(f"{self.root / MANIFEST}: not a pimpic cache manifest")
-        return data
+        manifest: dict[str, Any] = data
+        return manifest
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -79,7 +90,8 @@ class Cache:
     def image(self, case_id: str, mmap: bool = True) -> np.ndarray:
         """The preprocessed image, ``(X, Y, Z)``, float16/float32 in [0, 1] (memory-mapped)."""
         d = self._check(case_id)
-        return np.load(d / "image.npy", mmap_mode="r" if mmap else None)
+        image: np.ndarray = np.load(d / "image.npy", mmap_mode="r" if mmap else None)
+        return image
 
     def label(self, case_id: str, mmap: bool = True) -> np.ndarray | None:
         """The preprocessed label, ``(X, Y, Z)`` uint8, or None for an unlabelled case."""
@@ -103,3 +115,19 @@ class Cache:
     def train_ids(self) -> list[str]:
         """The pretraining pool: exactly the training split (all cases if unsplit)."""
         return list(self.splits()["train"]) if self.has_splits() else self.case_ids
+
+
+def write_manifest(root: str | Path, settings: Mapping[str, Any], cases: Sequence[str], *,
+                   source: str, layout: str) -> None:
+    """Write ``root/manifest.json`` (atomically): the one writer of the cache's manifest.
+
+    Args:
+        root: the cache folder.
+        settings: the preprocessing settings (``Settings.to_dict()``: ``spacing``, ``window``, ...).
+        cases: every finished case, in order.
+        source: where the cases came from (the dataset folder).
+        layout: the dataset layout it was read as (``msd``, ``kits19``, ...).
+    """
+    write_json(Path(root) / MANIFEST, {
+        "format": FORMAT, "version": VERSION, "pimpic_version": __version__,
+        "settings": dict(settings), "source": source, "layout": layout, "cases": list(cases)})

@@ -21,7 +21,7 @@ the voxels of its patches.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,10 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pimpic.data.cache import Cache
-from pimpic.methods.base import Sampler
+
+#: a method's per-volume sampler ``(image (X, Y, Z), rng) -> arrays of one volume`` (picklable;
+#: see :mod:`pimpic.registry`)
+Sampler = Callable[[np.ndarray, np.random.Generator], dict[str, np.ndarray]]
 
 #: memory maps kept open per worker (cheap, but bounded for caches with thousands of cases)
 _OPEN_VOLUMES = 64
@@ -54,7 +57,7 @@ def sample_rng(seed: int, rank: int, index: int) -> np.random.Generator:
     return np.random.default_rng((seed, rank, index))
 
 
-class VolumeStream(IterableDataset):
+class VolumeStream(IterableDataset[dict[str, np.ndarray]]):
     """Endless stream of one-volume samples ``sampler(image, rng)`` for one rank.
 
     Args:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pimpic import __version__
-from pimpic.data.cache import CASES_DIR, LOCK, MANIFEST, SPLITS
+from pimpic.data.cache import CASES_DIR, LOCK, MANIFEST, SPLITS, Cache, write_manifest
 from pimpic.data.datasets import read_dataset
 from pimpic.data.preprocess import Settings, load_and_preprocess
 from pimpic.data.splits import check_split_request, read_split_file, settle_split, split_digest
@@ -43,7 +43,6 @@ from pimpic.io import (
     write_json,
 )
 
-CACHE_VERSION = 1
 TMP_PREFIX = ".tmp-"
 INPUTS = ("image", "label")
 
@@ -106,11 +105,13 @@ def prepare(
             elif why:
                 redone[c["id"]] = why
         # the manifest goes first, so a rerun with other settings is refused even after a crash
-        _write_manifest(out, src, layout, settings, [c["id"] for c in cases if c["id"] in finished])
+        source = str(Path(src).resolve())
+        write_manifest(out, settings.to_dict(), [c["id"] for c in cases if c["id"] in finished],
+                       source=source, layout=layout)
         todo = [c for c in cases if c["id"] not in finished]
         bad = _run(todo, cases_dir, settings, workers, skip_bad, progress, finished)
         done_ids = [c["id"] for c in cases if c["id"] in finished]
-        _write_manifest(out, src, layout, settings, done_ids)
+        write_manifest(out, settings.to_dict(), done_ids, source=source, layout=layout)
         if bad and not skip_bad:
             raise PimpicError(f"{bad[0]['error']} (finished cases are kept; fix it and rerun, "
                               "or pass --skip-bad)")
@@ -135,7 +136,7 @@ def _check_out(out: Path, settings: Settings) -> None:
     manifest = out / MANIFEST
     if manifest.is_file():
         data = read_json(manifest)
-        if not isinstance(data, dict) or data.get("format") != "pimpic-cache":
+        if not Cache.is_manifest(data):
             raise PimpicError(f"{manifest}: not a pimpic cache manifest; choose another --out")
         old = data.get("settings", {})
         try:
@@ -308,12 +309,3 @@ def _run(todo: list[dict[str, Any]], cases_dir: Path, settings: Settings, worker
         return bad
     finally:
         bar.close()
-
-
-def _write_manifest(out: Path, src: str | Path, layout: str, settings: Settings,
-                    ids: list[str]) -> None:
-    write_json(out / MANIFEST, {
-        "format": "pimpic-cache", "version": CACHE_VERSION, "pimpic_version": __version__,
-        "settings": settings.to_dict(), "source": str(Path(src).resolve()), "layout": layout,
-        "cases": ids,
-    })

@@ -98,7 +98,8 @@ def acquire(g: A.Grid, rng: np.random.Generator, acq: Acquisition) -> np.ndarray
                             sigma=(corr, corr, 0.3))
     sd = acq.noise_hu * noise_factor * np.sqrt(2.5 / max(acq.spacing[2], 0.5))
     hu += noise * (sd / (noise.std() + 1e-6))
-    return hu
+    out: np.ndarray = hu
+    return out
 
 
 def _clips(g: A.Grid, rng: np.random.Generator) -> None:

@@ -28,9 +28,8 @@ from typing import TYPE_CHECKING, Any
 from pimpic.errors import PimpicError
 
 if TYPE_CHECKING:
-    from torch import nn
 
-    from pimpic.config import PretrainConfig
+    pass
 
 #: the nominal strides whose levels PiC reads (f1, f2, f3 of the paper's U-Net)
 PIC_STRIDES = (1, 2, 4)
@@ -100,21 +99,3 @@ def check_patch(levels: Sequence[Level], patch_size: int, what: str = "backbone"
             raise PimpicError(f"patch_size {patch_size} is not divisible by the stride "
                               f"{list(level.stride)} of {what} level {i + 1}; use a multiple "
                               f"of {total}")
-
-
-def build_backbone(cfg: PretrainConfig) -> nn.Module:
-    """The encoder ``cfg.backbone`` names: ``unet`` (the paper's, from ``in_channels``,
-    ``width``, ``depth``) or ``nnunet`` (from ``nnunet_plans`` and ``nnunet_configuration``)."""
-    if cfg.backbone == "nnunet":
-        from pimpic.nnunet.network import build_encoder
-
-        if not cfg.nnunet_plans:
-            raise PimpicError("backbone nnunet: set nnunet_plans to an nnU-Net plans file (or "
-                              "pretrain on an nnU-Net preprocessed folder, which has one)")
-
-        encoder = build_encoder(cfg.nnunet_plans, cfg.nnunet_configuration, cfg.in_channels)
-        check_patch(encoder.levels, cfg.patch_size, "nnU-Net encoder")
-        return encoder
-    from pimpic.models.unet import Encoder
-
-    return Encoder(cfg.in_channels, cfg.width, cfg.depth)

@@ -22,7 +22,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pimpic import __version__
 from pimpic.errors import PimpicError
+from pimpic.io import save_safetensors
 from pimpic.models.unet import Encoder
 
 FORMAT = "pimpic-encoder"
@@ -32,9 +34,6 @@ CHECKED = ("in_channels", "width", "depth", "patch_size", "spacing", "window")
 
 def save_encoder(path: str | Path, encoder: Any, meta: Mapping[str, Any]) -> None:
     """Write ``encoder`` to ``path`` atomically, with ``meta`` plus its architecture."""
-    from pimpic import __version__
-    from pimpic.io import save_safetensors
-
     full = {"architecture": encoder.architecture(), "pimpic_version": __version__, **meta}
     # clone: nnU-Net's blocks register one tensor under two names, which safetensors refuses
     state = {k: v.detach().cpu().clone().contiguous() for k, v in encoder.state_dict().items()}

@@ -39,8 +39,9 @@ class ConvBlock(nn.Module):
         self.conv3 = _conv_in_relu(cout, cout)
 
     def forward(self, x: Tensor) -> Tensor:
-        out1 = self.conv1(x)
-        return out1 + self.conv3(self.conv2(out1))
+        out1: Tensor = self.conv1(x)
+        out3: Tensor = self.conv3(self.conv2(out1))
+        return out1 + out3
 
 
 class Encoder(nn.Module):
@@ -131,7 +132,8 @@ class Decoder(nn.Module):
             x = F.interpolate(x, size=skip.shape[2:], mode="trilinear",
                               align_corners=self.align_corners)
             x = block(torch.cat([x, skip], dim=1))
-        return self.head(x)
+        logits: Tensor = self.head(x)
+        return logits
 
 
 class SegmentationNet(nn.Module):
@@ -148,4 +150,5 @@ class SegmentationNet(nn.Module):
         self.num_classes = num_classes
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.decoder(self.encoder(x))
+        logits: Tensor = self.decoder(self.encoder(x))
+        return logits

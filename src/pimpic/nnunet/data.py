@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from pimpic.data.cache import Cache
 from pimpic.errors import PimpicError
 from pimpic.nnunet.plans import NnunetPlan, load_plan
 
@@ -90,7 +91,8 @@ class _Blosc2Channel:
         index = index if isinstance(index, tuple) else (index,)
         steps = [s.step for s in index if isinstance(s, slice) and s.step not in (None, 1)]
         if steps:  # strided views (the foreground anchor's coarse grid): read, then stride
-            return np.asarray(self._array[self._channel])[index]
+            strided: np.ndarray = np.asarray(self._array[self._channel])[index]
+            return strided
         return np.asarray(self._array[(self._channel,) + index])  # noqa: RUF005
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
@@ -173,8 +175,6 @@ class PreprocessedFolder:
 
 def open_source(root: str | Path) -> Any:
     """A pimpic cache, or an nnU-Net preprocessed folder, whichever ``root`` is."""
-    from pimpic.data.cache import Cache
-
     if is_preprocessed_folder(root):
         return PreprocessedFolder(root)
     return Cache(root)

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from pimpic.errors import PimpicError
+from pimpic.io import atomic_path
+from pimpic.models.export import read_encoder_metadata
 from pimpic.nnunet.network import build_network
 from pimpic.nnunet.plans import NnunetPlan, load_plan
 
@@ -80,9 +82,6 @@ def export_nnunet(run_dir: str | Path, plans: str | Path, configuration: str, ou
     """
     import torch
     from safetensors.torch import load_file
-
-    from pimpic.io import atomic_path
-    from pimpic.models.export import read_encoder_metadata
 
     run_dir, out = Path(run_dir), Path(out)
     encoder_file = run_dir / "encoder.safetensors"

@@ -20,10 +20,7 @@ import numpy as np
 import torch
 
 from pimpic.errors import PimpicError
-from pimpic.training.run_folder import CHECKPOINT
-
-__all__ = ["CHECKPOINT", "load_checkpoint", "restore", "rng_state", "save_checkpoint",
-           "seed_all", "set_rng_state"]
+from pimpic.io import atomic_path
 
 
 def rng_state() -> dict[str, Any]:
@@ -62,8 +59,6 @@ def seed_all(*entropy: int) -> None:
 
 def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
     """Write ``state`` atomically: a crash mid-write leaves the previous checkpoint intact."""
-    from pimpic.io import atomic_path
-
     with atomic_path(path) as tmp:
         torch.save(dict(state), tmp)
 
@@ -92,7 +87,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     if missing:
         raise PimpicError(f"{path}: not a pimpic checkpoint of this kind of run (no "
                           f"{', '.join(missing)})")
-    return state
+    return dict(state)
 
 
 def restore(path: str | Path, state: Mapping[str, Any], **parts: Any) -> None:

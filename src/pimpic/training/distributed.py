@@ -15,27 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pimpic.errors import PimpicError
-
-
-def resolve_device(option: str, local_rank: int = 0) -> torch.device:
-    """``auto`` → ``cuda:LOCAL_RANK`` if a GPU is visible, else ``cpu``; ``cuda`` without a GPU is
-    an error."""
-    if option == "auto":
-        option = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(option)
-    except RuntimeError:
-        raise PimpicError(f"device {option!r}: expected auto, cpu, cuda or cuda:<n>") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise PimpicError(f"device {option!r}: no CUDA GPU is visible to PyTorch")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    elif device.type != "cpu":
-        raise PimpicError(f"device {option!r}: only cpu and cuda are supported")
-    return device
+from pimpic.training.device import resolve_device
 
 
 @dataclass

@@ -8,13 +8,16 @@ window) and ``elapsed_s`` (training time, summed over resumed sessions).
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
-from pimpic.io import append_jsonl, atomic_open, read_jsonl
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
 
-METRICS = "metrics.jsonl"
+from pimpic.io import append_jsonl, atomic_open, read_jsonl
+from pimpic.paths import METRICS, TENSORBOARD
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -22,8 +25,6 @@ def truncate_metrics(path: Path, step: int) -> None:
     if not path.is_file():
         return
     rows = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= step]
-    import json
-
     with atomic_open(path) as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)
 
@@ -58,11 +59,8 @@ class Monitor:
         self.bar: Any = None
         if not enabled:
             return
-        from torch.utils.tensorboard import SummaryWriter
-        from tqdm.auto import tqdm
-
         # purge_step hides TensorBoard events logged after the checkpoint we resume from
-        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step or None)
+        self.writer = SummaryWriter(str(run_dir / TENSORBOARD), purge_step=start_step or None)
         self.bar = tqdm(total=total_steps, initial=start_step, disable=not progress,
                         unit="step", dynamic_ncols=True, desc="pretrain")
 

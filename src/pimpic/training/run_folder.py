@@ -29,7 +29,7 @@ unlinked, never followed.
 keys only, and the identity recorded in ``run.json`` when the run started (cache manifest, case
 ids, encoder content, ...) must be unchanged; the first difference is refused.
 
-The same policy serves the experiment's restarts (:mod:`pimpic.experiment`).
+The same policy serves the experiment's restarts (:mod:`pimpic.protocol.experiment`).
 """
 
 from __future__ import annotations
@@ -41,16 +41,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pimpic.config import _untuple as _plain  # tuples as lists, as they come back from JSON
-from pimpic.config import config_differences, load_yaml
+from pimpic import __version__
+from pimpic.config import config_differences, load_yaml, plain
 from pimpic.errors import PimpicError
 from pimpic.io import read_json, write_json
+from pimpic.paths import CHECKPOINT, CONFIG, EVAL_MARKER, EVAL_OUTPUTS, MARKER, RUN_INFO
 
-MARKER = ".pimpic-run"
-CHECKPOINT = "checkpoint.pt"
-EVAL_MARKER = ".pimpic-eval"
-#: what :func:`pimpic.evaluate.evaluate` writes into ``eval-<split>/``
-EVAL_OUTPUTS = ("per_case.csv", "summary.json", "pred")
 KINDS = ("pretrain", "finetune")
 
 #: settings that change where and how fast a run executes, never what it computes
@@ -137,17 +133,16 @@ class RunFolder:
             defaults: the config class's defaults (``to_dict``), standing in for keys a run
                 made by an older pimpic did not record.
         """
-        diffs = config_differences(load_yaml(self.path / "config.yaml"), config, RESUMABLE,
-                                   defaults)
+        diffs = config_differences(load_yaml(self.path / CONFIG), config, RESUMABLE, defaults)
         if diffs:
             raise PimpicError(f"{self.path}: cannot resume with a different config — "
                               + "; ".join(diffs))
-        info = read_json(self.path / "run.json")
+        info = read_json(self.path / RUN_INFO)
         if not isinstance(info, dict):
             raise PimpicError(f"{self.path / 'run.json'}: malformed (expected an object)")
         for key, now in identity.items():
             saved = info.get(key)
-            if _plain(saved) != _plain(now):
+            if plain(saved) != plain(now):
                 raise PimpicError(f"{self.path}: cannot resume — {_difference(key, saved, now)}")
         return info
 
@@ -195,9 +190,9 @@ def saved_config(path: str | Path) -> dict[str, Any] | None:
     """The ``config.yaml`` of the pimpic run in ``path`` (the base of ``--resume``), or None
     where ``path`` is not a run that saved one."""
     path = Path(path)
-    if not (path / MARKER).is_file() or not (path / "config.yaml").is_file():
+    if not (path / MARKER).is_file() or not (path / CONFIG).is_file():
         return None
-    return load_yaml(path / "config.yaml")
+    return load_yaml(path / CONFIG)
 
 
 def mark_evaluation(folder: Path) -> None:
@@ -221,8 +216,6 @@ def json_sha256(obj: Any) -> str:
 
 
 def _marker(kind: str, artefacts: list[str]) -> dict[str, Any]:
-    from pimpic import __version__
-
     return {"kind": kind, "pimpic_version": __version__, "artefacts": artefacts}
 
 
@@ -270,7 +263,7 @@ def _short(value: Any) -> str:
 
 def _difference(key: str, saved: Any, now: Any) -> str:
     """``key: run has A, now B``, pointing at the first differing entry of two lists."""
-    saved, now = _plain(saved), _plain(now)
+    saved, now = plain(saved), plain(now)
     if isinstance(saved, list) and isinstance(now, list):
         for i, (a, b) in enumerate(zip(saved, now, strict=False)):
             if a != b:

@@ -1,6 +1,0 @@
-"""Losses: pure, vectorised, shape-documented (one per file)."""
-
-from pimpic.losses.pic import pic_loss, region_means
-from pimpic.losses.pim import pim_descriptor, pim_loss
-
-__all__ = ["pic_loss", "pim_descriptor", "pim_loss", "region_means"]

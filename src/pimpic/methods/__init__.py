@@ -1,1 +1,0 @@
-"""Pretext tasks: each wires the encoder, its heads, its sampler and its loss."""

@@ -1,0 +1,297 @@
+"""The paper's protocol in one call: pretrain → fine-tune → evaluate over a grid, then report.
+
+Layout of ``EXP/``::
+
+    config.yaml                                 the resolved ExperimentConfig
+    split.json                                  fingerprint of the cache split it was made on
+    timings.json                                wall seconds per finished stage
+    pretrain/<method>/                          one pretraining run per non-random method
+    finetune/<method>/f<fraction>/s<seed>/      one fine-tuning run per cell (no encoder: random)
+        eval-test/{per_case.csv,summary.json,pred/}
+    results.csv · table.md · stats.md · report.md · figures/*.png
+
+Every stage is resumable on its own, so a killed experiment rerun does only what is missing:
+
+* a pretraining run is complete when ``encoder.safetensors`` exists; a partial run resumes from
+  ``checkpoint.pt`` if there is one, otherwise it restarts with ``overwrite=True`` — the run
+  folder policy of :mod:`pimpic.training.run_folder`, so a restart removes only what pimpic
+  wrote and refuses a folder that holds anything else;
+* a cell is complete when its ``eval-<split>/summary.json`` exists; a fine-tuning run that
+  finished (``run.json`` ``completed``) is only evaluated; a partial one resumes or restarts.
+
+``pimpic demo`` builds an :class:`ExperimentConfig` in code and calls :func:`run_experiment`;
+``on_stage`` lets it show its own progress display (the default prints one line per stage with
+elapsed time and an ETA from the durations of the stages finished in this invocation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pimpic.config import FinetuneConfig, PretrainConfig, flatten, load_yaml, save_config, to_dict
+from pimpic.data.cache import Cache
+from pimpic.data.leakage import check_pool
+from pimpic.data.splits import split_digest
+from pimpic.errors import PimpicError
+from pimpic.io import read_json, write_json
+from pimpic.nnunet.data import open_source
+from pimpic.paths import (
+    CHECKPOINT,
+    CONFIG,
+    ENCODER_FILE,
+    MODEL_FILE,
+    RUN_INFO,
+    SPLIT_RECORD,
+    SUMMARY,
+    TIMINGS,
+    cell_dir,
+    eval_dir,
+    pretrain_dir,
+)
+from pimpic.pretraining.engine import pretrain
+from pimpic.protocol.grid import BASELINE, GRID_KEYS, ExperimentConfig, load_experiment_config
+from pimpic.protocol.report import write_all
+from pimpic.segmentation.evaluate import evaluate
+from pimpic.segmentation.finetune import finetune
+from pimpic.training.run_folder import RUNTIME_KEYS
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Stage:
+    """One unit of resumable work. ``kind`` groups stages of similar cost for the ETA."""
+
+    name: str
+    kind: str
+    run_dir: Path
+    is_done: Callable[[], bool]
+    run: Callable[[], None]
+
+
+def _restart(run_dir: Path) -> tuple[bool, bool]:
+    """``(resume, overwrite)``: resume a partial run that left a checkpoint; otherwise start over
+    in place (the stage's run folder policy decides what may be removed, and refuses a folder
+    that is not its run)."""
+    if (run_dir / CHECKPOINT).is_file():
+        return True, False
+    return False, run_dir.exists()
+
+
+def _finetune_finished(run_dir: Path) -> bool:
+    info = run_dir / RUN_INFO
+    if not info.is_file() or not (run_dir / MODEL_FILE).is_file():
+        return False
+    try:
+        return bool(read_json(info).get("completed"))
+    except PimpicError:
+        return False
+
+
+def pretraining_pool(cfg: ExperimentConfig) -> tuple[Path, list[str] | None]:
+    """Where pretraining reads (``pretrain_cache`` or ``cache``) and which cases (all of a
+    separate pool; None: the task cache's training split, the engine's default)."""
+    if not cfg.pretrain_cache or Path(cfg.pretrain_cache).resolve() == Path(cfg.cache).resolve():
+        return Path(cfg.cache), None
+    return Path(cfg.pretrain_cache), list(open_source(cfg.pretrain_cache).case_ids)
+
+
+def check_pool_leakage(cfg: ExperimentConfig) -> None:
+    """A separate pool must not hold the task's evaluation cases (by id or by content)."""
+    pool, pool_ids = pretraining_pool(cfg)
+    if pool_ids is None or all(m == BASELINE for m in cfg.methods):
+        return
+    task = Cache(cfg.cache)
+    check_pool(task, list(task.splits()[cfg.split]), open_source(pool), pool_ids)
+
+
+def plan_stages(cfg: ExperimentConfig, exp: Path, *, progress: bool = True) -> list[Stage]:
+    """The grid as an ordered list of stages: every pretraining first, then every cell."""
+    cache = Path(cfg.cache)
+    pool, pool_ids = pretraining_pool(cfg)
+    stages: list[Stage] = []
+    for method in cfg.methods:
+        if method == BASELINE:
+            continue
+        rd = pretrain_dir(exp, method)
+        pcfg = cfg.pretrain_config(method)
+
+        def run_pre(rd: Path = rd, pcfg: PretrainConfig = pcfg) -> None:
+            resume, overwrite = _restart(rd)
+            pretrain(pool, rd, pcfg, progress=progress, case_ids=pool_ids, resume=resume,
+                     overwrite=overwrite)
+
+        def pre_done(rd: Path = rd) -> bool:
+            return (rd / ENCODER_FILE).is_file()
+
+        stages.append(Stage(f"pretrain {method}", "pretrain", rd, pre_done, run_pre))
+    for method in cfg.methods:
+        encoder = None if method == BASELINE else pretrain_dir(exp, method) / ENCODER_FILE
+        for fraction in cfg.fractions:
+            for seed in cfg.seeds:
+                rd = cell_dir(exp, method, fraction, seed)
+                fcfg = cfg.finetune_config(fraction, seed)
+
+                def run_cell(rd: Path = rd, fcfg: FinetuneConfig = fcfg,
+                             encoder: Path | None = encoder) -> None:
+                    if not _finetune_finished(rd):
+                        resume, overwrite = _restart(rd)
+                        finetune(cache, rd, fcfg, encoder=encoder, progress=progress,
+                                 resume=resume, overwrite=overwrite)
+                    evaluate(rd, split=cfg.split, cache=cache, lcc=cfg.lcc, absent=cfg.absent,
+                             progress=progress, save_predictions=True)
+
+                def cell_done(rd: Path = rd) -> bool:
+                    return (eval_dir(rd, cfg.split) / SUMMARY).is_file()
+
+                stages.append(Stage(f"finetune {method} {fraction}% seed {seed}", "finetune",
+                                    rd, cell_done, run_cell))
+    return stages
+
+
+def _fmt_s(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+@dataclasses.dataclass
+class StageEvent:
+    """What ``on_stage`` receives before (``finished=False``) and after each stage."""
+
+    index: int  # 1-based position in the plan
+    total: int
+    stage: Stage
+    finished: bool
+    skipped: bool  # complete before this invocation
+    seconds: float  # this stage's duration (0 before it runs)
+    elapsed: float  # seconds since run_experiment started
+    eta: float | None  # seconds left (None: no finished stage to estimate from yet)
+
+
+def estimate_eta(remaining: list[Stage], durations: dict[str, list[float]]) -> float | None:
+    """Sum over ``remaining`` of the mean duration of finished stages of the same kind (of any
+    kind where that kind has none yet); None before any stage finished."""
+    every = [d for ds in durations.values() for d in ds]
+    if not every:
+        return None if remaining else 0.0
+    fallback = sum(every) / len(every)
+    mean = {k: sum(v) / len(v) for k, v in durations.items() if v}
+    return sum(mean.get(s.kind, fallback) for s in remaining)
+
+
+def log_status(event: StageEvent) -> None:
+    """The default progress line (logged), e.g. ``[3/14] pretrain pimpic: done in 1m02s ...``."""
+    head = f"[{event.index}/{event.total}] {event.stage.name}"
+    if event.skipped:
+        line = f"{head}: already complete, skipped"
+    elif event.finished:
+        line = f"{head}: done in {_fmt_s(event.seconds)}"
+    else:
+        line = f"{head}: running"
+    eta = "?" if event.eta is None else _fmt_s(event.eta)
+    log.info("%s (elapsed %s, ETA %s)", line, _fmt_s(event.elapsed), eta)
+
+
+def _unused_override(key: str, exp: Path) -> bool:
+    """``pretrain_overrides.<method>.…`` of a method this folder has not pretrained yet: free to
+    change (a method added on resume brings its own settings; nothing run used them)."""
+    parts = key.split(".")
+    return (len(parts) > 1 and parts[0] == "pretrain_overrides"
+            and not pretrain_dir(exp, parts[1]).exists())
+
+
+def _check_same_setup(cfg: ExperimentConfig, exp: Path, splits: dict[str, Any]) -> None:
+    """Refuse to mix runs made with other settings, or on another split, into one table."""
+    saved_path = exp / CONFIG
+    if not saved_path.is_file():
+        return
+    digest, record = split_digest(splits), exp / SPLIT_RECORD
+    made_on = read_json(record).get("digest") if record.is_file() else None
+    if made_on not in (None, digest):
+        raise PimpicError(f"{exp}: holds an experiment made on another split of {cfg.cache} "
+                          f"(split {made_on}, now {digest}); use a new --out folder")
+    # keys an older pimpic did not record take today's defaults (the behaviour it had)
+    defaults = flatten(to_dict(ExperimentConfig(cache=cfg.cache)))
+    saved, now = {**defaults, **flatten(load_yaml(saved_path))}, flatten(to_dict(cfg))
+    saved, now = ({k: v for k, v in d.items() if v != {}} for d in (saved, now))  # no leaves
+    diffs = [k for k in sorted(set(saved) | set(now))
+             if k.split(".")[0] not in GRID_KEYS and k.split(".")[-1] not in RUNTIME_KEYS
+             and not _unused_override(k, exp) and saved.get(k) != now.get(k)]
+    if diffs:
+        raise PimpicError(
+            f"{exp}: holds an experiment made with different settings ({', '.join(diffs)}); "
+            "use a new --out folder (methods, fractions and seeds may change)")
+
+
+def run_experiment(
+    config: str | Path | ExperimentConfig,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    on_stage: Callable[[StageEvent], None] | None = log_status,
+    report: bool = True,
+) -> Path:
+    """Run (or resume) the whole grid in ``out`` and write the report; returns ``out``.
+
+    Args:
+        config: an :class:`ExperimentConfig` or the path of its YAML file.
+        out: the experiment folder (created; reused to resume).
+        progress: show the stages' own progress bars.
+        on_stage: called before and after every stage (None: silent).
+        report: write results.csv, table.md, stats.md, figures and report.md at the end.
+    """
+    cfg = config if isinstance(config, ExperimentConfig) else load_experiment_config(config)
+    if not cfg.cache:
+        raise PimpicError("experiment config: 'cache' (a prepared cache folder) is required")
+    cache = Cache(cfg.cache)
+    if not cache.has_splits():
+        raise PimpicError(f"{cache.root}: no splits.json (run `pimpic prepare`)")
+    exp = Path(out)
+    exp.mkdir(parents=True, exist_ok=True)
+    splits = cache.splits()
+    check_pool_leakage(cfg)
+    _check_same_setup(cfg, exp, splits)
+    save_config(cfg, exp / CONFIG)
+    write_json(exp / SPLIT_RECORD, {"digest": split_digest(splits),
+                                    **{k: len(splits[k]) for k in ("train", "val", "test")}})
+
+    timings_path = exp / TIMINGS
+    timings: dict[str, float] = read_json(timings_path) if timings_path.is_file() else {}
+    stages = plan_stages(cfg, exp, progress=progress)
+    durations: dict[str, list[float]] = {}
+    start = time.perf_counter()
+    for i, stage in enumerate(stages, 1):
+        remaining = [s for s in stages[i - 1:] if not s.is_done()]
+        if stage.is_done():
+            if on_stage:
+                on_stage(StageEvent(i, len(stages), stage, True, True, 0.0,
+                                    time.perf_counter() - start,
+                                    estimate_eta(remaining, durations)))
+            continue
+        if on_stage:
+            on_stage(StageEvent(i, len(stages), stage, False, False, 0.0,
+                                time.perf_counter() - start, estimate_eta(remaining, durations)))
+        t0 = time.perf_counter()
+        stage.run()
+        seconds = time.perf_counter() - t0
+        durations.setdefault(stage.kind, []).append(seconds)
+        timings[stage.name] = round(seconds, 2)
+        write_json(timings_path, timings)
+        if on_stage:
+            on_stage(StageEvent(i, len(stages), stage, True, False, seconds,
+                                time.perf_counter() - start,
+                                estimate_eta(remaining[1:], durations)))
+    if report:
+        write_all(exp, cfg)
+    return exp

@@ -1,0 +1,397 @@
+"""Supervised fine-tuning of a (pretrained or random) encoder + new decoder (docs/method.md §6.2).
+
+The authors' released recipe by default: the released decoder, Dice loss (softmax, one-hot),
+Adam lr 1e-5, 2 volumes × 16 label-balanced 64³ crops per step from foreground-cropped volumes,
+light whole-volume augmentation ("Random + Aug"), validation by sliding-window inference
+(overlap 0.25, constant blending) on the foreground-cropped validation volumes, the model with
+the lowest validation Dice loss (background included) kept, early stopping after ``patience``
+epochs without improvement. Options (:class:`~pimpic.config.FinetuneConfig`): the symmetric
+decoder, DiceCE loss, cosine schedule, a frozen encoder for the first epochs, mean foreground
+Dice as the criterion, per-crop or intensity augmentation, epoch/step caps.
+
+Launch::
+
+    pimpic finetune CACHE --out runs/ft5 --fraction 5 --encoder runs/pre/encoder.safetensors
+    pimpic finetune CACHE --out runs/ft5 --fraction 5 --resume        # continue after a kill
+
+Run folder (created, resumed and overwritten by :class:`~pimpic.training.run_folder.RunFolder`,
+the same policy as pretraining): ``.pimpic-run``, ``config.yaml``, ``run.json`` (with what a
+resumed run must still match: cache manifest digest, training and validation cases, encoder
+digest), ``env.json``, ``model.safetensors`` (best), ``checkpoint.pt`` (last epoch; resume is
+bit-for-bit on CPU), ``metrics.jsonl``, ``tb/``, ``energy.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss, DiceLoss
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from pimpic.config import FinetuneConfig, save_config, to_dict
+from pimpic.data.cache import Cache
+from pimpic.data.splits import fraction_cases
+from pimpic.energy import EnergyMeter
+from pimpic.envinfo import collect
+from pimpic.errors import PimpicError
+from pimpic.io import append_jsonl, read_json, write_json
+from pimpic.models.export import load_encoder
+from pimpic.models.unet import Encoder, SegmentationNet
+from pimpic.paths import (
+    CHECKPOINT,
+    CONFIG,
+    ENERGY,
+    ENV,
+    METRICS,
+    MODEL_FILE,
+    RUN_INFO,
+    TENSORBOARD,
+)
+from pimpic.segmentation.finetune_data import epoch_loader, train_transform
+from pimpic.segmentation.model_file import save_model
+from pimpic.segmentation.run_info import FinetuneRun, Progress
+from pimpic.segmentation.validation import better, validate
+from pimpic.training.checkpoint import load_checkpoint, restore, save_checkpoint
+from pimpic.training.device import autocast, flush_denormals, memory_format, resolve_device
+from pimpic.training.monitor import truncate_metrics
+from pimpic.training.run_folder import RunFolder, file_sha256, json_sha256
+
+log = logging.getLogger(__name__)
+
+RUN_ARTIFACTS = (CONFIG, RUN_INFO, ENV, MODEL_FILE, CHECKPOINT, METRICS, ENERGY, TENSORBOARD)
+#: what a fine-tuning checkpoint holds
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "state")
+
+
+def build_model(cfg: FinetuneConfig, cache: Cache, encoder: str | Path | None,
+                allow: Iterable[str] = ()) -> tuple[SegmentationNet, dict[str, Any] | None]:
+    """Encoder (from ``encoder`` after checking its metadata, or random) + new decoder."""
+    torch.manual_seed(cfg.seed)
+    meta = None
+    if encoder is not None:
+        settings = cache.settings
+        expected = {"in_channels": 1, "spacing": settings["spacing"],
+                    "window": settings["window"], "patch_size": cfg.patch_size}
+        enc, meta = load_encoder(encoder, expected=expected, allow=allow)
+    else:
+        enc = Encoder(1, cfg.width, cfg.depth)
+    check_patch(cfg.patch_size, enc.depth)
+    return SegmentationNet(enc, cfg.num_classes, cfg.decoder), meta
+
+
+def check_patch(patch_size: int, depth: int) -> None:
+    """The bottleneck sits at ``patch / 2^depth`` and needs > 1 voxel for InstanceNorm."""
+    unit = 2**depth
+    if patch_size % unit or patch_size < 2 * unit:
+        raise PimpicError(f"patch_size {patch_size} must be a multiple of 2^depth = {unit} and at "
+                          f"least {2 * unit} (the depth-{depth} bottleneck needs ≥ 2 voxels)")
+
+
+# ------------------------------------------------------------------------------- run folder
+
+
+def _identity(cache: Cache, train_ids: list[str], val_ids: list[str],
+              encoder: str | Path | None) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues (recorded in ``run.json``)."""
+    return {"settings": cache.settings, "cache_manifest_sha256": json_sha256(cache.manifest),
+            "train_cases": train_ids, "val_cases": val_ids,
+            "encoder_sha256": file_sha256(encoder) if encoder is not None else None}
+
+
+def _check_labels(cache: Cache, case_ids: list[str], num_classes: int) -> None:
+    """Every label value must be a class: ``0 … num_classes − 1``."""
+    for cid in case_ids:
+        declared = cache.meta(cid).get("label_values")  # recorded by `pimpic prepare`
+        if declared:
+            top = max(declared)
+        else:
+            label = cache.label(cid)
+            top = int(np.max(label)) if label is not None and label.size else 0
+        if top >= num_classes:
+            raise PimpicError(f"{cache.case_dir(cid)}: label value {top} does not fit "
+                              f"num_classes={num_classes} (labels 0…{num_classes - 1}); set "
+                              f"num_classes={top + 1}")
+
+
+def _cases(cache: Cache, fraction: float) -> tuple[list[str], list[str]]:
+    splits = cache.splits()
+    if not splits.get("train"):
+        raise PimpicError(f"{cache.root}: the split has 0 training cases")
+    train = fraction_cases(splits, fraction)
+    val = list(splits.get("val", []))
+    for cid in [*train, *val]:
+        if not (cache.case_dir(cid) / "label.npy").is_file():
+            raise PimpicError(f"{cache.case_dir(cid)}: case {cid!r} has no label; fine-tuning "
+                              "and validation need labelled cases")
+    return train, val
+
+
+# ---------------------------------------------------------------------------------- training
+
+
+def finetune(
+    cache: str | Path | Cache,
+    run_dir: str | Path,
+    cfg: FinetuneConfig,
+    *,
+    encoder: str | Path | None = None,
+    allow: Iterable[str] = (),
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    tensorboard: bool = True,
+) -> Path:
+    """Fine-tune on the label fraction ``cfg.fraction`` of ``cache``; returns ``run_dir``.
+
+    Args:
+        cache: a prepared cache (folder or :class:`Cache`) with a split.
+        run_dir: the run folder (refused if non-empty unless ``resume``/``overwrite``).
+        cfg: the fine-tuning configuration.
+        encoder: an ``encoder.safetensors`` export, or None for the from-scratch baseline.
+        allow: checked metadata names whose mismatch is accepted (e.g. ``patch_size``).
+        resume: continue from ``checkpoint.pt``; refused without one, or when the config
+            (beyond its caps and machinery), the cache, the cases or the encoder changed.
+        overwrite: remove what an earlier fine-tuning run wrote into ``run_dir`` first
+            (refused when the folder is not a pimpic fine-tuning run or holds other files).
+        progress: show a progress bar.
+        tensorboard: also log to ``run_dir/tb``.
+    """
+    cache = cache if isinstance(cache, Cache) else Cache(cache)
+    run_dir = Path(run_dir)
+    train_ids, val_ids = _cases(cache, cfg.fraction)
+    _check_labels(cache, [*train_ids, *val_ids], cfg.num_classes)
+    device = resolve_device(cfg.device)
+    # validate everything before touching the run folder: a refused setup leaves no trace
+    model, enc_meta = build_model(cfg, cache, encoder, allow)
+    identity = _identity(cache, train_ids, val_ids, encoder)
+    folder = RunFolder(run_dir, "finetune", RUN_ARTIFACTS)
+    resuming = folder.check(resume=resume, overwrite=overwrite)
+    resumed_info = (folder.check_resume(to_dict(cfg), identity, to_dict(FinetuneConfig()))
+                    if resuming else None)
+    folder.start(resuming)
+    n_train = len(cache.splits()["train"])
+    log.info("fine-tuning on %d of %d training cases (%s%%), validating on %d",
+             len(train_ids), n_train, cfg.fraction, len(val_ids))
+    if resumed_info is not None:
+        info = FinetuneRun.from_json(run_dir / RUN_INFO, resumed_info)
+    else:
+        save_config(cfg, run_dir / CONFIG)
+        info = FinetuneRun(
+            cache=str(cache.root.resolve()), fraction=cfg.fraction, **identity,
+            encoder=str(Path(encoder).resolve()) if encoder is not None else None,
+            encoder_meta=enc_meta, patch_size=cfg.patch_size, num_classes=cfg.num_classes,
+            architecture=model.encoder.architecture(),
+            started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        write_json(run_dir / RUN_INFO, info.to_json())
+        write_json(run_dir / ENV, collect(device))
+    with flush_denormals(device):
+        return _train(model, cache, run_dir, cfg, info, train_ids, val_ids, device,
+                      resuming=resuming, progress=progress, tensorboard=tensorboard)
+
+
+def _param_groups(model: SegmentationNet, cfg: FinetuneConfig) -> list[dict[str, Any]]:
+    """One group at ``lr`` — or, with ``encoder_lr``, the encoder's parameters in a group of
+    their own at that rate."""
+    if cfg.encoder_lr is None:
+        return [{"params": list(model.parameters())}]
+    encoder = list(model.encoder.parameters())
+    mine = {id(p) for p in encoder}
+    return [{"params": encoder, "lr": cfg.encoder_lr},
+            {"params": [p for p in model.parameters() if id(p) not in mine]}]
+
+
+def segmentation_loss(cfg: FinetuneConfig) -> nn.Module:
+    """The training loss: MONAI Dice (released) or Dice + cross-entropy, over softmax and one-hot
+    targets, per crop or (``dice_batch``) over the whole batch."""
+    kind = DiceLoss if cfg.loss == "dice" else DiceCELoss
+    return kind(to_onehot_y=True, softmax=True, batch=cfg.dice_batch)
+
+
+class _Log:
+    """What one fine-tuning session reports: ``metrics.jsonl`` rows (every ``log_every`` steps
+    and per epoch), TensorBoard scalars and the progress bar."""
+
+    def __init__(self, run_dir: Path, start_step: int, total: int, log_every: int, *,
+                 tensorboard: bool, progress: bool) -> None:
+        self.path = run_dir / METRICS
+        self.log_every = log_every
+        self.writer = (SummaryWriter(str(run_dir / TENSORBOARD), purge_step=start_step + 1)
+                       if tensorboard else None)
+        self.bar = tqdm(total=total, initial=start_step, disable=not progress, desc="finetune",
+                        unit="step", dynamic_ncols=True)
+        self.window: list[float] = []
+
+    def step(self, step: int, epoch: int, loss: float, lr: float, elapsed_s: float) -> None:
+        self.window.append(loss)
+        self.bar.update(1)
+        self.bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}")
+        if step % self.log_every:
+            return
+        row = {"step": step, "epoch": epoch, "loss": float(np.mean(self.window)), "lr": lr,
+               "elapsed_s": elapsed_s}
+        append_jsonl(self.path, row)
+        if self.writer is not None:
+            self.writer.add_scalar("train/loss", row["loss"], step)
+            self.writer.add_scalar("train/lr", row["lr"], step)
+        self.window = []
+
+    def epoch(self, row: dict[str, Any], step: int) -> None:
+        append_jsonl(self.path, row)
+        if self.writer is not None:
+            for k, v in row.items():
+                if k.startswith(("val_", "train_")) and not math.isnan(v):
+                    self.writer.add_scalar(k.replace("_", "/", 1), v, step)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _train(model: SegmentationNet, cache: Cache, run_dir: Path, cfg: FinetuneConfig,
+           info: FinetuneRun, train_ids: list[str], val_ids: list[str],
+           device: torch.device, *, resuming: bool, progress: bool, tensorboard: bool) -> Path:
+    """The loop: epochs of ``steps_per_epoch`` Adam steps, validation, best model, checkpoint."""
+    layout = memory_format(cfg.channels_last)
+    model.to(device, memory_format=layout).train()  # type: ignore[call-overload]
+    steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(train_ids) / cfg.batch_size)
+    total = cfg.max_steps or cfg.max_epochs * steps_per_epoch
+    loss_fn = segmentation_loss(cfg)
+    opt = torch.optim.Adam(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    cosine = cfg.lr_schedule == "cosine"
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)) if cosine else 1.0)
+    ckpt_path = run_dir / CHECKPOINT
+    at = Progress()
+    if resuming:
+        saved = load_checkpoint(ckpt_path, device, required=CHECKPOINT_KEYS)
+        restore(ckpt_path, saved, model=model, optimizer=opt, scheduler=sched)
+        at = Progress.from_checkpoint(ckpt_path, saved["state"])
+        truncate_metrics(run_dir / METRICS, at.step)
+        log.info("resuming at epoch %s, step %s", at.epoch, at.step)
+    out = _Log(run_dir, at.step, total, cfg.log_every, tensorboard=tensorboard,
+               progress=progress)
+    meter = EnergyMeter(device)
+    transform = train_transform(cfg, cfg.patch_size)
+    t0 = time.perf_counter() - at.elapsed_s
+    stop_reason = _stop_reason(at, cfg, total, val_ids)
+    if resuming:  # a kill between checkpoint and run.json leaves run.json an epoch behind
+        _record(run_dir / RUN_INFO, info, at, stop_reason)
+    try:
+        with meter:
+            while stop_reason is None:
+                epoch = at.epoch + 1
+                frozen = epoch <= cfg.freeze_encoder_epochs
+                model.encoder.requires_grad_(not frozen)
+                loader = epoch_loader(cache.root, train_ids, cfg, cfg.patch_size,
+                                      min(steps_per_epoch, total - at.step), epoch, transform)
+                losses = []
+                for batch in loader:
+                    x = _plain(batch["image"]).to(device).contiguous(memory_format=layout)
+                    y = _plain(batch["label"]).to(device).long()
+                    with autocast(device, cfg.amp, cfg.cpu_bf16):
+                        logits = model(x)
+                    loss = loss_fn(logits.float(), y)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    at.step += 1
+                    losses.append(float(loss.detach()))
+                    out.step(at.step, epoch, losses[-1], float(sched.get_last_lr()[0]),
+                             time.perf_counter() - t0)
+                at.epoch = epoch
+                row: dict[str, Any] = {"step": at.step, "epoch": epoch,
+                                       "train_loss": float(np.mean(losses)) if losses
+                                       else math.nan, "frozen_encoder": frozen}
+                improved = _select(model, cache, val_ids, cfg, device, at, total, row)
+                row["best_epoch"] = at.best_epoch
+                row["elapsed_s"] = at.elapsed_s = time.perf_counter() - t0
+                if improved:
+                    save_model(run_dir / MODEL_FILE, model, _model_meta(info, cfg, epoch))
+                out.epoch(row, at.step)
+                stop_reason = _stop_reason(at, cfg, total, val_ids)
+                save_checkpoint(ckpt_path, {
+                    "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "state": dataclasses.asdict(at)})
+                _record(run_dir / RUN_INFO, info, at, stop_reason)
+    finally:
+        out.close()
+        _write_energy(run_dir / ENERGY, meter.result(), resuming)
+    log.info("stopped: %s; best epoch %s (%s %s)", stop_reason, at.best_epoch,
+             cfg.val_criterion, at.best_score)
+    return run_dir
+
+
+def _select(model: nn.Module, cache: Cache, val_ids: list[str], cfg: FinetuneConfig,
+            device: torch.device, at: Progress, total: int, row: dict[str, Any]) -> bool:
+    """Validate when due (every ``val_every`` epochs and at the last) and keep the best epoch
+    in ``at``; the validation scores go into ``row``. Whether this epoch's model is kept."""
+    if not val_ids:
+        at.best_epoch = at.epoch  # no validation split: the latest model is the one kept
+        return True
+    if at.epoch % cfg.val_every and _stop_reason(at, cfg, total, val_ids) is None:
+        return False
+    scores = validate(model, cache, val_ids, cfg, cfg.patch_size, device)
+    score = scores["val_dice" if cfg.val_criterion == "dice" else "val_dice_loss"]
+    row.update(scores)
+    if not better(score, at.best_score, cfg.val_criterion):
+        return False
+    at.best_score, at.best_epoch = score, at.epoch
+    return True
+
+
+def _stop_reason(at: Progress, cfg: FinetuneConfig, total: int,
+                 val_ids: list[str]) -> str | None:
+    if at.step >= total:
+        return f"reached {total} steps"
+    if at.epoch >= cfg.max_epochs:
+        return f"reached {cfg.max_epochs} epochs"
+    if val_ids and at.epoch - (at.best_epoch or 0) >= cfg.patience:
+        return f"early stopping: no improvement for {cfg.patience} epochs"
+    return None
+
+
+def _record(path: Path, info: FinetuneRun, at: Progress, stop_reason: str | None) -> None:
+    """``run.json`` follows the checkpoint: progress, best epoch and why training stopped."""
+    info.best_epoch, info.best_score = at.best_epoch, at.best_score
+    info.epochs, info.steps = at.epoch, at.step
+    info.completed, info.stop_reason = stop_reason is not None, stop_reason
+    write_json(path, info.to_json())
+
+
+def _plain(x: Any) -> torch.Tensor:
+    """MONAI MetaTensor → plain tensor (metadata tracking is overhead in the loop)."""
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
+def _model_meta(info: FinetuneRun, cfg: FinetuneConfig, epoch: int) -> dict[str, Any]:
+    """What the model file says about itself: only what identical runs share (no paths or
+    times — those live in ``run.json``), so equal runs write equal files."""
+    enc = info.encoder_meta or {}
+    return {"patch_size": info.patch_size, "settings": info.settings,
+            "fraction": info.fraction, "epoch": epoch,
+            "inference": {"overlap": cfg.sw_overlap, "mode": cfg.sw_mode,
+                          "crop_foreground": cfg.crop_foreground, "cpu_bf16": cfg.cpu_bf16,
+                          "channels_last": cfg.channels_last},
+            "encoder": {"method": enc.get("method"), "steps": enc.get("steps")}}
+
+
+def _write_energy(path: Path, result: dict[str, Any], resuming: bool) -> None:
+    """A resumed run adds its energy to the previous sessions'."""
+    if resuming and path.is_file():
+        old = read_json(path)
+        for key in ("joules", "kwh", "seconds"):
+            if isinstance(old.get(key), (int, float)):
+                result[key] += old[key]
+    write_json(path, result)

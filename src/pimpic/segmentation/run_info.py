@@ -1,0 +1,73 @@
+"""What a fine-tuning run records about itself: ``run.json`` (:class:`FinetuneRun`) and where
+training stands in ``checkpoint.pt`` (:class:`Progress`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from pimpic.errors import PimpicError
+
+
+@dataclasses.dataclass
+class FinetuneRun:
+    """``run.json``: where the run came from (paths and times — what may differ between identical
+    runs lives here, never in the model file), what a resume must still match (the cache
+    manifest digest, the cases, the encoder digest) and how far it got."""
+
+    cache: str
+    fraction: int
+    #: the cache's preprocessing settings
+    settings: dict[str, Any]
+    cache_manifest_sha256: str
+    train_cases: list[str]
+    val_cases: list[str]
+    encoder_sha256: str | None
+    #: the encoder file it started from (None: from scratch) and that file's metadata
+    encoder: str | None
+    encoder_meta: dict[str, Any] | None
+    patch_size: int
+    num_classes: int
+    architecture: dict[str, Any]
+    best_epoch: int | None = None
+    best_score: float | None = None
+    epochs: int = 0
+    steps: int = 0
+    completed: bool = False
+    stop_reason: str | None = None
+    started: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, path: Path, data: dict[str, Any]) -> FinetuneRun:
+        """The run information read from ``path``; a file that lacks a field is refused."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        try:
+            return cls(**{k: data[k] for k in names if k in data})
+        except TypeError:
+            missing = [k for k in names if k not in data]
+            raise PimpicError(f"{path}: not a fine-tuning run's record (no "
+                              f"{', '.join(missing[:5])})") from None
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where a fine-tuning run stands; saved in ``checkpoint.pt`` as a plain dict."""
+
+    epoch: int = 0
+    step: int = 0
+    best_score: float | None = None
+    best_epoch: int | None = None
+    #: training time over all sessions (s)
+    elapsed_s: float = 0.0
+
+    @classmethod
+    def from_checkpoint(cls, path: Path, saved: Any) -> Progress:
+        names = [f.name for f in dataclasses.fields(cls)]
+        if not isinstance(saved, dict) or not set(names) <= set(saved):
+            raise PimpicError(f"{path}: not a fine-tuning checkpoint (its training state "
+                              f"lacks {', '.join(sorted(names))})")
+        return cls(**{k: saved[k] for k in names})

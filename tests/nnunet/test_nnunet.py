@@ -1,0 +1,225 @@
+"""nnU-Net backbones, preprocessed data and the export, with nnU-Net's own code (CPU).
+
+The plans fixture ``nnunet_plans.json`` (beside this file) is a small hand-written plan: 4
+stages of widths 4–32, strides (1,1,1), (1,2,2), (2,2,2), (2,2,2) (anisotropic, first stage
+stride 1), in a PlainConvUNet (``3d_fullres``) and a ResidualEncoderUNet (``3d_resenc``)
+variant, plus two configurations pimpic must refuse or tell apart (``3d_nostride1``,
+``3d_narrow``).
+"""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from pimpic.cli import app
+from pimpic.config import PretrainConfig, from_dict
+from pimpic.errors import PimpicError
+from pimpic.io import read_json
+from pimpic.models import Encoder
+from pimpic.models.backbone import pic_levels, pim_levels
+from pimpic.models.export import save_encoder
+from pimpic.pretraining.backbones import build_backbone
+from pimpic.pretraining.engine import pretrain
+from pimpic.registry import get_method
+
+pytest.importorskip("nnunetv2")
+
+DATA = Path(__file__).parent
+PLANS = DATA / "nnunet_plans.json"
+runner = CliRunner()
+
+
+def _cfg(**kw: object) -> PretrainConfig:
+    base: dict[str, object] = {
+        "backbone": "nnunet", "nnunet_plans": str(PLANS), "nnunet_configuration": "3d_fullres",
+        "patch_size": 16, "patches": 4, "steps": 2, "proj_dim": 8, "num_workers": 0,
+        "log_every": 1, "checkpoint_every": 2, "lr": 1e-3, "seed": 1}
+    base.update(kw)
+    return from_dict(PretrainConfig, base)
+
+
+def _nnunet_network(configuration: str = "3d_fullres") -> torch.nn.Module:
+    """The network exactly as ``nnUNetTrainer.build_network_architecture`` builds it."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    cm = PlansManager(str(PLANS)).get_configuration(configuration)
+    return get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
+                                  cm.network_arch_init_kwargs_req_import, 1, 3,
+                                  allow_init=True, deep_supervision=True)
+
+
+@pytest.mark.parametrize("configuration", ["3d_fullres", "3d_resenc"])
+def test_encoder_pyramid_follows_the_plan(configuration: str) -> None:
+    enc = build_backbone(_cfg(nnunet_configuration=configuration))
+    strides = [lv.stride for lv in enc.levels]
+    assert strides == [(1, 1, 1), (1, 2, 2), (2, 4, 4), (4, 8, 8)]
+    feats = enc(torch.rand(2, 1, 16, 16, 16))
+    assert [tuple(f.shape[1:]) for f in feats] == [
+        (4, 16, 16, 16), (8, 16, 8, 8), (16, 8, 4, 4), (32, 4, 2, 2)]
+    # the levels are taken by stride: PiC at nominal strides 1, 2, 4; PiM the three deepest
+    assert pic_levels(enc.levels) == [0, 1, 2] and pim_levels(enc.levels) == [1, 2, 3]
+    # same tensor names as the network nnU-Net builds
+    ours = set(enc.state_dict())
+    theirs = {k for k in _nnunet_network(configuration).state_dict() if k.startswith("encoder.")}
+    assert ours == theirs
+
+
+def test_paper_unet_levels_are_by_stride() -> None:
+    enc = Encoder(1, 2, 5)
+    assert [lv.stride[0] for lv in enc.levels] == [1, 2, 4, 8, 16]
+    assert pic_levels(enc.levels) == [0, 1, 2] and pim_levels(enc.levels) == [2, 3, 4]
+
+
+@pytest.mark.parametrize("method", ["pimpic", "pim", "pic", "voco", "vox2vec"])
+def test_every_method_runs_on_the_anisotropic_encoder(method: str) -> None:
+    cfg = _cfg(method=method, voco={"grid": (2, 1), "num_random": 2, "proj_dim": 8},
+               vox2vec={"num_voxels": 8, "proj_dim": 8})
+    spec = get_method(method)
+    module = spec.build_module(build_backbone(cfg), cfg)
+    rng = np.random.default_rng(0)
+    sample = spec.build_sampler(cfg)(rng.random((24, 24, 24)).astype(np.float32), rng)
+    batch = {k: torch.as_tensor(v)[None] for k, v in sample.items()}
+    out = module(batch)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+
+
+@pytest.mark.parametrize(("configuration", "message"), [
+    ("3d_nostride1", "missing 1"),
+    ("2d_missing", "no configuration '2d_missing'"),
+])
+def test_unusable_plans_fail_in_one_line(configuration: str, message: str) -> None:
+    with pytest.raises(PimpicError, match=message) as err:
+        build_backbone(_cfg(nnunet_configuration=configuration))
+    assert "\n" not in str(err.value)
+
+
+def test_patch_must_fit_the_strides() -> None:
+    with pytest.raises(PimpicError, match="not divisible by the stride"):
+        build_backbone(_cfg(patch_size=12))
+
+
+@pytest.fixture(scope="module")
+def nnunet_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-step PiMPiC run of the nnU-Net 3d_fullres encoder on a tiny cache."""
+    from conftest import write_cache
+
+    root = tmp_path_factory.mktemp("nnunet")
+    cache = write_cache(root / "cache", n_cases=4, shape=(24, 24, 24))
+    pretrain(cache, root / "run", _cfg(), progress=False)
+    return root / "run"
+
+
+def test_export_round_trip_through_nnunets_loader(nnunet_run: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+
+    out = tmp_path / "checkpoint.pth"
+    res = runner.invoke(app, ["export", "nnunet", str(nnunet_run), "--plans", str(PLANS),
+                              "--configuration", "3d_fullres", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "pretrained encoder tensors" in res.output
+    pretrained = load_file(str(nnunet_run / "encoder.safetensors"))
+    torch.manual_seed(123)  # another initialisation than the export's
+    network = _nnunet_network()
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    load_pretrained_weights(network, str(out), verbose=False)
+    print(capsys.readouterr().out.strip())  # nnU-Net's own line, kept in the test log
+    state = network.state_dict()
+    for key, value in pretrained.items():
+        torch.testing.assert_close(state[key], value, rtol=0, atol=0)
+        torch.testing.assert_close(state[f"decoder.{key}"], value, rtol=0, atol=0)
+    # the pretrained weights moved away from nnU-Net's fresh initialisation
+    assert any(not torch.equal(before[k], v) for k, v in pretrained.items())
+    saved = torch.load(out, weights_only=True)
+    assert saved["pimpic"]["configuration"] == "3d_fullres"
+    # same command, same bytes (decoder initialisation is seeded)
+    again = tmp_path / "again.pth"
+    runner.invoke(app, ["export", "nnunet", str(nnunet_run), "--plans", str(PLANS),
+                        "--out", str(again)])
+    assert again.read_bytes() == out.read_bytes()
+
+
+def test_export_refuses_a_backbone_that_does_not_match(nnunet_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "x.pth"
+    res = runner.invoke(app, ["export", "nnunet", str(nnunet_run), "--plans", str(PLANS),
+                              "--configuration", "3d_narrow", "--out", str(out)])
+    assert res.exit_code == 2 and not out.exists()
+    assert "first mismatching layer encoder.stages.0.0.convs.0.conv.weight" in res.output
+    assert "[4, 1, 1, 3, 3]" in res.output and "[2, 1, 1, 3, 3]" in res.output
+
+    unet_run = tmp_path / "unet"
+    unet_run.mkdir()
+    save_encoder(unet_run / "encoder.safetensors", Encoder(1, 2, 3), {"method": "pimpic"})
+    res = runner.invoke(app, ["export", "nnunet", str(unet_run), "--plans", str(PLANS),
+                              "--out", str(out)])
+    assert res.exit_code == 2 and not out.exists()
+    assert "unet3d-encoder backbone does not match" in res.output
+    assert "encoder.stages.0.0.convs.0.conv.weight" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def write_preprocessed(root: Path, n: int = 3, shape: tuple[int, int, int] = (20, 24, 24)
+                       ) -> Path:
+    """A tiny nnU-Net preprocessed dataset: blosc2 and npy cases, properties, plans."""
+    import blosc2
+
+    shutil.copy(PLANS, root / "nnUNetPlans.json")
+    shutil.copy(DATA / "nnunet_dataset.json", root / "dataset.json")
+    folder = root / "nnUNetPlans_3d_fullres"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        data = rng.standard_normal((1, *shape)).astype(np.float32)
+        cid = f"case_{i}"
+        if i % 2:
+            np.save(folder / f"{cid}.npy", data)
+        else:
+            blosc2.asarray(np.ascontiguousarray(data), urlpath=str(folder / f"{cid}.b2nd"),
+                           mode="w")
+        np.save(folder / f"{cid}_seg.npy", np.zeros((1, *shape), np.int8))
+        (folder / f"{cid}.pkl").write_bytes(pickle.dumps({"spacing": [2.5, 1.5, 1.5]}))
+    return folder
+
+
+def test_pretrain_on_an_nnunet_preprocessed_folder(tmp_path: Path) -> None:
+    from pimpic.nnunet.data import PreprocessedFolder
+
+    folder = write_preprocessed(tmp_path)
+    source = PreprocessedFolder(folder)
+    assert source.case_ids == ["case_0", "case_2", "case_1"]
+    assert source.image("case_0").shape == (20, 24, 24)
+    assert source.image("case_0")[2:4, 0:3, 5:6].shape == (2, 3, 1)
+    assert source.settings["spacing"] == [2.5, 1.5, 1.5]
+    assert source.settings["window"] == [-950.0, 900.0]
+    run = tmp_path / "run"
+    # no nnunet_plans: the folder's plans and configuration are used and recorded
+    pretrain(folder, run, _cfg(nnunet_plans="", steps=1, checkpoint_every=1), progress=False)
+    saved = read_json(run / "run.json")
+    assert saved["case_ids"] == ["case_0", "case_2", "case_1"]
+    from pimpic.config import load_yaml
+
+    cfg = load_yaml(run / "config.yaml")
+    assert Path(cfg["nnunet_plans"]).name == "nnUNetPlans.json"
+    assert cfg["nnunet_configuration"] == "3d_fullres"
+
+
+def test_bench_pretrain_step_on_the_nnunet_backbone() -> None:
+    import json
+
+    res = runner.invoke(app, ["bench", "pretrain-step", "--backbone", "nnunet", "--patch-size",
+                              "16", "--width", "2", "--patches", "4", "--steps", "1",
+                              "--depth", "3"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output.strip().splitlines()[-1])
+    assert out["backbone"] == "nnunet" and out["median_step_s"] > 0
+    assert out["speedup_vs_loop"] > 0 and out["encoder_parameters"] > 0

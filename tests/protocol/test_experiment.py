@@ -1,0 +1,260 @@
+"""The experiment grid: config, stage plan, resumability (stubbed stages), report outputs, and
+a tiny end-to-end run with the real stages (slow)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pimpic.config import FinetuneConfig, PretrainConfig
+from pimpic.data.cache import Cache
+from pimpic.errors import PimpicError
+from pimpic.paths import cell_dir, eval_dir
+from pimpic.protocol import experiment
+from pimpic.protocol.experiment import run_experiment
+from pimpic.protocol.grid import ExperimentConfig, load_experiment_config
+
+
+class Stubs:
+    """Fake stages writing the files the real ones write; ``fail_after`` simulates a kill."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.calls: Counter[str] = Counter()
+        self.fail_after = fail_after
+        self.kwargs: list[dict[str, Any]] = []
+
+    def _tick(self, kind: str) -> None:
+        if self.fail_after is not None and sum(self.calls.values()) >= self.fail_after:
+            raise KeyboardInterrupt
+        self.calls[kind] += 1
+
+    def pretrain(self, cache: Path, run_dir: Path, cfg: PretrainConfig, **kw: Any) -> Path:
+        self._tick("pretrain")
+        self.kwargs.append(kw)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / "metrics.jsonl", "w") as fh:
+            for step in range(1, 41):
+                loss = 2.0 / step**0.5
+                fh.write(json.dumps({"step": step, "loss": loss, "pim": loss * 0.4,
+                                     "pic": loss * 0.6, "lr": 1e-5}) + "\n")
+        (run_dir / "energy.json").write_text(json.dumps(
+            {"joules": 3600.0, "kwh": 0.001, "seconds": 1.0, "source": "estimate", "note": ""}))
+        (run_dir / "encoder.safetensors").write_bytes(b"x")
+        return run_dir / "encoder.safetensors"
+
+    def finetune(self, cache: Path, run_dir: Path, cfg: FinetuneConfig, **kw: Any) -> Path:
+        self._tick("finetune")
+        self.kwargs.append(kw)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "model.safetensors").write_bytes(b"x")
+        (run_dir / "run.json").write_text(json.dumps({"completed": True,
+                                                      "fraction": cfg.fraction}))
+        return run_dir
+
+    def evaluate(self, run_dir: Path, *, split: str = "test", cache: Any = None,
+                 **kw: Any) -> dict[str, Any]:
+        self._tick("evaluate")
+        c = Cache(cache)
+        out = run_dir / f"eval-{split}"
+        (out / "pred").mkdir(parents=True, exist_ok=True)
+        quality = 0.5 + 0.1 * len(str(run_dir))  % 0.4
+        with open(out / "per_case.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["case", "dice_organ", "dice_tumour", "dice_whole",
+                        "hd95_organ", "hd95_tumour", "hd95_whole"])
+            for i, case in enumerate(c.splits()[split]):
+                lab = np.asarray(c.label(case))
+                pred = lab.copy()
+                pred[: 2 + i] = 0  # a slightly different prediction per case
+                np.save(out / "pred" / f"{case}.npy", pred)
+                tumour = "nan" if i == 0 else quality - 0.2
+                w.writerow([case, quality + 0.01 * i, tumour, quality + 0.02, 3.0, 5.0, 3.0])
+        (out / "summary.json").write_text(json.dumps({"split": split}))
+        return {}
+
+
+@pytest.fixture
+def stubs(monkeypatch: pytest.MonkeyPatch) -> Stubs:
+    s = Stubs()
+    monkeypatch.setattr(experiment, "pretrain", s.pretrain)
+    monkeypatch.setattr(experiment, "finetune", s.finetune)
+    monkeypatch.setattr(experiment, "evaluate", s.evaluate)
+    return s
+
+
+def _cfg(cache: Path, **kw: Any) -> ExperimentConfig:
+    base: dict[str, Any] = {"cache": str(cache), "methods": ("random", "pim", "pimpic"),
+                            "fractions": (10, 100), "seeds": (0,)}
+    base.update(kw)
+    return ExperimentConfig(**base)
+
+
+def test_config_yaml_and_overrides(tmp_path: Path) -> None:
+    y = tmp_path / "exp.yaml"
+    y.write_text("cache: /x\nmethods: [random, pimpic]\nfractions: [5, 100]\n"
+                 "pretrain: {steps: 7, width: 2, depth: 3, patch_size: 16}\n"
+                 "pretrain_overrides: {voco: {lr: 0.001}}\n")
+    cfg = load_experiment_config(y, ["seeds=[0,1]", "finetune.max_steps=3",
+                                     "methods=random,pimpic,voco"])
+    assert cfg.methods == ("random", "pimpic", "voco") and cfg.seeds == (0, 1)
+    assert cfg.pretrain_config("voco").lr == 0.001 and cfg.pretrain_config("voco").steps == 7
+    assert cfg.pretrain_config("pimpic").method == "pimpic"
+    assert cfg.finetune_config(5, 1).fraction == 5 and cfg.finetune.max_steps == 3
+    with pytest.raises(PimpicError, match="unknown"):
+        load_experiment_config(y, ["methods=[random,simclr]"])
+    with pytest.raises(PimpicError, match="cache"):
+        load_experiment_config(None, [])
+
+
+def test_examples_parse() -> None:
+    root = Path(__file__).parents[2] / "examples"
+    for name in ("experiment_small.yaml", "paper_pancreas.yaml", "paper_kits19.yaml",
+                 "evidence_cpu.yaml"):
+        cfg = load_experiment_config(root / name)
+        assert "random" in cfg.methods and "pimpic" in cfg.methods
+
+
+@pytest.mark.parametrize("name", ["paper_pancreas.yaml", "paper_kits19.yaml"])
+def test_paper_configs_resolve_to_the_released_recipe(name: str) -> None:
+    """The paper configurations fine-tune as the authors' released code (docs/method.md §6.2)."""
+    cfg = load_experiment_config(Path(__file__).parents[2] / "examples" / name)
+    ft = cfg.finetune
+    assert cfg.fractions == (5, 10, 20, 50, 100)
+    assert (ft.batch_size, ft.samples_per_volume, ft.pos_ratio) == (2, 16, 1.0)  # 32 patches
+    assert ft.steps_per_epoch is None and ft.patience == 15  # an epoch = ceil(n / 2) steps
+    assert (ft.loss, ft.lr, ft.val_criterion, ft.decoder) == ("dice", 1e-5, "dice_loss",
+                                                              "released")
+    assert ft.crop_foreground and ft.augment and ft.aug_stage == "volume"
+    assert (ft.affine_prob, ft.rotate_rad, ft.scale, ft.shift_vox) == (0.1, 0.1, 0.1, 0.0)
+    assert (ft.noise_prob, ft.noise_std) == (0.2, 0.01) and not ft.intensity_aug
+    assert (ft.val_sw_overlap, ft.sw_overlap, ft.sw_mode) == (0.25, 0.5, "constant")
+    assert (cfg.absent, cfg.sd_ddof, cfg.lcc) == ("zero", 0, False)
+    # every value spelled out in the file is also the default
+    assert ft == dataclasses.replace(FinetuneConfig(), device="cuda", num_workers=8)
+
+
+def test_grid_runs_and_resumes(make_cache: Any, tmp_path: Path, stubs: Stubs,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = make_cache(n_cases=10, shape=(24, 24, 24))
+    exp = tmp_path / "exp"
+    cfg = _cfg(cache)
+    # killed after pretraining both methods and one finished cell (finetune + evaluate)
+    stubs.fail_after = 4
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, exp, progress=False, on_stage=None)
+    assert stubs.calls == Counter(pretrain=2, finetune=1, evaluate=1)
+    # rerun: nothing complete is redone; 6 cells in all
+    stubs.fail_after = None
+    events: list[experiment.StageEvent] = []
+    run_experiment(cfg, exp, progress=False, on_stage=events.append)
+    assert stubs.calls == Counter(pretrain=2, finetune=6, evaluate=6)
+    skipped = {e.stage.name for e in events if e.skipped}
+    assert skipped == {"pretrain pim", "pretrain pimpic", "finetune random 10% seed 0"}
+    finished = [e for e in events if e.finished and not e.skipped]
+    assert all(e.eta is not None for e in finished) and finished[-1].eta == 0
+    # a third run does nothing; a cell whose fine-tune finished is only evaluated
+    (eval_dir(cell_dir(exp, "pim", 100, 0)) / "summary.json").unlink()
+    run_experiment(cfg, exp, progress=False, on_stage=None)
+    assert stubs.calls == Counter(pretrain=2, finetune=6, evaluate=7)
+    # outputs
+    for name in ("config.yaml", "results.csv", "table.md", "stats.md", "report.md",
+                 "timings.json", "figures/dice_vs_fraction.png", "figures/pretrain_loss.png",
+                 "figures/overlays.png"):
+        assert (exp / name).is_file() and (exp / name).stat().st_size > 0, name
+    with open(exp / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    n_test = len(Cache(cache).splits()["test"])
+    assert len(rows) == 3 * 2 * n_test
+    assert {r["n_train_cases"] for r in rows if r["fraction"] == "100"} == {"7"}
+    report = (exp / "report.md").read_text()
+    for text in ("24.50 MJ (6.80 kWh)", "estimate", "figures/overlays.png", "Wilcoxon",
+                 "torch", "| **Tumour** |"):
+        assert text in report, text
+
+
+def test_resume_flags_and_changed_settings(make_cache: Any, tmp_path: Path,
+                                           stubs: Stubs) -> None:
+    cache = make_cache(n_cases=10, shape=(24, 24, 24))
+    exp = tmp_path / "exp"
+    # a partial pretraining run with a checkpoint resumes; one without restarts in place
+    (exp / "pretrain" / "pim").mkdir(parents=True)
+    (exp / "pretrain" / "pim" / "checkpoint.pt").write_bytes(b"x")
+    (exp / "pretrain" / "pimpic").mkdir(parents=True)
+    run_experiment(_cfg(cache, fractions=(100,)), exp, progress=False, on_stage=None,
+                   report=False)
+    assert stubs.kwargs[0]["resume"] and not stubs.kwargs[0]["overwrite"]
+    assert not stubs.kwargs[1]["resume"] and stubs.kwargs[1]["overwrite"]
+    # adding a fraction is fine; changing the pretraining recipe is refused
+    run_experiment(_cfg(cache, fractions=(10, 100)), exp, progress=False, on_stage=None,
+                   report=False)
+    with pytest.raises(PimpicError, match=r"pretrain\.steps"):
+        run_experiment(_cfg(cache, pretrain=PretrainConfig(steps=5)), exp, progress=False,
+                       on_stage=None)
+    # a method added on resume may bring its own pretraining overrides (the demo's folder
+    # grows into the evidence grid); a method already pretrained may not change them
+    grown = _cfg(cache, fractions=(100,), methods=("random", "pim", "pimpic", "voco"),
+                 pretrain_overrides={"voco": {"lr": 1e-3}})
+    run_experiment(grown, exp, progress=False, on_stage=None, report=False)
+    with pytest.raises(PimpicError, match=r"pretrain_overrides\.pim\.lr"):
+        run_experiment(_cfg(cache, fractions=(100,), pretrain_overrides={"pim": {"lr": 1e-3}}),
+                       exp, progress=False, on_stage=None, report=False)
+
+
+def test_eta_estimate() -> None:
+    def st(kind: str) -> experiment.Stage:
+        return experiment.Stage(kind, kind, Path("."), lambda: False, lambda: None)
+
+    assert experiment.estimate_eta([st("a")], {}) is None
+    assert experiment.estimate_eta([], {}) == 0
+    assert experiment.estimate_eta([st("a"), st("b")], {"a": [10.0, 20.0]}) == 30.0
+    assert experiment.estimate_eta([st("a"), st("b")], {"a": [10.0], "b": [2.0]}) == 12.0
+
+
+def test_cli_experiment(make_cache: Any, tmp_path: Path, stubs: Stubs) -> None:
+    from typer.testing import CliRunner
+
+    from pimpic.cli import app
+
+    cache = make_cache(n_cases=10, shape=(24, 24, 24))
+    y = tmp_path / "exp.yaml"
+    y.write_text(f"cache: {cache}\nmethods: [random, pimpic]\nfractions: [100]\n")
+    res = CliRunner().invoke(app, ["experiment", str(y), "--out", str(tmp_path / "e"),
+                                   "--set", "seeds=[0,1]", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "Random + Aug" in res.output and (tmp_path / "e" / "report.md").is_file()
+    res = CliRunner().invoke(app, ["experiment", str(y), "--out", str(tmp_path / "e"),
+                                   "--set", "methods=[simclr]"])
+    assert res.exit_code == 2 and "unknown" in res.output
+
+
+@pytest.mark.slow
+def test_end_to_end_real_stages(make_cache: Any, tmp_path: Path) -> None:
+    pytest.importorskip("pimpic.pretraining.engine")
+    pytest.importorskip("pimpic.segmentation.finetune")
+    pytest.importorskip("pimpic.segmentation.evaluate")
+    cache = make_cache(n_cases=10, shape=(32, 32, 32))
+    cfg = ExperimentConfig(
+        cache=str(cache), methods=("random", "pim", "pic", "pimpic", "voco", "vox2vec"),
+        fractions=(100,), seeds=(0,),
+        pretrain=PretrainConfig(width=2, depth=3, patch_size=16, patches=4, steps=3,
+                                proj_dim=8, device="cpu", amp=False, num_workers=0,
+                                log_every=1, checkpoint_every=100),
+        pretrain_overrides={"voco": {"voco": {"proj_dim": 16, "grid": [2, 2]}},
+                            "vox2vec": {"vox2vec": {"num_voxels": 16}}},
+        finetune=FinetuneConfig(width=2, depth=3, patch_size=16, max_epochs=1,
+                                steps_per_epoch=1, batch_size=1, samples_per_volume=1,
+                                device="cpu", amp=False, num_workers=0, sw_batch_size=2),
+    )
+    exp = run_experiment(cfg, tmp_path / "exp", progress=False, on_stage=None)
+    with open(exp / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 6 * len(Cache(cache).splits()["test"])
+    assert (exp / "figures" / "overlays.png").stat().st_size > 0
+    assert "PiMPiC" in (exp / "table.md").read_text()

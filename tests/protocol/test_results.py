@@ -1,0 +1,140 @@
+"""Table 1 (results.py) and the paired tests (statistics.py) from synthetic per-case rows (no
+training)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy.stats import wilcoxon
+
+from pimpic.protocol import results, statistics
+
+CASES = [f"c{i}" for i in range(6)]
+
+
+def _rows(seed: int = 0) -> list[dict[str, Any]]:
+    """random < pimpic by a case-dependent margin; tumour NaN on case c0; two seeds."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for method, shift in (("random", 0.0), ("pimpic", 0.1), ("voco", 0.0)):
+        for fraction, n_train in ((10, 2), (100, 14)):
+            for s in (0, 1):
+                for i, case in enumerate(CASES):
+                    base = 0.5 + 0.05 * i + (0.2 if fraction == 100 else 0.0)
+                    organ = base + (shift + 0.01 * i if method != "random" else 0.0)
+                    if method == "voco":
+                        organ = base  # identical to random: all differences zero
+                    rows.append({
+                        "method": method, "fraction": fraction, "n_train_cases": n_train,
+                        "seed": s, "case": case, "dice_organ": organ + 0.01 * s,
+                        "dice_tumour": math.nan if i == 0 else 0.3 + rng.uniform(0, 0.2),
+                        "dice_whole": organ, "hd95_organ": 3.0, "hd95_tumour": 5.0,
+                        "hd95_whole": 3.0})
+    return rows
+
+
+def test_table_layout_best_and_nan() -> None:
+    rows = _rows()
+    table = results.format_results_table(rows, ["random", "pimpic", "voco"], [10, 100],
+                                         absent="nan", ddof=1)
+    lines = table.splitlines()
+    assert lines[0] == "| Method / labels | 10 % (n=2) | 100 % (n=14) |"
+    assert "| **Organ** |" in table and "| **Tumour** |" in table
+    assert "| **Whole organ** |" in table
+    organ_pimpic = next(ln for ln in lines if ln.startswith("| PiMPiC"))
+    # seed-averaged per-case organ Dice of PiMPiC at 10 %: mean and sample SD over cases
+    vals = np.array([0.5 + 0.05 * i + 0.1 + 0.01 * i + 0.005 for i in range(6)]) * 100
+    assert f"**{vals.mean():.1f} ± {vals.std(ddof=1):.1f}**" in organ_pimpic
+    organ_random = next(ln for ln in lines if ln.startswith("| Random + Aug"))
+    assert "**" not in organ_random
+    # tumour: case c0 is NaN for both seeds → 2 excluded case-runs per cell, reported
+    tumour_block = lines[lines.index(next(ln for ln in lines if "**Tumour**" in ln)):]
+    assert "(2 NaN)" in tumour_block[1]
+    s = results.summarise_cell(rows, "random", 10, "tumour", absent="nan")
+    assert s["n"] == 5 and s["n_excluded"] == 2
+    assert "12 in all" in table  # 3 methods × 2 fractions, 2 NaN case-runs each
+    assert "SD with ddof = 1" in table
+
+
+def test_table_released_conventions_by_default() -> None:
+    """Released rules: an absent tumour scores 0, the SD is the population SD."""
+    rows = _rows()
+    table = results.format_results_table(rows, ["random", "pimpic", "voco"], [10, 100])
+    organ_pimpic = next(ln for ln in table.splitlines() if ln.startswith("| PiMPiC"))
+    vals = np.array([0.5 + 0.05 * i + 0.1 + 0.01 * i + 0.005 for i in range(6)]) * 100
+    assert f"**{vals.mean():.1f} ± {vals.std(ddof=0):.1f}**" in organ_pimpic
+    s = results.summarise_cell(rows, "random", 10, "tumour")
+    assert s["n"] == 6 and s["n_excluded"] == 2
+    tumour = np.array([r["dice_tumour"] for r in rows if r["method"] == "random"
+                       and r["fraction"] == 10], dtype=float).reshape(2, 6)
+    per_case = np.nan_to_num(tumour, nan=0.0).mean(0) * 100  # seed-averaged, NaN → 0
+    assert s["mean"] == pytest.approx(per_case.mean()) and s["sd"] == pytest.approx(per_case.std())
+    assert "population SD" in table and "scores Dice 0" in table and "(2 NaN)" not in table
+
+
+def test_wilcoxon_matches_scipy() -> None:
+    rows = _rows()
+    tests = statistics.wilcoxon_tests(rows, "random", ["random", "pimpic", "voco"], [10, 100],
+                                  absent="nan")
+    assert len(tests) == 3 * 2 * 2  # structures × fractions × non-baseline methods
+    t = next(x for x in tests if x["method"] == "pimpic" and x["fraction"] == 10
+             and x["structure"] == "tumour")
+    a, _ = results.per_case(rows, "pimpic", 10, "tumour", absent="nan")
+    b, _ = results.per_case(rows, "random", 10, "tumour", absent="nan")
+    common = sorted(set(a) & set(b))
+    ref = wilcoxon([a[c] * 100 for c in common], [b[c] * 100 for c in common])
+    assert t["n"] == 5 and t["p"] == pytest.approx(ref.pvalue)
+    assert t["mean_diff"] == pytest.approx(np.mean([a[c] - b[c] for c in common]) * 100)
+    t = next(x for x in tests if x["method"] == "pimpic" and x["fraction"] == 100
+             and x["structure"] == "organ")
+    a, _ = results.per_case(rows, "pimpic", 100, "organ")
+    b, _ = results.per_case(rows, "random", 100, "organ")
+    ref = wilcoxon([a[c] * 100 for c in CASES], [b[c] * 100 for c in CASES])
+    assert t["p"] == pytest.approx(ref.pvalue) and t["mean_diff"] > 0
+    zero = next(x for x in tests if x["method"] == "voco" and x["structure"] == "whole")
+    assert math.isnan(zero["p"]) and zero["reason"] == "all differences are zero"
+    assert all(x["p_holm"] >= x["p"] for x in tests if not math.isnan(x["p"]))
+    text = statistics.format_stats(tests)
+    assert "n/a (all differences are zero)" in text and "| Organ | 100 % | PiMPiC | 6 |" in text
+
+
+def test_wilcoxon_too_few_cases() -> None:
+    rows = [r for r in _rows() if r["case"] in ("c1",)]
+    tests = statistics.wilcoxon_tests(rows, "random", ["random", "pimpic"], [10])
+    assert all(t["reason"] == "fewer than 2 paired cases" for t in tests)
+    tests = statistics.wilcoxon_tests([r for r in _rows() if r["method"] != "random"], "random",
+                                  ["random", "pimpic"], [10])
+    assert all(t["reason"] == "no Random + Aug results" for t in tests)
+
+
+def test_results_csv_roundtrip(tmp_path: Path) -> None:
+    rows = _rows()
+    results.write_results_csv(rows, tmp_path / "results.csv")
+    back = results.read_results_csv(tmp_path / "results.csv")
+    assert len(back) == len(rows) and list(back[0]) == list(results.COLUMNS)
+    assert back[0]["fraction"] == 10 and math.isnan(back[0]["dice_tumour"])
+    assert results.format_results_table(back) == results.format_results_table(rows)
+
+
+def test_format_reading_words_follow_the_holm_p_value() -> None:
+    from pimpic.protocol.statistics import format_reading
+
+    tests = [
+        {"method": "pimpic", "fraction": 5, "structure": "organ", "n": 8, "mean_diff": 6.0,
+         "p": 0.004, "p_holm": 0.008, "reason": ""},
+        {"method": "pimpic", "fraction": 100, "structure": "organ", "n": 8, "mean_diff": 0.5,
+         "p": 0.04, "p_holm": 0.08, "reason": ""},
+        {"method": "pim", "fraction": 5, "structure": "organ", "n": 1, "mean_diff": 1.0,
+         "p": float("nan"), "p_holm": float("nan"), "reason": "fewer than 2 paired cases"},
+        {"method": "pimpic", "fraction": 5, "structure": "tumour", "n": 8, "mean_diff": 9.0,
+         "p": 0.001, "p_holm": 0.002, "reason": ""},
+    ]
+    lines = format_reading(tests).splitlines()
+    assert len(lines) == 3  # organ only
+    assert "+6.0 points" in lines[0] and "a significant gain" in lines[0]
+    assert "not significant" in lines[1]  # p < 0.05 uncorrected is not enough
+    assert "not testable (fewer than 2 paired cases)" in lines[2]

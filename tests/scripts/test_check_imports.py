@@ -1,0 +1,46 @@
+"""scripts/check_imports.py: the package has no import cycle and no upward import, and the
+check would see one."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _checker() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("check_imports",
+                                                  ROOT / "scripts" / "check_imports.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_package_imports_only_downwards_without_cycles() -> None:
+    assert _checker().problems(ROOT / "src") == []
+
+
+def test_every_module_is_in_a_layer() -> None:
+    check = _checker()
+    for name in check.graph(ROOT / "src"):
+        check.layer(name)  # exits naming the module otherwise
+
+
+def test_a_cycle_and_an_upward_import_are_reported(tmp_path: Path) -> None:
+    pkg = tmp_path / "pimpic"
+    (pkg / "data").mkdir(parents=True)
+    (pkg / "protocol").mkdir()
+    for init in (pkg, pkg / "data", pkg / "protocol"):
+        (init / "__init__.py").write_text("")
+    (pkg / "data" / "a.py").write_text("def f():\n    from pimpic.protocol import b\n")
+    (pkg / "protocol" / "b.py").write_text("from pimpic.data.a import f\n")
+    (pkg / "data" / "typed.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pimpic.protocol import b\n")
+    check = _checker()
+    low, high = check.layer("pimpic.data.a"), check.layer("pimpic.protocol.b")
+    assert check.problems(tmp_path) == [
+        "cycle: pimpic.data.a ↔ pimpic.protocol.b",
+        f"upward import: pimpic.data.a (layer {low}) imports pimpic.protocol.b (layer {high})"]

@@ -1,0 +1,188 @@
+"""The run folder policy: what --overwrite may remove, what --resume must match."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pimpic.errors import PimpicError
+from pimpic.training.run_folder import (
+    EVAL_MARKER,
+    MARKER,
+    RESUMABLE,
+    RUNTIME_KEYS,
+    RunFolder,
+    mark_evaluation,
+    saved_config,
+)
+
+ARTEFACTS = ("config.yaml", "run.json", "checkpoint.pt", "tb")
+
+
+def _run(path: Path, kind: str = "finetune") -> RunFolder:
+    """A finished-looking run: the marker, its artefacts and an evaluation."""
+    folder = RunFolder(path, kind, ARTEFACTS)
+    assert folder.check(resume=False, overwrite=False) is False
+    folder.start(resuming=False)
+    (path / "config.yaml").write_text("lr: 0.1\n")
+    (path / "run.json").write_text(json.dumps({"train_cases": ["a", "b"], "encoder_sha256": "x"}))
+    (path / "checkpoint.pt").write_bytes(b"state")
+    (path / "tb").mkdir()
+    (path / "tb" / "events").write_bytes(b"e")
+    mark_evaluation(path / "eval-test")
+    (path / "eval-test" / "summary.json").write_text("{}")
+    return folder
+
+
+def _tree(path: Path) -> set[str]:
+    return {str(p.relative_to(path)) for p in path.rglob("*")}
+
+
+def test_a_new_folder_gets_the_marker(tmp_path: Path) -> None:
+    _run(tmp_path / "run", "pretrain")
+    marker = json.loads((tmp_path / "run" / MARKER).read_text())
+    assert marker["kind"] == "pretrain" and marker["artefacts"] == sorted(ARTEFACTS)
+    assert "pimpic_version" in marker and set(marker) == {"kind", "pimpic_version", "artefacts"}
+    assert json.loads((tmp_path / "run" / "eval-test" / EVAL_MARKER).read_text())["kind"] \
+        == "evaluation"
+
+
+def test_overwrite_removes_only_what_pimpic_wrote(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _run(run)
+    (run / ".checkpoint.pt.k2j4.tmp").write_bytes(b"half")  # a write cut by a kill
+    legacy = run / "eval-val"  # an evaluation from before the marker existed
+    (legacy / "pred").mkdir(parents=True)
+    (legacy / "per_case.csv").write_text("case\n")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    (run / "metrics.jsonl").symlink_to(outside / "keep.txt")  # a listed name that is a link
+    folder = RunFolder(run, "finetune", (*ARTEFACTS, "metrics.jsonl"))
+    assert folder.check(resume=False, overwrite=True) is False
+    folder.start(resuming=False)
+    assert _tree(run) == {MARKER}
+    assert (outside / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("foreign", ["notes.txt", "eval-mine.txt", "eval-plots/fig.png",
+                                     ".DS_Store"])
+def test_overwrite_refuses_a_run_holding_anything_else(tmp_path: Path, foreign: str) -> None:
+    run = tmp_path / "run"
+    _run(run)
+    (run / foreign).parent.mkdir(exist_ok=True)
+    (run / foreign).write_text("user data")
+    before = _tree(run)
+    with pytest.raises(PimpicError) as err:
+        RunFolder(run, "finetune", ARTEFACTS).check(resume=False, overwrite=True)
+    msg = str(err.value)
+    assert msg.startswith(f"{run}: --overwrite removes only what pimpic wrote")
+    assert foreign.split("/")[0] in msg and "\n" not in msg
+    assert _tree(run) == before
+
+
+def test_a_folder_without_the_marker_is_not_a_run(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("config.yaml", "run.json", "checkpoint.pt", "thesis.tex"):
+        (project / name).write_text("x")
+    before = _tree(project)
+    for flags in ({"resume": False, "overwrite": True}, {"resume": True, "overwrite": False},
+                  {"resume": False, "overwrite": False}):
+        with pytest.raises(PimpicError, match=r"not a pimpic run folder \(no \.pimpic-run\)"):
+            RunFolder(project, "pretrain", ARTEFACTS).check(**flags)
+    assert _tree(project) == before
+    assert saved_config(project) is None  # --resume does not even read its config.yaml
+
+
+@pytest.mark.parametrize("marker", ['{"kind": "pretrain", "artefacts": ["../outside"]}',
+                                    '{"kind": "pretrain", "artefacts": ["/etc"]}',
+                                    '{"kind": "other", "artefacts": []}', "not json"])
+def test_a_malformed_marker_is_refused(tmp_path: Path, marker: str) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / MARKER).write_text(marker)
+    (run / "config.yaml").write_text("x")
+    with pytest.raises(PimpicError, match="malformed run marker"):
+        RunFolder(run, "pretrain", ARTEFACTS).check(resume=False, overwrite=True)
+    assert _tree(run) == {MARKER, "config.yaml"}
+
+
+def test_kinds_flags_and_resume_without_checkpoint(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _run(run, "pretrain")
+    with pytest.raises(PimpicError, match="holds a pretrain run, not a finetune run"):
+        RunFolder(run, "finetune", ARTEFACTS).check(resume=False, overwrite=True)
+    with pytest.raises(PimpicError, match="exclude each other"):
+        RunFolder(run, "pretrain", ARTEFACTS).check(resume=True, overwrite=True)
+    with pytest.raises(PimpicError, match="exists and is not empty; pass --resume"):
+        RunFolder(run, "pretrain", ARTEFACTS).check(resume=False, overwrite=False)
+    assert RunFolder(run, "pretrain", ARTEFACTS).check(resume=True, overwrite=False)
+    (run / "checkpoint.pt").unlink()
+    with pytest.raises(PimpicError, match=r"no checkpoint to resume from .*--overwrite"):
+        RunFolder(run, "pretrain", ARTEFACTS).check(resume=True, overwrite=False)
+    for missing in (tmp_path / "new", tmp_path / "empty"):
+        if missing.name == "empty":
+            missing.mkdir()
+        with pytest.raises(PimpicError, match="no checkpoint to resume from"):
+            RunFolder(missing, "pretrain", ARTEFACTS).check(resume=True, overwrite=False)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PimpicError, match="exists and is not a folder"):
+        RunFolder(tmp_path / "file", "pretrain", ARTEFACTS).check(resume=False, overwrite=True)
+
+
+def test_resume_drops_interrupted_writes_and_keeps_the_rest(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _run(run)
+    (run / ".run.json.x1.tmp").write_text("{")
+    (run / "notes.txt").write_text("mine")
+    folder = RunFolder(run, "finetune", (*ARTEFACTS, "model.safetensors"))
+    assert folder.check(resume=True, overwrite=False)
+    folder.start(resuming=True)
+    assert not (run / ".run.json.x1.tmp").exists() and (run / "notes.txt").exists()
+    assert "model.safetensors" in json.loads((run / MARKER).read_text())["artefacts"]
+
+
+def test_resume_names_the_first_difference(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    folder = _run(run)
+    assert folder.check_resume({"lr": 0.1}, {"train_cases": ("a", "b")})["encoder_sha256"] == "x"
+    with pytest.raises(PimpicError, match=r"different config — lr: run has 0\.1, now 0\.2"):
+        folder.check_resume({"lr": 0.2}, {})
+    with pytest.raises(PimpicError, match=r"cannot resume — train_cases\[1\]: run has 'b', "
+                                          r"now 'c'"):
+        folder.check_resume({"lr": 0.1}, {"train_cases": ["a", "c"]})
+    with pytest.raises(PimpicError, match="train_cases: run has 2 entries, now 3"):
+        folder.check_resume({"lr": 0.1}, {"train_cases": ["a", "b", "c"]})
+    with pytest.raises(PimpicError, match="encoder_sha256: run has 'x', now None"):
+        folder.check_resume({"lr": 0.1}, {"train_cases": ["a", "b"], "encoder_sha256": None})
+    with pytest.raises(PimpicError, match="cache_manifest_sha256: run has None"):
+        folder.check_resume({"lr": 0.1}, {"cache_manifest_sha256": "abc"})
+
+
+def test_one_list_of_resumable_keys() -> None:
+    assert RUNTIME_KEYS < RESUMABLE
+    assert {"steps", "max_epochs", "max_steps", "patience"} <= RESUMABLE
+    assert not {"lr", "seed", "fraction", "patch_size", "method"} & RESUMABLE
+
+
+def test_the_experiment_restart_keeps_a_folder_that_is_not_a_run(make_cache,
+                                                                 tmp_path: Path) -> None:
+    from pimpic.config import PretrainConfig
+    from pimpic.protocol.experiment import run_experiment
+    from pimpic.protocol.grid import ExperimentConfig
+
+    cache = make_cache(n_cases=5, shape=(16, 16, 16), labelled=False)
+    exp = tmp_path / "exp"
+    mine = exp / "pretrain" / "pimpic"
+    mine.mkdir(parents=True)
+    (mine / "config.yaml").write_text("my own settings\n")
+    (mine / "draft.md").write_text("precious")
+    cfg = ExperimentConfig(cache=str(cache), methods=("pimpic",), fractions=(100,),
+                           pretrain=PretrainConfig(width=2, depth=3, patch_size=16, patches=2,
+                                                   steps=1, num_workers=0, device="cpu"))
+    with pytest.raises(PimpicError, match="not a pimpic run folder"):
+        run_experiment(cfg, exp, progress=False, on_stage=None, report=False)
+    assert _tree(mine) == {"config.yaml", "draft.md"}
