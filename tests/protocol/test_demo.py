@@ -47,7 +47,7 @@ def test_evidence_config_is_the_demo_grid_grown() -> None:
 
     demo = demo_config(SIZES["full"], Path("/tmp/evidence/cache"), "cpu")
     demo = dataclasses.replace(demo, finetune=dataclasses.replace(demo.finetune, cpu_bf16=True))
-    evidence = load_experiment_config(Path(__file__).parents[1] / "examples" / "evidence_cpu.yaml")
+    evidence = load_experiment_config(Path(__file__).parents[2] / "examples" / "evidence_cpu.yaml")
     d, e = flatten(to_dict(demo)), flatten(to_dict(evidence))
     differ = {k.split(".")[0] for k in set(d) | set(e) if d.get(k) != e.get(k)}
     assert differ == {"methods", "seeds", "pretrain_overrides"}
