@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import wilcoxon
 
+from pimpic.protocol.statistics import _holm as holm_correct
+
 STRUCTURES = ("organ", "tumour", "whole")
 NAMES = {"random": "Random + Aug", "voco": "VoCo", "vox2vec": "vox2vec", "pim": "PiM",
          "pic": "PiC", "pimpic": "PiMPiC"}
@@ -64,11 +66,7 @@ def main() -> int:
                     p = float(wilcoxon(a, b).pvalue)
                 tests.append({"s": s, "f": f, "m": m, "n": len(pairs),
                               "d": float((a - b).mean()) if len(a) else math.nan, "p": p})
-    valid = sorted((t for t in tests if not math.isnan(t["p"])), key=lambda t: t["p"])
-    running = 0.0
-    for i, t in enumerate(valid):
-        running = max(running, min(1.0, (len(valid) - i) * t["p"]))
-        t["holm"] = running
+    holm_correct(tests)  # the report's Holm correction: sets p_holm (NaN where p is)
     print(f"| Structure | Labels | Method | pairs (case × seed) | Δ Dice (pp) vs "
           f"{NAMES.get(args.baseline, args.baseline)} | p (Wilcoxon) | p (Holm) |")
     print("|---|---|---|---|---|---|---|")
@@ -76,7 +74,7 @@ def main() -> int:
         p = "n/a" if math.isnan(t["p"]) else f"{t['p']:.3g}"
         if not math.isnan(t["p"]) and t["p"] < 0.05:
             p = f"**{p}**"
-        holm = f"{t['holm']:.3g}" if "holm" in t else "n/a"
+        holm = "n/a" if math.isnan(t["p_holm"]) else f"{t['p_holm']:.3g}"
         print(f"| {t['s']} | {t['f']} % | {NAMES.get(t['m'], t['m'])} | {t['n']} | "
               f"{t['d']:+.1f} | {p} | {holm} |")
     return 0
