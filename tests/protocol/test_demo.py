@@ -40,7 +40,8 @@ def test_demo_rejects_unknown_task(tmp_path: Path) -> None:
 
 def test_evidence_config_is_the_demo_grid_grown() -> None:
     """examples/evidence_cpu.yaml differs from the demo's experiment only in the grid (methods,
-    seeds) and the baselines' own settings, so it resumes in the demo's folder."""
+    seeds), the baselines' own settings and a longer pretraining, so it resumes in the demo's
+    folder with the demo's Random + Aug cells."""
     from pimpic.config import flatten, to_dict
     from pimpic.protocol.demo import SIZES, demo_config
     from pimpic.protocol.grid import load_experiment_config
@@ -49,6 +50,10 @@ def test_evidence_config_is_the_demo_grid_grown() -> None:
     demo = dataclasses.replace(demo, finetune=dataclasses.replace(demo.finetune, cpu_bf16=True))
     evidence = load_experiment_config(Path(__file__).parents[2] / "examples" / "evidence_cpu.yaml")
     d, e = flatten(to_dict(demo)), flatten(to_dict(evidence))
-    differ = {k.split(".")[0] for k in set(d) | set(e) if d.get(k) != e.get(k)}
-    assert differ == {"methods", "seeds", "pretrain_overrides"}
+    differ = {k for k in set(d) | set(e) if d.get(k) != e.get(k)}
+    assert {k.split(".")[0] for k in differ} == {"methods", "seeds", "pretrain_overrides",
+                                                 "pretrain"}
+    assert {k for k in differ if k.startswith("pretrain.")} == {"pretrain.steps",
+                                                                "pretrain.checkpoint_every"}
+    assert e["pretrain.steps"] == 4 * d["pretrain.steps"]
     assert set(demo.methods) < set(evidence.methods) and set(demo.seeds) < set(evidence.seeds)
