@@ -1,7 +1,7 @@
 """Is the synthetic cohort label-scarce at the demo's settings? (issue #10 §1)
 
     python scripts/cohort_check.py [--out DIR] [--variability realistic|low] [--task pancreas]
-                                   [--set samples_per_volume=4 ...]
+                                   [--spacing MM] [--set samples_per_volume=4 ...]
 
 Generates the demo's cohort (``generate_cohort`` at ``pimpic.protocol.demo.SIZES["full"]``),
 prepares it as the demo does, fine-tunes ``random`` (no encoder, Random + Aug) at the demo's low
@@ -63,6 +63,8 @@ def main() -> int:
     parser.add_argument("--task", default="pancreas")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cases", type=int, default=None, help="override the demo's case count")
+    parser.add_argument("--spacing", type=float, default=None,
+                        help="override the demo's preprocessing spacing (mm)")
     parser.add_argument("--full-only", action="store_true",
                         help="fine-tune at 100 %% only (criterion 2 and a quick look)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
@@ -73,6 +75,8 @@ def main() -> int:
     size = SIZES["full"]
     if args.cases is not None:
         size = dataclasses.replace(size, cases=args.cases)
+    if args.spacing is not None:
+        size = dataclasses.replace(size, spacing=args.spacing)
     t0, cpu0, load0 = time.perf_counter(), _cpu_s(), os.getloadavg()
     kw = {} if args.variability is None else {"variability": args.variability}
     generate_cohort(args.out / "data", size.cases, task=args.task, seed=args.seed,
