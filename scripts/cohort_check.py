@@ -28,6 +28,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from pimpic.config import FinetuneConfig, build_config, to_dict
 from pimpic.data.prepare import prepare
@@ -48,7 +49,7 @@ def _cpu_s() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _dice(summary: dict, name: str) -> tuple[float, float, int]:
+def _dice(summary: dict[str, Any], name: str) -> tuple[float, float, int]:
     s = summary["structures"][name]
     mean = s["dice_mean"] if s["dice_mean"] is not None else float("nan")
     sd = s["dice_sd"] if s["dice_sd"] is not None else float("nan")
