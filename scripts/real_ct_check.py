@@ -302,8 +302,8 @@ def run_check(out: Path, organ_name: str, data: Path | None, threshold: float,
         truth = np.asarray(c.label(f"{organ_name}_test")) == 1
         hit = np.count_nonzero(pred & truth)
         rows.append({"variant": variant, "dice": organ_s["dice_mean"],
-                     "sens": hit / max(np.count_nonzero(truth), 1),
-                     "prec": hit / max(np.count_nonzero(pred), 1),
+                     "sens": hit / max(int(np.count_nonzero(truth)), 1),
+                     "prec": hit / max(int(np.count_nonzero(pred)), 1),
                      "hd95": organ_s["hd95_mean"], "best_epoch": info["best_epoch"],
                      "train_s": _train_seconds(run), "eval_s": time.perf_counter() - t1})
     print()
