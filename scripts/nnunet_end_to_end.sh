@@ -50,7 +50,6 @@ TRAIN_MINUTES=${E2E_TRAIN_MINUTES:-}
 ID=501
 NAME=Dataset${ID}_SynthKidney
 export nnUNet_raw=$OUT/raw nnUNet_preprocessed=$OUT/preprocessed nnUNet_results=$OUT/results
-export nnUNet_n_proc_DA=${nnUNet_n_proc_DA:-0}
 export PYTHONUNBUFFERED=1  # nnU-Net's lines reach the log as they are printed
 LOGS=$OUT/logs
 mkdir -p "$LOGS" "$nnUNet_raw" "$nnUNet_preprocessed" "$nnUNet_results"
@@ -109,8 +108,9 @@ run pretrain pimpic pretrain "$P/nnUNetPlans_3d_fullres" --out "$OUT/runs/pimpic
 run export pimpic export nnunet "$OUT/runs/pimpic" --plans "$P/nnUNetPlans.json" \
     --configuration 3d_fullres --out "$OUT/pimpic_3d_fullres.pth"
 
-train=(nnUNetv2_train "$ID" 3d_fullres 0 -tr "$TRAINER" \
-       -pretrained_weights "$OUT/pimpic_3d_fullres.pth" -device cpu)
+# nnUNet_n_proc_DA is the trainer's augmentation workers (nnU-Net's planner refuses 0)
+train=(env "nnUNet_n_proc_DA=${nnUNet_n_proc_DA:-0}" nnUNetv2_train "$ID" 3d_fullres 0
+       -tr "$TRAINER" -pretrained_weights "$OUT/pimpic_3d_fullres.pth" -device cpu)
 echo "${train[*]}" >> "$LOGS/commands.txt"
 echo "[$(date +%H:%M:%S)] train: ${train[*]} (stopped after its first epoch)" >&2
 "${train[@]}" > "$LOGS/train.log" 2>&1 &
