@@ -12,7 +12,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -101,6 +101,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
                 return _coerce(arg, value, where)
             except PimpicError as err:
                 errors.append(str(err))
+        arms = [a for a in args if a is not type(None)]
+        if len(arms) > 1:  # name every alternative, not only the first one tried
+            raise PimpicError(f"{where}: expected {_describe_types(arms)}, got {value!r}")
         raise PimpicError(errors[0] if errors else f"{where}: invalid value {value!r}")
     if origin is typing.Literal:
         if value not in args:
@@ -150,6 +153,25 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp is str:
         return str(value)
     return value
+
+
+def _describe_types(types_: Sequence[Any]) -> str:
+    """``[int, tuple[int, int, int], Literal["plan"]]`` → ``an integer, 3 integers or 'plan'``."""
+    names = {int: "an integer", float: "a number", bool: "true/false", str: "a string"}
+    plural = {int: "integers", float: "numbers"}
+    words = []
+    for tp in types_:
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if origin is typing.Literal:
+            words.append(" or ".join(map(repr, args)))
+        elif origin is tuple and args and args[-1] is not Ellipsis:
+            inner = plural.get(args[0], "values") if len(set(args)) == 1 else "values"
+            words.append(f"{len(args)} {inner}")
+        elif origin in (tuple, list):
+            words.append("a list")
+        else:
+            words.append(names.get(tp, getattr(tp, "__name__", str(tp))))
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
 
 
 def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
@@ -237,8 +259,13 @@ class Range:
     low_open: bool = False
     high_open: bool = False
     optional: bool = False
+    #: words the field also takes instead of a number (e.g. ``patch_size: plan``)
+    words: tuple[str, ...] = ()
 
     def describe(self) -> str:
+        return self._interval() + "".join(f" or {w!r}" for w in self.words)
+
+    def _interval(self) -> str:
         if self.low is not None and self.high is not None:
             return (f"in {'(' if self.low_open else '['}{self.low:g}, "
                     f"{self.high:g}{')' if self.high_open else ']'}")
@@ -251,6 +278,8 @@ class Range:
     def admits(self, value: Any) -> bool:
         if value is None:
             return self.optional
+        if isinstance(value, str):
+            return value in self.words
         if isinstance(value, (tuple, list)):
             return all(self.admits(v) for v in value) and bool(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -285,6 +314,29 @@ def check_ranges(cfg: Any, rules: Mapping[str, Range]) -> None:
 # The schemas. Defaults reproduce the paper and the released code (docs/method.md §2–§8);
 # every deviation is a named option.
 # --------------------------------------------------------------------------------------------
+
+#: a pretraining crop: one edge (a cube) or three edges (a box), in voxels
+PatchSize = int | tuple[int, int, int]
+
+
+def patch_shape(patch_size: PatchSize | Sequence[int] | str) -> tuple[int, int, int]:
+    """``64`` → ``(64, 64, 64)``; three edges stay three edges. ``plan`` has no shape until the
+    nnU-Net plan is read (:func:`pimpic.pretraining.backbones.resolve_patch`)."""
+    if isinstance(patch_size, str):
+        raise PimpicError(f"patch_size {patch_size!r} must be resolved to voxels first (the "
+                          "pretraining engine reads it from the nnU-Net plan)")
+    if isinstance(patch_size, int):
+        return (patch_size,) * 3
+    edges = tuple(int(p) for p in patch_size)
+    if len(edges) != 3:
+        raise PimpicError(f"patch_size must be one edge or 3 edges, got {list(edges)}")
+    return edges[0], edges[1], edges[2]
+
+
+def patch_text(patch_size: Any) -> str:
+    """A patch size as the user writes it: ``64`` or ``[32, 64, 64]``."""
+    return str(list(patch_size)) if isinstance(patch_size, (tuple, list)) else str(patch_size)
+
 
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
@@ -363,7 +415,11 @@ class PretrainConfig:
     in_channels: int = 1
     width: int = 32
     depth: int = 5
-    patch_size: int = 64
+    #: pretraining crop in voxels: an edge ``p`` (a ``p³`` cube, the paper's 64), three edges
+    #: ``[d, h, w]`` in the volume's axis order (an anisotropic box, e.g. ``[32, 64, 64]``), or
+    #: ``plan`` (backbone nnunet: the plan's own patch size, e.g. ``[40, 224, 192]`` — several
+    #: times a 64³ crop's voxels, memory and step time)
+    patch_size: int | tuple[int, int, int] | typing.Literal["plan"] = 64
     # batch: ``patches`` patches from each of ``volumes`` volumes per step and rank
     patches: int = 32
     volumes: int = 1
@@ -398,21 +454,40 @@ class PretrainConfig:
         if self.method not in known:
             raise ValueError(f"method {self.method!r} is not one of {', '.join(known)} "
                              "(the methods in pimpic/pretraining/methods/)")
+        if isinstance(self.patch_size, list):  # built in Python from a list: the YAML form
+            object.__setattr__(self, "patch_size", tuple(self.patch_size))
+        if isinstance(self.patch_size, tuple) and len(self.patch_size) != 3:
+            raise ValueError(f"patch_size must be one edge or 3 edges, got "
+                             f"{list(self.patch_size)}")
         check_ranges(self, PRETRAIN_RULES)
         if self.backbone == "nnunet":
             # nnunet_plans may stay empty when pretraining on an nnU-Net preprocessed folder:
-            # the engine takes the folder's plans
+            # the engine takes the folder's plans (and, for patch_size plan, their patch size)
             if not self.nnunet_configuration:
                 raise ValueError("backbone nnunet needs nnunet_configuration (e.g. 3d_fullres)")
-        elif self.patch_size % 2**self.depth:
-            raise ValueError(f"patch_size {self.patch_size} must be divisible by 2^depth "
-                             f"= {2**self.depth}")
+        elif self.patch_size == "plan":
+            raise ValueError("patch_size plan takes the patch of an nnU-Net plan; it needs "
+                             "backbone nnunet")
+        elif any(p % 2**self.depth for p in self.patch_shape):
+            raise ValueError(f"patch_size {patch_text(self.patch_size)} must be divisible by "
+                             f"2^depth = {2**self.depth}"
+                             f"{' on every axis' if self.anisotropic else ''}")
+
+    @property
+    def patch_shape(self) -> tuple[int, int, int]:
+        """The pretraining crop's edge on each axis (a cube's edge three times)."""
+        return patch_shape(self.patch_size)
+
+    @property
+    def anisotropic(self) -> bool:
+        """Is the crop a box rather than a cube?"""
+        return len(set(self.patch_shape)) > 1
 
 
 #: one line per numeric field of :class:`PretrainConfig` (a new field needs its line here)
 PRETRAIN_RULES = {
     "in_channels": AT_LEAST_1, "width": AT_LEAST_1, "depth": AT_LEAST_1,
-    "patch_size": AT_LEAST_1, "patches": AT_LEAST_1, "volumes": AT_LEAST_1,
+    "patch_size": Range(1, words=("plan",)), "patches": AT_LEAST_1, "volumes": AT_LEAST_1,
     "proj_dim": AT_LEAST_1, "tau": POSITIVE, "pim_weight": NON_NEGATIVE,
     "pic_weight": NON_NEGATIVE, "min_overlap": PROBABILITY, "lr": NON_NEGATIVE,
     "weight_decay": NON_NEGATIVE, "steps": AT_LEAST_1, "seed": NON_NEGATIVE,

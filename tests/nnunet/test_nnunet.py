@@ -9,6 +9,7 @@ variant, plus two configurations pimpic must refuse or tell apart (``3d_nostride
 
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
 from pathlib import Path
@@ -20,13 +21,13 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from pimpic.cli import app
-from pimpic.config import PretrainConfig, from_dict
+from pimpic.config import PretrainConfig, from_dict, load_yaml
 from pimpic.errors import PimpicError
 from pimpic.io import read_json
 from pimpic.models import Encoder
 from pimpic.models.backbone import pic_levels, pim_levels
-from pimpic.models.export import save_encoder
-from pimpic.pretraining.backbones import build_backbone
+from pimpic.models.export import read_encoder_metadata, save_encoder
+from pimpic.pretraining.backbones import build_backbone, resolve_patch
 from pimpic.pretraining.engine import pretrain
 from pimpic.registry import get_method
 
@@ -106,6 +107,22 @@ def test_unusable_plans_fail_in_one_line(configuration: str, message: str) -> No
 def test_patch_must_fit_the_strides() -> None:
     with pytest.raises(PimpicError, match="not divisible by the stride"):
         build_backbone(_cfg(patch_size=12))
+
+
+def test_a_box_patch_must_fit_the_strides_per_axis(tmp_path: Path) -> None:
+    # total stride (4, 8, 8): 8 × 16 × 16 fits, 8 × 12 × 16 does not (axis 1, level 4)
+    build_backbone(_cfg(patch_size=[8, 16, 16]))
+    message = (r"patch_size \[8, 12, 16\] is not divisible by the stride \[4, 8, 8\] of "
+               r"nnU-Net encoder level 4 on axis 1; use multiples of \[4, 8, 8\] \(the total "
+               r"stride per axis\)")
+    with pytest.raises(PimpicError, match=message):
+        build_backbone(_cfg(patch_size=[8, 12, 16]))
+    folder = write_preprocessed(tmp_path)
+    res = runner.invoke(app, ["pretrain", str(folder), "--out", str(tmp_path / "run"),
+                              "--set", "backbone=nnunet", "--set", "patch_size=[6,16,16]"])
+    assert res.exit_code == 2 and not (tmp_path / "run").exists()
+    assert "patch_size [6, 16, 16] is not divisible by the stride [4, 8, 8]" in res.output
+    assert len(res.output.strip().splitlines()) == 1
 
 
 @pytest.fixture(scope="module")
@@ -206,16 +223,59 @@ def test_pretrain_on_an_nnunet_preprocessed_folder(tmp_path: Path) -> None:
     pretrain(folder, run, _cfg(nnunet_plans="", steps=1, checkpoint_every=1), progress=False)
     saved = read_json(run / "run.json")
     assert saved["case_ids"] == ["case_0", "case_2", "case_1"]
-    from pimpic.config import load_yaml
-
     cfg = load_yaml(run / "config.yaml")
     assert Path(cfg["nnunet_plans"]).name == "nnUNetPlans.json"
     assert cfg["nnunet_configuration"] == "3d_fullres"
 
 
-def test_bench_pretrain_step_on_the_nnunet_backbone() -> None:
-    import json
+@pytest.mark.parametrize("method", ["pimpic", "pim", "pic"])
+def test_pretrain_box_patches_on_the_anisotropic_plan(method: str, tmp_path: Path) -> None:
+    """A few steps of each overlap method on 8 × 16 × 16 crops of an nnU-Net folder, through
+    the anisotropic 3d_fullres encoder (strides (1,1,1) … (4,8,8))."""
+    folder = write_preprocessed(tmp_path, shape=(20, 40, 36))
+    run = tmp_path / "run"
+    pretrain(folder, run, _cfg(method=method, nnunet_plans="", patch_size=[8, 16, 16],
+                               patches=6, steps=3, checkpoint_every=3), progress=False)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(np.isfinite(r["loss"]) for r in rows)
+    if method != "pim":
+        assert all(r["pairs"] > 0 for r in rows)  # box patches overlap: PiC has pairs
+    meta = read_encoder_metadata(run / "encoder.safetensors")
+    assert meta["patch_size"] == [8, 16, 16]
+    assert load_yaml(run / "config.yaml")["patch_size"] == [8, 16, 16]
 
+
+def test_patch_size_plan_takes_the_plans_patch(tmp_path: Path) -> None:
+    folder = write_preprocessed(tmp_path)
+    run = tmp_path / "run"
+    pretrain(folder, run, _cfg(nnunet_plans="", patch_size="plan", steps=1, checkpoint_every=1),
+             progress=False)
+    # the plan's [16, 32, 32] (the 20 × 24 × 24 cases are padded to it in-plane)
+    assert load_yaml(run / "config.yaml")["patch_size"] == [16, 32, 32]
+    assert read_encoder_metadata(run / "encoder.safetensors")["patch_size"] == [16, 32, 32]
+    # resuming reads the resolved size back: same config, nothing to refuse
+    pretrain(folder, run, _cfg(nnunet_plans="", patch_size="plan", steps=2,
+                               checkpoint_every=1), resume=True, progress=False)
+    with pytest.raises(PimpicError, match="patch_size plan: backbone nnunet: set nnunet_plans"):
+        resolve_patch(_cfg(nnunet_plans="", patch_size="plan"))
+
+
+def test_bench_pretrain_step_with_a_box_patch() -> None:
+    res = runner.invoke(app, ["bench", "pretrain-step", "--backbone", "nnunet", "--plans",
+                              str(PLANS), "--patch-size", "8,16,16", "--patches", "4",
+                              "--steps", "1"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output.strip().splitlines()[-1])
+    assert out["patch_size"] == [8, 16, 16] and out["median_step_s"] > 0
+    res = runner.invoke(app, ["bench", "pretrain-step", "--backbone", "nnunet", "--plans",
+                              str(PLANS), "--patch-size", "plan", "--patches", "2",
+                              "--steps", "1"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output.strip().splitlines()[-1])["patch_size"] == [16, 32, 32]
+
+
+def test_bench_pretrain_step_on_the_nnunet_backbone() -> None:
     res = runner.invoke(app, ["bench", "pretrain-step", "--backbone", "nnunet", "--patch-size",
                               "16", "--width", "2", "--patches", "4", "--steps", "1",
                               "--depth", "3"])

@@ -7,7 +7,8 @@ released implementation computed PiC: a Python loop over pairs and levels, one h
 (``.item()``) per pair, one slice and masked mean per region. Both variants start from the
 same weights and see the same batches.
 
-CLI: ``pimpic bench pretrain-step --patch-size 32 --width 8 --patches 16 --steps 6``.
+CLI: ``pimpic bench pretrain-step --patch-size 32 --width 8 --patches 16 --steps 6``
+(``--patch-size 16,32,32``: a box of three edges; ``plan``: the nnU-Net plan's patch).
 
 ``--backbone nnunet`` times the same step on an nnU-Net encoder: a plan given with
 ``--plans``/``--configuration``, or by default :func:`small_plan`, a 3d_fullres-like
@@ -20,14 +21,15 @@ from __future__ import annotations
 import resource
 import statistics
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from pimpic.config import PretrainConfig
-from pimpic.pretraining.backbones import build_backbone
+from pimpic.config import PretrainConfig, from_dict, plain
+from pimpic.pretraining.backbones import build_backbone, resolve_patch
 from pimpic.pretraining.losses import pic_loss
 from pimpic.pretraining.methods.pimpic import PiMPiC
 from pimpic.pretraining.samplers.overlap import reference_boxes
@@ -125,14 +127,16 @@ def small_plan(width: int = 8, depth: int = 5) -> dict[str, Any]:
             "configurations": {"3d_fullres": config}}
 
 
-def run(patch_size: int = 32, width: int = 8, patches: int = 16, steps: int = 6, depth: int = 5,
+def run(patch_size: int | Sequence[int] | str = 32, width: int = 8, patches: int = 16,
+        steps: int = 6, depth: int = 5,
         naive: bool = False, device: str = "cpu", compare: bool = True, warmup: int = 1,
         seed: int = 0, backbone: str = "unet", plans: str | None = None,
         configuration: str = "3d_fullres") -> dict[str, Any]:
     """Time ``steps`` training steps (after ``warmup`` untimed ones) of the pimpic method.
 
     Args:
-        patch_size, width, depth, patches: encoder and batch (one volume of ``patches``).
+        patch_size, width, depth, patches: encoder and batch (one volume of ``patches``);
+            ``patch_size`` is an edge, three edges or ``plan`` (``--backbone nnunet``).
         backbone: ``unet`` (``width``, ``depth``) or ``nnunet`` (``plans``/``configuration``,
             default :func:`small_plan` of ``width`` and ``depth``).
         naive: time the per-pair loop implementation as the main result.
@@ -155,17 +159,18 @@ def run(patch_size: int = 32, width: int = 8, patches: int = 16, steps: int = 6,
     if backbone == "nnunet" and plans is None:
         plans = str(Path(tmp.name) / "nnUNetPlans.json")
         Path(plans).write_text(json.dumps(small_plan(width, depth)))
-    cfg = PretrainConfig(method="pimpic", width=width, depth=depth, patch_size=patch_size,
-                         patches=patches, backbone=backbone,  # type: ignore[arg-type]
-                         nnunet_plans=plans or "", nnunet_configuration=configuration)
+    cfg = resolve_patch(from_dict(PretrainConfig, {
+        "method": "pimpic", "width": width, "depth": depth, "patch_size": patch_size,
+        "patches": patches, "backbone": backbone, "nnunet_plans": plans or "",
+        "nnunet_configuration": configuration}, "bench pretrain-step"))
     n_params = sum(p.numel() for p in build_backbone(cfg).parameters())
+    shape = cfg.patch_shape
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     batches = [{
-        "patches": torch.rand(1, patches, 1, patch_size, patch_size, patch_size,
-                              generator=gen).to(dev),
-        "boxes": torch.as_tensor(
-            reference_boxes((2 * patch_size,) * 3, patch_size, patches, rng))[None].to(dev),
+        "patches": torch.rand(1, patches, 1, *shape, generator=gen).to(dev),
+        "boxes": torch.as_tensor(reference_boxes(tuple(2 * e for e in shape), shape, patches,
+                                                 rng))[None].to(dev),
     } for _ in range(warmup + steps)]
 
     def measure(cls: type[PiMPiC]) -> tuple[float, float]:
@@ -180,7 +185,8 @@ def run(patch_size: int = 32, width: int = 8, patches: int = 16, steps: int = 6,
         "implementation": "loop" if naive else "vectorised", "backbone": backbone,
         "encoder_parameters": n_params,
         "device": str(dev), "threads": torch.get_num_threads(),
-        "patch_size": patch_size, "width": width, "depth": depth, "patches": patches,
+        "patch_size": plain(cfg.patch_size), "width": width, "depth": depth,
+        "patches": patches,
         "steps": steps, "pairs_per_step": pairs,
         "median_step_s": median, "patches_per_s": patches / median,
     }

@@ -63,7 +63,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @bench_app.command("pretrain-step")
     @friendly_errors
     def bench_step_cmd(
-        patch_size: int = typer.Option(32, "--patch-size", help="Patch edge (voxels)."),
+        patch_size: str = typer.Option("32", "--patch-size", help="Patch edge (voxels), three "
+                                       "edges (16,32,32) or plan (the nnU-Net plan's patch)."),
         width: int = typer.Option(8, "--width", help="Encoder base width K."),
         patches: int = typer.Option(16, "--patches", help="Patches per step N."),
         steps: int = typer.Option(6, "--steps", help="Timed steps (after one warm-up)."),

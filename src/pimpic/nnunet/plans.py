@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pimpic.errors import PimpicError
 from pimpic.models.backbone import PIC_STRIDES, PIM_DEPTH, Level, levels_at
+from pimpic.models.backbone import total_stride as backbone_total_stride
 
 #: the architectures pimpic can pretrain (their encoders return one feature map per stage)
 SUPPORTED = ("PlainConvUNet", "ResidualEncoderUNet")
@@ -166,8 +166,8 @@ def load_plan(path: str | Path, configuration: str) -> NnunetPlan:
 
 def check_pyramid(plan: NnunetPlan) -> None:
     """The pretext tasks need levels at strides 1, 2, 4 (PiC) and at least three levels
-    (PiM); the plan's patch must be divisible by the deepest stride. One-line error naming
-    what is missing."""
+    (PiM); the plan's own patch must be divisible by the total stride on every axis. One-line
+    error naming what is missing."""
     levels = plan.levels()
     where = plan.describe()
     if len(levels) < PIM_DEPTH:
@@ -177,12 +177,13 @@ def check_pyramid(plan: NnunetPlan) -> None:
         levels_at(levels, PIC_STRIDES, "PiC")
     except PimpicError as err:
         raise PimpicError(f"{where}: {err}") from None
-    deepest = levels[-1].stride
-    if any(p % s for p, s in zip(plan.patch_size, deepest, strict=True)):
+    total = total_stride(plan)
+    if any(p % s for p, s in zip(plan.patch_size, total, strict=True)):
         raise PimpicError(f"{where}: patch size {plan.patch_size} is not divisible by the "
-                          f"encoder's total stride {list(deepest)}")
+                          f"encoder's total stride {list(total)}")
 
 
-def total_stride(plan: NnunetPlan) -> int:
-    """The smallest cube edge every level's stride divides (pretraining patches are cubes)."""
-    return math.lcm(*(s for level in plan.levels() for s in level.stride))
+def total_stride(plan: NnunetPlan) -> tuple[int, int, int]:
+    """The encoder's total stride per axis: a pretraining patch must be a multiple of it on
+    every axis (a cube's edge: a multiple of the three's least common multiple)."""
+    return backbone_total_stride(plan.levels())

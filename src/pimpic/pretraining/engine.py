@@ -45,7 +45,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pimpic import envinfo, registry
-from pimpic.config import PretrainConfig, build_config, save_config, to_dict
+from pimpic.config import PretrainConfig, build_config, plain, save_config, to_dict
 from pimpic.data.loader import VolumeStream, make_loader
 from pimpic.energy import EnergyMeter
 from pimpic.errors import PimpicError
@@ -63,7 +63,7 @@ from pimpic.paths import (
     RUN_INFO,
     TENSORBOARD,
 )
-from pimpic.pretraining.backbones import build_backbone
+from pimpic.pretraining.backbones import build_backbone, resolve_patch
 from pimpic.registry import MethodSpec
 from pimpic.training import checkpoint as ckpt
 from pimpic.training.device import autocast, flush_denormals
@@ -115,7 +115,7 @@ def _pretrain(dist: Dist, cache_root: Path, run_dir: Path, cfg: PretrainConfig, 
               overwrite: bool, progress: bool, case_ids: Sequence[str] | None) -> Path:
     device = dist.device
     cache = open_source(cache_root)
-    cfg = _with_plans(cfg, cache)
+    cfg = resolve_patch(_with_plans(cfg, cache))  # config.yaml records the plan's patch
     ids = _pretraining_cases(cache, case_ids)
     folder = RunFolder(run_dir, "pretrain", ARTEFACTS)
     state = None
@@ -273,7 +273,7 @@ def _export(run_dir: Path, module: nn.Module, cache: Any, cfg: PretrainConfig,
                                                     "config": json.dumps(to_dict(cfg))})
     settings = cache.settings
     save_encoder(run_dir / ENCODER_FILE, module.encoder, {
-        "patch_size": cfg.patch_size, "spacing": list(settings["spacing"]),
+        "patch_size": plain(cfg.patch_size), "spacing": list(settings["spacing"]),
         "window": list(settings["window"]) if settings.get("window") is not None else None,
         "method": cfg.method, "steps": cfg.steps,
         "pretrain_cases": ids})

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from matplotlib.patches import Rectangle
 from torch import Tensor, nn
 
+from pimpic.config import patch_text
 from pimpic.data.cache import Cache
 from pimpic.errors import PimpicError
 from pimpic.io import read_json
@@ -109,6 +110,10 @@ def embedding_figures(
     c = Cache(cache)
     if case not in c.case_ids:
         raise PimpicError(f"{c.root}: case {case!r} is not in the cache")
+    if not isinstance(cfg.patch_size, int):
+        raise PimpicError(f"{run}: patch_size {patch_text(cfg.patch_size)} is a box; the "
+                          "embedding figures tile the volume with cubes (pretrain with one "
+                          "edge to draw them)")
     p = cfg.patch_size
     image = _pad_to(np.asarray(c.image(case), dtype=np.float32), p, cfg.sampler.pad_value)
     dev = resolve_device(device)

@@ -1,6 +1,6 @@
 """PiMPiC pretext task and its ablations ``pim`` and ``pic`` (docs/method.md §2–§6).
 
-Data flow of one step (V volumes × N patches, patch ``p³``)::
+Data flow of one step (V volumes × N patches, patch ``p³`` or a box ``p_x × p_y × p_z``)::
 
     patches (V, N, 1, p, p, p) ──encoder──▶ pyramid f1..f5 of all V·N patches at once
     PiM: channel-mean of f3..f5 ─▶ head f ─▶ P (V, N, d);  C = P Pᵀ vs S = overlap(boxes)
@@ -38,10 +38,12 @@ from pimpic.pretraining.samplers.overlap import OverlapPatchSampler
 from pimpic.registry import MethodSpec, register
 
 
-def descriptor_dim(patch_size: int, depth_or_levels: int | Sequence[Level]) -> int:
+def descriptor_dim(patch_size: int | Sequence[int],
+                   depth_or_levels: int | Sequence[Level]) -> int:
     """Length of :func:`~pimpic.pretraining.losses.pim_descriptor`: the cells of PiM's levels,
     ``Σ (p / 2^(l−1))³`` over the last three levels of a ``depth``-level U-Net (4672 for 64³,
-    depth 5), or over the three deepest of a backbone's ``levels``."""
+    depth 5), or ``Σ Π_a (p_a / s_a)`` over the three deepest of a backbone's ``levels`` (a
+    patch of three edges ``p_a``, levels of strides ``s_a`` per axis)."""
     levels = (isotropic_levels([1] * depth_or_levels) if isinstance(depth_or_levels, int)
               else depth_or_levels)
     return sum(math.prod(grid_size(levels[i], patch_size)) for i in pim_levels(levels))
@@ -74,7 +76,7 @@ class PiMPiC(nn.Module):
         self.pic_index = pic_levels(levels) if use_pic else []
         self.pic_strides = [levels[i].stride for i in self.pic_index]
         if use_pim:
-            self.head_f = ProjectionHead(descriptor_dim(cfg.patch_size, levels), 2 * d, d)
+            self.head_f = ProjectionHead(descriptor_dim(cfg.patch_shape, levels), 2 * d, d)
         if use_pic:
             self.head_g = ProjectionHead(sum(levels[i].width for i in self.pic_index), d, d)
 
@@ -87,7 +89,7 @@ class PiMPiC(nn.Module):
         v, n = patches.shape[:2]
         feats = self.encoder(patches.reshape(v * n, *patches.shape[2:]))
         boxes = boxes.to(patches.device).long()
-        overlap = overlap_matrix(boxes, self.cfg.patch_size)  # (V, N, N)
+        overlap = overlap_matrix(boxes, self.cfg.patch_shape)  # (V, N, N)
         out: dict[str, Tensor] = {}
         loss = patches.new_zeros((), dtype=torch.float32)
         if self.use_pim:
@@ -146,7 +148,7 @@ class PiMPiC(nn.Module):
 
 def build_sampler(cfg: PretrainConfig) -> OverlapPatchSampler:
     """The overlapping-patch sampler of docs/method.md §2 for this config."""
-    return OverlapPatchSampler(cfg.patch_size, cfg.patches, cfg.sampler)
+    return OverlapPatchSampler(cfg.patch_shape, cfg.patches, cfg.sampler)
 
 
 def _builder(use_pim: bool, use_pic: bool) -> Callable[[nn.Module, PretrainConfig], nn.Module]:

@@ -135,7 +135,8 @@ class VoCoModule(nn.Module):
 
 
 def build_sampler(cfg: PretrainConfig) -> VoCoSampler:
-    return VoCoSampler(cfg.patch_size, cfg.voco.grid, cfg.voco.num_random, cfg.sampler.pad_value)
+    return VoCoSampler(cfg.patch_shape, cfg.voco.grid, cfg.voco.num_random,
+                       cfg.sampler.pad_value)
 
 
 def build_voco(encoder: nn.Module, cfg: PretrainConfig) -> VoCoModule:

@@ -110,7 +110,7 @@ class Vox2VecModule(nn.Module):
 
 
 def build_sampler(cfg: PretrainConfig) -> Vox2VecSampler:
-    return Vox2VecSampler(cfg.patch_size, max(1, cfg.patches // 2), cfg.vox2vec.num_voxels,
+    return Vox2VecSampler(cfg.patch_shape, max(1, cfg.patches // 2), cfg.vox2vec.num_voxels,
                           cfg.sampler.foreground_threshold, cfg.sampler.pad_value)
 
 

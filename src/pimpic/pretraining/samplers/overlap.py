@@ -10,11 +10,15 @@ distribution of PiM targets and the number of PiC pairs.
 
 The reference sampler
 ---------------------
-Per axis (sizes ``dim`` of the volume, ``p`` of the patch):
+Per axis (sizes ``dim`` of the volume, ``p`` of the patch on that axis):
 
 1. draw a hidden *anchor* start ``a ~ U{0, dim − p − 1}``;
 2. draw each of the N patch starts from ``U{max(0, a − m), min(dim − p, a + m) − 1}`` with
    ``m = (4 p) // 5`` (51 for p = 64), i.e. ``overlap_margin = 0.8``.
+
+A patch is a cube of edge ``p`` (the paper) or a box ``(p_x, p_y, p_z)`` (``patch_size`` with
+three edges, e.g. an nnU-Net plan's anisotropic patch): every axis then has its own ``p``, and so
+its own margin ``m``; the axes are drawn independently either way.
 
 Every patch lies within ``m < p`` voxels of the anchor on every axis, so every patch overlaps
 the anchor — but two patches on opposite sides of it need not overlap each other: with the
@@ -51,13 +55,14 @@ per seed, rank and worker.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
-from pimpic.config import SamplerConfig
+from pimpic.config import PatchSize, SamplerConfig, patch_shape, patch_text, plain
 from pimpic.errors import PimpicError
 from pimpic.pretraining.samplers.common import crop
 
@@ -71,8 +76,9 @@ FOREGROUND_STRIDE = 4
 
 
 def jitter_margin(patch_size: int, margin: float) -> int:
-    """``m = floor(margin · p)``, exact for decimal margins (0.8 gives ``(4 p) // 5`` for every
-    p; a binary float product like ``0.8 · 15`` must not round below an integer)."""
+    """``m = floor(margin · p)`` for a patch edge ``p``, exact for decimal margins (0.8 gives
+    ``(4 p) // 5`` for every p; a binary float product like ``0.8 · 15`` must not round below an
+    integer)."""
     return int(Fraction(repr(float(margin))) * patch_size // 1)
 
 
@@ -84,7 +90,7 @@ def _anchor_range(dim: int, patch: int) -> int:
 
 def reference_boxes(
     shape: tuple[int, ...],
-    patch_size: int,
+    patch_size: PatchSize | Sequence[int],
     n: int,
     rng: np.random.Generator,
     margin: float = 0.8,
@@ -93,8 +99,9 @@ def reference_boxes(
     """N overlapping ``[start, end)`` boxes in a volume of ``shape`` (docs/method.md §2).
 
     Args:
-        shape: ``(X, Y, Z)`` volume size in voxels; every axis ≥ ``patch_size`` (pad first).
-        patch_size: cubic patch edge ``p`` (voxels).
+        shape: ``(X, Y, Z)`` volume size in voxels; every axis ≥ the patch's (pad first).
+        patch_size: cubic patch edge ``p``, or the edges ``(p_x, p_y, p_z)`` of a box
+            (voxels); each axis has its own margin ``m = floor(margin · p_axis)``.
         n: number of patches.
         rng: the source of randomness (draws: anchor per axis, then all starts at once).
         margin: jitter half-width as a fraction of ``p`` (reference 0.8 ⇒ ``m = (4p)//5``).
@@ -105,61 +112,68 @@ def reference_boxes(
         ``(n, 2, 3)`` int64 boxes, all full size and inside the volume.
     """
     dims = np.asarray(shape[:3], dtype=np.int64)
-    if np.any(dims < patch_size):
+    p = np.asarray(patch_shape(patch_size), dtype=np.int64)
+    if np.any(dims < p):
         raise PimpicError(f"volume of shape {tuple(int(d) for d in dims)} is smaller than the "
-                          f"patch size {patch_size}; pad it first")
-    m = jitter_margin(patch_size, margin)
-    top = np.array([_anchor_range(int(d), patch_size) for d in dims])  # anchors in [0, top)
+                          f"patch size {patch_text(patch_size)}; pad it first")
+    # per axis; for a cube these are the same numbers, drawn in the same order, as with one edge
+    m = np.array([jitter_margin(int(e), margin) for e in p])
+    top = np.array([_anchor_range(int(d), int(e)) for d, e in zip(dims, p, strict=True)])
     if anchor is None:
-        a = rng.integers(0, top)
+        a = rng.integers(0, top)  # anchors in [0, top)
     else:
         a = np.clip(np.asarray(anchor, dtype=np.int64), 0, top - 1)
     lo = np.maximum(0, a - m)
-    hi = np.minimum(dims - patch_size, a + m)
+    hi = np.minimum(dims - p, a + m)
     hi = np.maximum(hi, lo + 1)  # dim == p (or m == 0): the only start is lo
     starts = rng.integers(lo, hi, size=(n, 3))
-    return np.stack([starts, starts + patch_size], axis=1).astype(np.int64)
+    return np.stack([starts, starts + p], axis=1).astype(np.int64)
 
 
 @dataclass
 class OverlapPatchSampler:
-    """``sampler(image, rng) -> {"patches": (N, 1, p, p, p), "boxes": (N, 2, 3) int64}``.
+    """``sampler(image, rng) -> {"patches": (N, 1, p_x, p_y, p_z), "boxes": (N, 2, 3) int64}``.
 
     Patches are float32, or float16 when the cache stores float16 and no intensity augmentation
     is asked for (the engine casts batches to float32 on the device).
 
     Args:
-        patch_size: cubic patch edge ``p`` (voxels).
+        patch_size: cubic patch edge ``p``, or the three edges of a box (voxels).
         num_patches: patches per volume ``N`` (paper: 32).
         cfg: :class:`~pimpic.config.SamplerConfig` (defaults = the reference sampler).
 
     Boxes are in the voxel coordinates of the (virtually) padded volume, which equals the
-    volume itself unless an axis is shorter than ``p``; see the module docstring.
+    volume itself unless an axis is shorter than the patch; see the module docstring.
     """
 
-    patch_size: int
+    patch_size: PatchSize
     num_patches: int
     cfg: SamplerConfig = field(default_factory=SamplerConfig)
 
     def __post_init__(self) -> None:
-        if self.patch_size < 1 or self.num_patches < 1:
-            raise PimpicError(f"sampler: patch_size ({self.patch_size}) and num_patches "
-                              f"({self.num_patches}) must be ≥ 1")
+        if min(patch_shape(self.patch_size)) < 1 or self.num_patches < 1:
+            raise PimpicError(f"sampler: patch_size ({patch_text(self.patch_size)}) and "
+                              f"num_patches ({self.num_patches}) must be ≥ 1")
+
+    @property
+    def shape(self) -> np.ndarray:
+        """The patch's edge per axis, ``(3,)`` int64."""
+        return np.asarray(patch_shape(self.patch_size), dtype=np.int64)
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         if image.ndim != 3:
             raise PimpicError(f"sampler: expected a 3-D (X, Y, Z) volume, got shape "
                               f"{tuple(image.shape)}")
-        p = self.patch_size
+        p = self.shape
         dims = np.asarray(image.shape, dtype=np.int64)
         padded = np.maximum(dims, p)
         offset = (padded - dims) // 2  # centred virtual padding
         anchor = self._foreground_anchor(image, offset, padded, rng)
-        boxes = reference_boxes(tuple(padded), p, self.num_patches, rng,
+        boxes = reference_boxes(tuple(padded), self.patch_size, self.num_patches, rng,
                                 margin=self.cfg.overlap_margin, anchor=anchor)
         keep16 = image.dtype == np.float16 and not self.cfg.intensity_aug
         dtype = np.float16 if keep16 else np.float32
-        patches = np.empty((self.num_patches, 1, p, p, p), dtype=dtype)
+        patches = np.empty((self.num_patches, 1, *(int(e) for e in p)), dtype=dtype)
         for k, box in enumerate(boxes):
             patches[k, 0] = crop(image, box - offset, self.cfg.pad_value, dtype)
         if self.cfg.intensity_aug:
@@ -179,8 +193,8 @@ class OverlapPatchSampler:
             return None
         cell = np.array(np.unravel_index(idx[rng.integers(idx.size)], coarse.shape))
         centre = cell * s + s // 2 + offset
-        anchor: np.ndarray = np.clip(centre - self.patch_size // 2, 0,
-                                     np.maximum(padded - self.patch_size - 1, 0))
+        p = self.shape
+        anchor: np.ndarray = np.clip(centre - p // 2, 0, np.maximum(padded - p - 1, 0))
         return anchor
 
     @staticmethod
@@ -197,6 +211,6 @@ class OverlapPatchSampler:
 
     def describe(self) -> dict[str, Any]:
         """Plain-data description (for logs)."""
-        return {"patch_size": self.patch_size, "num_patches": self.num_patches,
+        return {"patch_size": plain(self.patch_size), "num_patches": self.num_patches,
                 "anchor": self.cfg.anchor, "overlap_margin": self.cfg.overlap_margin,
                 "intensity_aug": self.cfg.intensity_aug, "pad_value": self.cfg.pad_value}

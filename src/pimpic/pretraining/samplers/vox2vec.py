@@ -5,7 +5,8 @@
 second is shifted by ``U{−p/2, …, p/2}`` voxels per axis and clamped to the same range, so the
 two always share at least ``(p/2)³`` voxels. Voxel correspondence is a pure translation (no
 spatial augmentation, as in the original). Each crop gets an independent intensity
-augmentation (:func:`augment_intensity`).
+augmentation (:func:`augment_intensity`). With a box-shaped patch ``(p_x, p_y, p_z)`` every
+axis uses its own edge (crops are boxes, the shift is ``U{−p_a/2, …, p_a/2}`` on axis a).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from pimpic.config import PatchSize, patch_shape
 from pimpic.pretraining.samplers.common import crop, random_start
 
 
@@ -35,7 +37,7 @@ class Vox2VecSampler:
     """Pairs of overlapping crops and the voxels they share, for one volume.
 
     Args:
-        patch_size: crop edge ``p`` (voxels).
+        patch_size: crop edge ``p``, or the three edges of a box crop (voxels).
         num_pairs: crop pairs per volume.
         num_voxels: voxel positions per pair (fixed; padded with ``valid = False``).
         foreground_threshold: voxels above it are "body" and preferred for sampling.
@@ -47,10 +49,10 @@ class Vox2VecSampler:
     coordinates), ``valid (P, n)`` bool and ``boxes (P, 2, 2, 3)`` int64 (volume coordinates).
     """
 
-    def __init__(self, patch_size: int, num_pairs: int = 1, num_voxels: int = 1024,
+    def __init__(self, patch_size: PatchSize, num_pairs: int = 1, num_voxels: int = 1024,
                  foreground_threshold: float = 0.05, pad_value: float = 0.0,
                  augment: bool = True) -> None:
-        self.patch_size = int(patch_size)
+        self.patch_size = patch_shape(patch_size)
         self.num_pairs = int(num_pairs)
         self.num_voxels = int(num_voxels)
         self.foreground_threshold = float(foreground_threshold)
@@ -58,11 +60,12 @@ class Vox2VecSampler:
         self.augment = augment
 
     def _pair(self, image: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        p, n = self.patch_size, self.num_voxels
+        n = self.num_voxels
         shape = np.asarray(image.shape, np.int64)
-        size = np.full(3, p, np.int64)
-        s0 = random_start(shape, size, rng)
-        room = shape - size
+        p = np.asarray(self.patch_size, np.int64)
+        s0 = random_start(shape, p, rng)
+        room = shape - p
+        # per-axis bounds draw exactly what the scalar bounds of a cube drew
         s1 = np.clip(s0 + rng.integers(-(p // 2), p // 2 + 1, size=3),
                      np.minimum(room, 0), np.maximum(room, 0))
         crops = [crop(image, np.stack([s, s + p]), self.pad_value) for s in (s0, s1)]
