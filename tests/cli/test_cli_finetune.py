@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from _cli import assert_refused
 from pimpic.cli import app
 
 TINY = ["--set", "width=2", "--set", "depth=3", "--set", "patch_size=16", "--set",
@@ -74,8 +75,7 @@ def test_settings_and_folders_are_checked_before_anything_is_written(make_cache,
                              ("num_classes=2", "label value 2 does not fit num_classes=2")):
         res = runner.invoke(app, ["finetune", str(cache), "--out", str(run), *TINY,
                                   "--set", setting, "--no-progress"])
-        assert res.exit_code == 2, res.output
-        assert message in res.output and len(res.output.strip().splitlines()) == 1
+        assert_refused(res, message)
         assert not run.exists()
     res = runner.invoke(app, ["finetune", str(cache), "--out", str(run), "--resume", *TINY])
     assert res.exit_code == 2 and "no checkpoint to resume from" in res.output

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from _cli import assert_refused
 from pimpic.cli import app
 from pimpic.io import read_jsonl
 from pimpic.models.export import read_encoder_metadata
@@ -81,8 +82,7 @@ def test_bad_settings_are_refused_before_the_run_folder_exists(make_cache, tmp_p
                              ("sampler.foreground_threshold=2", "must be in [0, 1], got 2")):
         res = runner.invoke(app, ["pretrain", str(cache), "--out", str(run), *TINY,
                                   "--set", setting])
-        assert res.exit_code == 2, res.output
-        assert message in res.output and len(res.output.strip().splitlines()) == 1
+        assert_refused(res, message)
         assert not run.exists()
 
 
