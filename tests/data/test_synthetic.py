@@ -205,3 +205,28 @@ def test_realistic_tumours_stand_out_from_their_organ(task: str) -> None:
     assert len(gaps) >= 6
     # without the rule a quarter of them lie within ~20 HU of the organ (measured)
     assert np.percentile(np.abs(gaps), 25) > 0.6 * REALISTIC.min_contrast
+
+
+def test_kidney_benchmark_tumours_are_large_and_spare_their_kidney() -> None:
+    """A cheap proxy for issue #10's two cohort criteria on the demo's kidney cohort (the real
+    measurement is ``scripts/cohort_check.py --task kidney``, several minutes of fine-tuning).
+
+    At the demo's budget a from-scratch network learns the tumour only when tumours are large
+    (median ~27 cm³ in the benchmark; at ~6 cm³ it never predicted one), and it learns the organ
+    only when some kidneys are tumour-free and a tumour leaves a good part of its kidney (every
+    case with a tumour, or tumours that swallow the kidney, and the network calls the whole
+    kidney tumour). Measured on cases 0–11 of the demo's cohort (seed 0, the default grid).
+    """
+    volumes, shares, free = [], [], 0
+    for i in range(12):
+        _, label, affine = make_case(np.random.default_rng([0, i]), task="kidney")
+        cm3 = abs(np.linalg.det(affine[:3, :3])) / 1000
+        kidney, tumour = (label == 1).sum() * cm3, (label == 2).sum() * cm3
+        if tumour == 0:
+            free += 1
+            continue
+        volumes.append(tumour)
+        shares.append(kidney / (kidney + tumour))
+    assert free >= 1
+    assert np.median(volumes) >= 15.0, volumes
+    assert np.median(shares) >= 0.3 and min(shares) >= 0.1, shares
