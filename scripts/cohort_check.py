@@ -2,6 +2,7 @@
 
     python scripts/cohort_check.py [--out DIR] [--variability realistic|low] [--task pancreas]
                                    [--spacing MM] [--set samples_per_volume=4 ...]
+                                   [--tumour kidney_radius=[0.25,0.5] ...]
 
 Generates the demo's cohort (``generate_cohort`` at ``pimpic.protocol.demo.SIZES["full"]``),
 prepares it as the demo does, fine-tunes ``random`` (no encoder, Random + Aug) at the demo's low
@@ -30,10 +31,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from pimpic.config import FinetuneConfig, build_config, to_dict
+from pimpic.data import synthetic_style
 from pimpic.data.prepare import prepare
 from pimpic.data.preprocess import Settings
 from pimpic.data.synthetic import VARIABILITY, generate_cohort
+from pimpic.data.synthetic_tumour import TumourStyle
 from pimpic.io import read_json
 from pimpic.paths import cell_dir, eval_dir
 from pimpic.protocol.demo import SIZES, demo_config
@@ -56,6 +61,19 @@ def _dice(summary: dict[str, Any], name: str) -> tuple[float, float, int]:
     return 100 * mean, 100 * sd, int(s["n"])
 
 
+def _tumour_style(base: TumourStyle, settings: list[str]) -> TumourStyle:
+    """``base`` with ``FIELD=VALUE`` settings (YAML values; lists become tuples) applied."""
+    fields = {f.name for f in dataclasses.fields(TumourStyle)}
+    changes: dict[str, Any] = {}
+    for item in settings:
+        name, sep, text = item.partition("=")
+        if not sep or name not in fields:
+            raise ValueError(f"{item!r} is not FIELD=VALUE with FIELD one of {sorted(fields)}")
+        value = yaml.safe_load(text)
+        changes[name] = tuple(value) if isinstance(value, list) else value
+    return dataclasses.replace(base, **changes)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("cohort_check_out"))
@@ -71,7 +89,17 @@ def main() -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="override a field of the demo's fine-tuning config (repeatable), "
                         "to try budgets before changing the demo")
+    parser.add_argument("--tumour", dest="tumour", action="append", default=[],
+                        metavar="FIELD=VALUE",
+                        help="replace a field of the realistic tumour preset "
+                        "(pimpic.data.synthetic_tumour.REALISTIC, repeatable), e.g. "
+                        "kidney_radius=[0.25,0.5], to try tumours before changing the generator")
     args = parser.parse_args()
+    if args.tumour:
+        try:
+            synthetic_style.REALISTIC = _tumour_style(synthetic_style.REALISTIC, args.tumour)
+        except ValueError as err:
+            parser.exit(2, f"cohort_check.py: --tumour: {err}\n")
 
     size = SIZES["full"]
     if args.cases is not None:
@@ -104,7 +132,8 @@ def main() -> int:
           f"{cfg.finetune.steps_per_epoch} steps × ≤{cfg.finetune.max_epochs} epochs, "
           f"width {cfg.finetune.width}, patch {cfg.finetune.patch_size}, "
           f"{cfg.finetune.batch_size}×{cfg.finetune.samples_per_volume} crops per step"
-          + (f"; overrides {' '.join(args.overrides)}" if args.overrides else ""))
+          + (f"; overrides {' '.join(args.overrides)}" if args.overrides else "")
+          + (f"; tumours {synthetic_style.REALISTIC}" if args.tumour else ""))
     print(f"{'Random + Aug':<14} {'organ':>14} {'tumour':>14} {'whole':>14}   (test Dice, %)")
     for f in sorted(cfg.fractions):
         cells = []
