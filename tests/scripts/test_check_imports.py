@@ -3,28 +3,19 @@ check would see one."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
+
+from _scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _checker() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("check_imports",
-                                                  ROOT / "scripts" / "check_imports.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_package_imports_only_downwards_without_cycles() -> None:
-    assert _checker().problems(ROOT / "src") == []
+    assert load_script("check_imports").problems(ROOT / "src") == []
 
 
 def test_every_module_is_in_a_layer() -> None:
-    check = _checker()
+    check = load_script("check_imports")
     for name in check.graph(ROOT / "src"):
         check.layer(name)  # exits naming the module otherwise
 
@@ -39,7 +30,7 @@ def test_a_cycle_and_an_upward_import_are_reported(tmp_path: Path) -> None:
     (pkg / "protocol" / "b.py").write_text("from pimpic.data.a import f\n")
     (pkg / "data" / "typed.py").write_text(
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pimpic.protocol import b\n")
-    check = _checker()
+    check = load_script("check_imports")
     low, high = check.layer("pimpic.data.a"), check.layer("pimpic.protocol.b")
     assert check.problems(tmp_path) == [
         "cycle: pimpic.data.a ↔ pimpic.protocol.b",

@@ -5,24 +5,13 @@ cores; it fails today: the CPU recipe reaches a test Dice of 0.07, see the scrip
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "real_ct_check.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("real_ct_check", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from _scripts import load_script
 
 
 def _phantom(flip_lr: bool, flip_si: bool):
@@ -50,7 +39,7 @@ def _phantom(flip_lr: bool, flip_si: bool):
 def test_split_follows_the_affine(flip_lr: bool, flip_si: bool, side: str) -> None:
     import nibabel as nib
 
-    rc = _script()
+    rc = load_script("real_ct_check")
     image, organ, affine = _phantom(flip_lr, flip_si)
     boxes = rc.design_split(image, organ, affine, side)
     cover = np.zeros(image.shape, np.int64)
@@ -82,4 +71,4 @@ def test_split_follows_the_affine(flip_lr: bool, flip_si: bool, side: str) -> No
 def test_cpu_recipe_learns_a_real_kidney(tmp_path: Path) -> None:
     data = os.environ.get("PIMPIC_REAL_CT")
     args = ["--out", str(tmp_path), "--no-progress"] + (["--data", data] if data else [])
-    assert _script().main(args) == 0
+    assert load_script("real_ct_check").main(args) == 0
