@@ -31,14 +31,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pimpic.config import FinetuneConfig, build_config, to_dict
 from pimpic.data import synthetic_style
 from pimpic.data.prepare import prepare
 from pimpic.data.preprocess import Settings
 from pimpic.data.synthetic import VARIABILITY, generate_cohort
 from pimpic.data.synthetic_tumour import TumourStyle
+from pimpic.errors import PimpicError
 from pimpic.io import read_json
 from pimpic.paths import cell_dir, eval_dir
 from pimpic.protocol.demo import SIZES, demo_config
@@ -62,16 +61,18 @@ def _dice(summary: dict[str, Any], name: str) -> tuple[float, float, int]:
 
 
 def _tumour_style(base: TumourStyle, settings: list[str]) -> TumourStyle:
-    """``base`` with ``FIELD=VALUE`` settings (YAML values; lists become tuples) applied."""
-    fields = {f.name for f in dataclasses.fields(TumourStyle)}
-    changes: dict[str, Any] = {}
+    """``base`` with ``FIELD=VALUE`` settings applied, typed and checked as ``--set`` values
+    are (:func:`pimpic.config.build_config`)."""
+    fields = sorted(f.name for f in dataclasses.fields(TumourStyle))
+    style = base
     for item in settings:
-        name, sep, text = item.partition("=")
-        if not sep or name not in fields:
-            raise ValueError(f"{item!r} is not FIELD=VALUE with FIELD one of {sorted(fields)}")
-        value = yaml.safe_load(text)
-        changes[name] = tuple(value) if isinstance(value, list) else value
-    return dataclasses.replace(base, **changes)
+        if "=" not in item:
+            raise PimpicError(f"{item!r} is not FIELD=VALUE with FIELD one of {fields}")
+        try:
+            style = build_config(TumourStyle, None, [item], base=to_dict(style))
+        except PimpicError as err:
+            raise PimpicError(f"{item!r}: {err}") from None
+    return style
 
 
 def main() -> int:
@@ -98,7 +99,7 @@ def main() -> int:
     if args.tumour:
         try:
             synthetic_style.REALISTIC = _tumour_style(synthetic_style.REALISTIC, args.tumour)
-        except ValueError as err:
+        except PimpicError as err:
             parser.exit(2, f"cohort_check.py: --tumour: {err}\n")
 
     size = SIZES["full"]
