@@ -1,7 +1,8 @@
-"""Paired tests over test case × seed from an experiment's ``results.csv`` (issue #10 §3).
+"""Paired tests over test case × seed from an experiment's ``results.csv`` (issue #10 §3), and,
+with ``--per-seed``, what each fine-tuning seed contributes.
 
     python scripts/paired_stats.py EXPERIMENT_FOLDER/results.csv [--baseline random]
-                                   [--runs NAME RUN_FOLDER [RUN_FOLDER ...]] ...
+                                   [--runs NAME RUN_FOLDER [RUN_FOLDER ...]] ... [--per-seed]
 
 The report's ``stats.md`` pairs each method with the baseline by test case, Dice averaged over
 seeds first (conservative: the seeds of one case are not independent). This script gives the
@@ -13,6 +14,11 @@ a structure absent from a case's ground truth scores 0, as in the table (the rel
 ``--runs NAME FOLDER...`` adds fine-tuning runs made outside the grid (a diagnostic: another
 encoder, ``encoder_lr``, ...) as a method called NAME; each folder's fraction and seed come from
 its ``config.yaml`` and its test Dice from ``eval-test/per_case.csv`` (``pimpic evaluate``).
+
+``--per-seed`` then prints, per structure, each method's mean Dice over the test cases for every
+seed; each method's organ-Dice difference from the baseline per seed (how much of a mean gain one
+seed carries); and the baseline's cohort criteria per seed (issue #10 §1: organ Dice at the
+largest fraction minus the smallest, tumour Dice at the largest).
 """
 
 from __future__ import annotations
@@ -23,46 +29,48 @@ import math
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
 from scipy.stats import wilcoxon
 
-from pimpic.protocol.statistics import _holm as holm_correct
+from pimpic.errors import PimpicError
+from pimpic.protocol.results import method_name
+from pimpic.protocol.statistics import holm_adjust
 
 STRUCTURES = ("organ", "tumour", "whole")
-NAMES = {"random": "Random + Aug", "voco": "VoCo", "vox2vec": "vox2vec", "pim": "PiM",
-         "pic": "PiC", "pimpic": "PiMPiC"}
+# (method, fraction) → structure → (case, seed) → Dice
+Table = dict[tuple[str, int], dict[str, dict[tuple[str, int], float]]]
 
 
 def _dice(value: str) -> float:
-    x = float(value)
+    x = float(value) if value not in ("", None) else math.nan
     return 0.0 if math.isnan(x) else x  # absent structure: Dice 0 (released rule)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", type=Path)
-    parser.add_argument("--baseline", default="random")
-    parser.add_argument("--runs", nargs="+", action="append", default=[],
-                        metavar=("NAME", "RUN_FOLDER"),
-                        help="a method NAME made of these evaluated fine-tuning run folders")
-    args = parser.parse_args()
-    missing = [p for p in [args.results] + [Path(f) / "eval-test" / "per_case.csv"
-                                            for _, *folders in args.runs for f in folders]
-               if not Path(p).is_file()]
-    if missing:
-        print(f"{missing[0]}: no such file", file=sys.stderr)
-        return 2
-    # (method, fraction) → structure → (case, seed) → Dice
-    table: dict[tuple[str, int], dict[str, dict[tuple[str, int], float]]] = defaultdict(
-        lambda: defaultdict(dict))
-    with open(args.results) as fh:
+def _signed(x: float) -> str:
+    """``x`` to one decimal with its sign, a difference that rounds to zero as ``+0.0``."""
+    shown = f"{x:+.1f}"
+    return "+0.0" if shown == "-0.0" else shown
+
+
+def _name(method: str) -> str:
+    try:
+        return str(method_name(method))
+    except PimpicError:  # a --runs name, not a registered method
+        return method
+
+
+def load(results: Path, runs: list[list[str]]) -> Table:
+    """The grid's per-case Dice and each ``--runs`` method's, as one table."""
+    table: Table = defaultdict(lambda: defaultdict(dict))
+    with open(results) as fh:
         for row in csv.DictReader(fh):
             key = (row["method"], int(row["fraction"]))
             for s in STRUCTURES:
                 table[key][s][(row["case"], int(row["seed"]))] = _dice(row[f"dice_{s}"])
-    for name, *folders in args.runs:
+    for name, *folders in runs:
         for folder in folders:
             cfg = yaml.safe_load((Path(folder) / "config.yaml").read_text())
             with open(Path(folder) / "eval-test" / "per_case.csv") as fh:
@@ -70,15 +78,23 @@ def main() -> int:
                     for s in STRUCTURES:
                         table[name, int(cfg["fraction"])][s][row["case"], int(cfg["seed"])] = (
                             _dice(row[f"dice_{s}"]))
-    extra = [name for name, *_ in args.runs]
-    methods = [m for m in [*NAMES, *extra] if any(k[0] == m for k in table)
-               and m != args.baseline]
+    return table
+
+
+def _methods(table: Table, baseline: str | None = None) -> list[str]:
+    """The table's methods in order of first appearance, ``baseline`` left out."""
+    return [m for m in dict.fromkeys(k[0] for k in table) if m != baseline]
+
+
+def paired_tests(table: Table, baseline: str) -> list[dict[str, Any]]:
+    """One Wilcoxon test per (structure, fraction, method) against ``baseline`` over the
+    (case, seed) pairs both have; Holm-adjusted over the whole list (``p_holm``)."""
     fractions = sorted({k[1] for k in table})
-    tests = []
+    tests: list[dict[str, Any]] = []
     for s in STRUCTURES:
         for f in fractions:
-            base = table.get((args.baseline, f), {}).get(s, {})
-            for m in methods:
+            base = table.get((baseline, f), {}).get(s, {})
+            for m in _methods(table, baseline):
                 other = table.get((m, f), {}).get(s, {})
                 pairs = sorted(set(base) & set(other))
                 a = np.array([other[p] for p in pairs]) * 100
@@ -88,17 +104,98 @@ def main() -> int:
                     p = float(wilcoxon(a, b).pvalue)
                 tests.append({"s": s, "f": f, "m": m, "n": len(pairs),
                               "d": float((a - b).mean()) if len(a) else math.nan, "p": p})
-    holm_correct(tests)  # the report's Holm correction: sets p_holm (NaN where p is)
-    print(f"| Structure | Labels | Method | pairs (case × seed) | Δ Dice (pp) vs "
-          f"{NAMES.get(args.baseline, args.baseline)} | p (Wilcoxon) | p (Holm) |")
-    print("|---|---|---|---|---|---|---|")
+    holm_adjust(tests)  # the report's Holm correction: sets p_holm (NaN where p is)
+    return tests
+
+
+def format_tests(tests: list[dict[str, Any]], baseline: str) -> str:
+    lines = [f"| Structure | Labels | Method | pairs (case × seed) | Δ Dice (pp) vs "
+             f"{_name(baseline)} | p (Wilcoxon) | p (Holm) |", "|---|---|---|---|---|---|---|"]
     for t in tests:
         shown = "n/a" if math.isnan(t["p"]) else f"{t['p']:.3g}"
         if not math.isnan(t["p"]) and t["p"] < 0.05:
             shown = f"**{shown}**"
         holm = "n/a" if math.isnan(t["p_holm"]) else f"{t['p_holm']:.3g}"
-        print(f"| {t['s']} | {t['f']} % | {NAMES.get(t['m'], t['m'])} | {t['n']} | "
-              f"{t['d']:+.1f} | {shown} | {holm} |")
+        lines.append(f"| {t['s']} | {t['f']} % | {_name(t['m'])} | {t['n']} | {_signed(t['d'])} | "
+                     f"{shown} | {holm} |")
+    return "\n".join(lines)
+
+
+def seed_means(table: Table, method: str, fraction: int, structure: str) -> dict[int, float]:
+    """Mean Dice (%) over the test cases, per seed."""
+    by_seed: dict[int, list[float]] = defaultdict(list)
+    for (_, seed), dice in table.get((method, fraction), {}).get(structure, {}).items():
+        by_seed[seed].append(dice)
+    return {seed: 100 * float(np.mean(v)) for seed, v in sorted(by_seed.items())}
+
+
+def format_per_seed(table: Table, baseline: str) -> str:
+    seeds = sorted({seed for cells in table.values() for d in cells.values() for _, seed in d})
+    fractions = sorted({k[1] for k in table})
+    head = " | ".join(f"seed {s}" for s in seeds)
+    rule = "|---|---|" + "---|" * (len(seeds) + 1)
+
+    def row(values: dict[int, float], signed: bool = False) -> str:
+        def fmt(x: float) -> str:
+            return _signed(x) if signed else f"{x:.1f}"
+        cells = [fmt(values[s]) if s in values else "–" for s in seeds]
+        return "| " + " | ".join([*cells, fmt(float(np.mean(list(values.values()))))]) + " |"
+
+    out = []
+    for s in STRUCTURES:
+        out += [f"\n{s} Dice per seed (mean over test cases, %)\n",
+                f"| Method | Labels | {head} | mean |", rule]
+        for m in _methods(table):
+            for f in fractions:
+                if (m, f) in table:
+                    out.append(f"| {_name(m)} | {f} % " + row(seed_means(table, m, f, s)))
+    out += [f"\norgan Dice minus {_name(baseline)}'s, per seed (pp)\n",
+            f"| Method | Labels | {head} | mean |", rule]
+    for m in _methods(table, baseline):
+        for f in fractions:
+            if (m, f) in table and (baseline, f) in table:
+                mine = seed_means(table, m, f, "organ")
+                base = seed_means(table, baseline, f, "organ")
+                diff = {seed: mine[seed] - base[seed] for seed in mine if seed in base}
+                if diff:
+                    out.append(f"| {_name(m)} | {f} % " + row(diff, signed=True))
+    if len(fractions) >= 2 and all((baseline, f) in table for f in (fractions[0], fractions[-1])):
+        lo, hi = fractions[0], fractions[-1]
+        organ_lo, organ_hi = (seed_means(table, baseline, f, "organ") for f in (lo, hi))
+        tumour_hi = seed_means(table, baseline, hi, "tumour")
+        out.append(f"\n{_name(baseline)}'s cohort criteria per seed: organ gap ({hi} % − {lo} %),"
+                   f" tumour at {hi} %")
+        out += [f"- seed {seed}: gap {organ_hi[seed] - organ_lo[seed]:.1f}, tumour "
+                f"{tumour_hi[seed]:.1f}" for seed in seeds if seed in organ_lo and seed in organ_hi]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("results", type=Path)
+    parser.add_argument("--baseline", default="random")
+    parser.add_argument("--runs", nargs="+", action="append", default=[],
+                        metavar=("NAME", "RUN_FOLDER"),
+                        help="a method NAME made of these evaluated fine-tuning run folders")
+    parser.add_argument("--per-seed", action="store_true",
+                        help="also print per-seed means, differences and the cohort criteria")
+    args = parser.parse_args(argv)
+    if any(len(r) < 2 for r in args.runs):
+        print("--runs needs a NAME and at least one RUN_FOLDER", file=sys.stderr)
+        return 2
+    needed = [args.results] + [Path(f) / name for _, *folders in args.runs for f in folders
+                               for name in ("config.yaml", "eval-test/per_case.csv")]
+    missing = [p for p in needed if not Path(p).is_file()]
+    if missing:
+        print(f"{missing[0]}: no such file", file=sys.stderr)
+        return 2
+    table = load(args.results, args.runs)
+    if not any(k[0] == args.baseline for k in table):
+        print(f"{args.results}: no rows for the baseline {args.baseline!r}", file=sys.stderr)
+        return 2
+    print(format_tests(paired_tests(table, args.baseline), args.baseline))
+    if args.per_seed:
+        print(format_per_seed(table, args.baseline))
     return 0
 
 

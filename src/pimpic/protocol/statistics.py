@@ -55,7 +55,7 @@ def wilcoxon_tests(rows: Sequence[dict[str, Any]], baseline: str = BASELINE,
                     if math.isnan(res["p"]):
                         res["reason"] = "not computable"
                 out.append(res)
-    _holm(out)
+    holm_adjust(out)
     return out
 
 
@@ -83,7 +83,7 @@ def format_reading(tests: Sequence[dict[str, Any]], structure: str = "organ",
     return "\n".join(lines) + "\n" if lines else ""
 
 
-def _holm(tests: list[dict[str, Any]]) -> None:
+def holm_adjust(tests: list[dict[str, Any]]) -> None:
     """Holm–Bonferroni adjusted p-values over all computable tests (``p_holm``)."""
     valid = sorted((t for t in tests if not math.isnan(t["p"])), key=lambda t: t["p"])
     running = 0.0
