@@ -1,6 +1,11 @@
 """Have the learning curves of an experiment flattened? (issue #10 §3)
 
-    python scripts/learning_curves.py EXPERIMENT_FOLDER
+    python scripts/learning_curves.py EXPERIMENT_FOLDER [--runs RUN_FOLDER ...]
+    python scripts/learning_curves.py --runs RUN_FOLDER ...
+
+``--runs`` adds pretraining or fine-tuning run folders made outside a grid (a diagnostic: a longer
+budget, another learning rate); a folder whose ``metrics.jsonl`` holds validations is read as
+fine-tuning, any other as pretraining.
 
 For every pretraining run: the mean training loss over the last fifth of its steps against the
 fifth before, as a relative change (a flat curve changes by a few per cent at most). For every
@@ -25,44 +30,68 @@ def _rows(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def pretraining(exp: Path) -> None:
+def _name(metrics: Path) -> str:
+    """A grid cell as ``method/fF/sS``, a pretraining run by its method, any other by its folder."""
+    parts = metrics.parent.parts
+    if len(parts) >= 4 and parts[-4] == "finetune":
+        return "/".join(parts[-3:])
+    return parts[-1]
+
+
+def pretraining(runs: list[Path]) -> None:
     print("pretraining: mean loss, last fifth of the steps vs the fifth before")
-    for run in sorted((exp / "pretrain").glob("*/metrics.jsonl")):
+    for run in runs:
         loss = [r["loss"] for r in _rows(run) if "loss" in r]
         k = max(1, len(loss) // 5)
         before, last = float(np.mean(loss[-2 * k:-k])), float(np.mean(loss[-k:]))
-        print(f"  {run.parent.name:<8} {len(loss):4d} logged steps: {before:8.4f} → {last:8.4f} "
+        print(f"  {_name(run):<8} {len(loss):4d} logged steps: {before:8.4f} → {last:8.4f} "
               f"({100 * (last - before) / abs(before):+5.1f} %)")
 
 
-def finetuning(exp: Path) -> None:
+def finetuning(runs: list[Path]) -> None:
     print("fine-tuning: kept epoch / last epoch; validation Dice loss first → middle → last")
     at_end = total = 0
-    for run in sorted((exp / "finetune").glob("*/f*/s*/metrics.jsonl")):
-        rows = _rows(run)
-        val = [r for r in rows if "val_dice_loss" in r]
-        if not val:
-            continue
+    for run in runs:
+        val = [r for r in _rows(run) if "val_dice_loss" in r]
         best = val[-1].get("best_epoch")
         last = val[-1]["epoch"]
         total += 1
         at_end += best == last
         curve = [val[0], val[len(val) // 2], val[-1]]
-        name = "/".join(run.parent.parts[-3:])
-        print(f"  {name:<18} kept {best}/{last}: "
+        print(f"  {_name(run):<18} kept {best}/{last}: "
               + " → ".join(f"{r['val_dice_loss']:.3f}" for r in curve))
     print(f"  {at_end} of {total} cells kept their last validated epoch")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("experiment", type=Path)
-    args = parser.parse_args()
-    if not (args.experiment / "config.yaml").is_file():
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("experiment", type=Path, nargs="?")
+    parser.add_argument("--runs", type=Path, nargs="+", default=[],
+                        help="pretraining or fine-tuning run folders outside the grid")
+    args = parser.parse_args(argv)
+    if args.experiment is None and not args.runs:
+        parser.error("give an experiment folder, --runs, or both")
+    if args.experiment is not None and not (args.experiment / "config.yaml").is_file():
         print(f"{args.experiment}: not an experiment folder (no config.yaml)", file=sys.stderr)
         return 2
-    pretraining(args.experiment)
-    finetuning(args.experiment)
+    missing = [r for r in args.runs if not (r / "metrics.jsonl").is_file()]
+    if missing:
+        print(f"{missing[0] / 'metrics.jsonl'}: no such file", file=sys.stderr)
+        return 2
+    pre: list[Path] = []
+    fine: list[Path] = []
+    if args.experiment is not None:
+        pre += sorted((args.experiment / "pretrain").glob("*/metrics.jsonl"))
+        fine += sorted((args.experiment / "finetune").glob("*/f*/s*/metrics.jsonl"))
+    for run in args.runs:
+        metrics = run / "metrics.jsonl"
+        validated = any("val_dice_loss" in r for r in _rows(metrics))
+        (fine if validated else pre).append(metrics)
+    fine = [m for m in fine if any("val_dice_loss" in r for r in _rows(m))]
+    if pre:
+        pretraining(pre)
+    if fine:
+        finetuning(fine)
     return 0
 
 
