@@ -1,7 +1,7 @@
 """Paired tests over test case × seed from an experiment's ``results.csv`` (issue #10 §3), and,
 with ``--per-seed``, what each fine-tuning seed contributes.
 
-    python scripts/paired_stats.py EXPERIMENT_FOLDER/results.csv [--baseline random]
+    python scripts/paired_stats.py [EXPERIMENT_FOLDER/results.csv] [--baseline random]
                                    [--runs NAME RUN_FOLDER [RUN_FOLDER ...]] ... [--per-seed]
 
 The report's ``stats.md`` pairs each method with the baseline by test case, Dice averaged over
@@ -14,6 +14,7 @@ a structure absent from a case's ground truth scores 0, as in the table (the rel
 ``--runs NAME FOLDER...`` adds fine-tuning runs made outside the grid (a diagnostic: another
 encoder, ``encoder_lr``, ...) as a method called NAME; each folder's fraction and seed come from
 its ``config.yaml`` and its test Dice from ``eval-test/per_case.csv`` (``pimpic evaluate``).
+Without a ``results.csv`` only the ``--runs`` methods are compared (``--baseline`` one of them).
 
 ``--per-seed`` then prints, per structure, each method's mean Dice over the test cases for every
 seed; each method's organ-Dice difference from the baseline per seed (how much of a mean gain one
@@ -62,14 +63,17 @@ def _name(method: str) -> str:
         return method
 
 
-def load(results: Path, runs: list[list[str]]) -> Table:
-    """The grid's per-case Dice and each ``--runs`` method's, as one table."""
+def load(results: Path | None, runs: list[list[str]]) -> Table:
+    """The grid's per-case Dice (if ``results``) and each ``--runs`` method's, as one table."""
     table: Table = defaultdict(lambda: defaultdict(dict))
-    with open(results) as fh:
-        for row in csv.DictReader(fh):
-            key = (row["method"], int(row["fraction"]))
-            for s in STRUCTURES:
-                table[key][s][(row["case"], int(row["seed"]))] = _dice(row[f"dice_{s}"])
+    rows = []
+    if results is not None:
+        with open(results) as fh:
+            rows = list(csv.DictReader(fh))
+    for row in rows:
+        key = (row["method"], int(row["fraction"]))
+        for s in STRUCTURES:
+            table[key][s][(row["case"], int(row["seed"]))] = _dice(row[f"dice_{s}"])
     for name, *folders in runs:
         for folder in folders:
             cfg = yaml.safe_load((Path(folder) / "config.yaml").read_text())
@@ -172,7 +176,7 @@ def format_per_seed(table: Table, baseline: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("results", type=Path)
+    parser.add_argument("results", type=Path, nargs="?")
     parser.add_argument("--baseline", default="random")
     parser.add_argument("--runs", nargs="+", action="append", default=[],
                         metavar=("NAME", "RUN_FOLDER"),
@@ -183,15 +187,19 @@ def main(argv: list[str] | None = None) -> int:
     if any(len(r) < 2 for r in args.runs):
         print("--runs needs a NAME and at least one RUN_FOLDER", file=sys.stderr)
         return 2
-    needed = [args.results] + [Path(f) / name for _, *folders in args.runs for f in folders
-                               for name in ("config.yaml", "eval-test/per_case.csv")]
+    if args.results is None and not args.runs:
+        parser.error("give a results.csv, --runs, or both")
+    needed = [] if args.results is None else [args.results]
+    needed += [Path(f) / name for _, *folders in args.runs for f in folders
+               for name in ("config.yaml", "eval-test/per_case.csv")]
     missing = [p for p in needed if not Path(p).is_file()]
     if missing:
         print(f"{missing[0]}: no such file", file=sys.stderr)
         return 2
     table = load(args.results, args.runs)
     if not any(k[0] == args.baseline for k in table):
-        print(f"{args.results}: no rows for the baseline {args.baseline!r}", file=sys.stderr)
+        where = args.results or "--runs"
+        print(f"{where}: no rows for the baseline {args.baseline!r}", file=sys.stderr)
         return 2
     print(format_tests(paired_tests(table, args.baseline), args.baseline))
     if args.per_seed:

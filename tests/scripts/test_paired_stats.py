@@ -76,3 +76,15 @@ def test_missing_inputs_and_baseline_are_one_line_errors(
     assert "absent/config.yaml: no such file" in capsys.readouterr().err
     assert script.main([str(results), "--baseline", "vox2vec"]) == 2
     assert "no rows for the baseline 'vox2vec'" in capsys.readouterr().err
+
+
+def test_runs_alone_against_a_runs_baseline(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    slow = _run_folder(tmp_path, organ_a=0.4, organ_b=0.6)
+    fast = _run_folder(tmp_path / "other", organ_a=0.5, organ_b=0.8)
+    script = load_script("paired_stats")
+    assert script.main(["--baseline", "slow", "--runs", "slow", str(slow),
+                        "--runs", "fast", str(fast)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith("| organ | 5 % | fast | 2 | +15.0 |")  # (10 + 20) / 2
+    assert len([x for x in lines if x.startswith("|")]) == 2 + 3  # header, rule, 3 structures
