@@ -2,12 +2,15 @@
 with ``--per-seed``, what each fine-tuning seed contributes.
 
     python scripts/paired_stats.py [EXPERIMENT_FOLDER/results.csv] [--baseline random]
-                                   [--runs NAME RUN_FOLDER [RUN_FOLDER ...]] ... [--per-seed]
+                                   [--runs NAME RUN_FOLDER [RUN_FOLDER ...]] ... [--by-case]
+                                   [--per-seed]
 
 The report's ``stats.md`` pairs each method with the baseline by test case, Dice averaged over
 seeds first (conservative: the seeds of one case are not independent). This script gives the
 other reading the issue asks for: one pair per (test case, seed), i.e. 8 cases × 3 seeds = 24
 pairs, each a method's fine-tuning against the baseline's with the same seed on the same case.
+``--by-case`` gives the report's reading instead (one pair per case, its seeds averaged), for
+runs made outside a grid too.
 Two-sided Wilcoxon signed-rank test (zero differences dropped), Holm-corrected over the table;
 a structure absent from a case's ground truth scores 0, as in the table (the released rule).
 
@@ -90,9 +93,17 @@ def _methods(table: Table, baseline: str | None = None) -> list[str]:
     return [m for m in dict.fromkeys(k[0] for k in table) if m != baseline]
 
 
-def paired_tests(table: Table, baseline: str) -> list[dict[str, Any]]:
+def _by_case(pairs: list[tuple[str, int]], dice: dict[tuple[str, int], float]) -> np.ndarray:
+    """Dice averaged over each case's seeds (of ``pairs``), one value per case, in case order."""
+    cases = sorted({case for case, _ in pairs})
+    return np.array([np.mean([dice[p] for p in pairs if p[0] == case]) for case in cases])
+
+
+def paired_tests(table: Table, baseline: str, by_case: bool = False) -> list[dict[str, Any]]:
     """One Wilcoxon test per (structure, fraction, method) against ``baseline`` over the
-    (case, seed) pairs both have; Holm-adjusted over the whole list (``p_holm``)."""
+    (case, seed) pairs both have — or, ``by_case``, over the cases, each one's Dice averaged over
+    those seeds first (the report's ``stats.md`` reading); Holm-adjusted over the whole list
+    (``p_holm``)."""
     fractions = sorted({k[1] for k in table})
     tests: list[dict[str, Any]] = []
     for s in STRUCTURES:
@@ -101,19 +112,23 @@ def paired_tests(table: Table, baseline: str) -> list[dict[str, Any]]:
             for m in _methods(table, baseline):
                 other = table.get((m, f), {}).get(s, {})
                 pairs = sorted(set(base) & set(other))
-                a = np.array([other[p] for p in pairs]) * 100
-                b = np.array([base[p] for p in pairs]) * 100
+                if by_case:
+                    a, b = _by_case(pairs, other) * 100, _by_case(pairs, base) * 100
+                else:
+                    a = np.array([other[p] for p in pairs]) * 100
+                    b = np.array([base[p] for p in pairs]) * 100
                 p = math.nan
-                if len(pairs) >= 2 and not np.all(a == b):
+                if len(a) >= 2 and not np.all(a == b):
                     p = float(wilcoxon(a, b).pvalue)
-                tests.append({"s": s, "f": f, "m": m, "n": len(pairs),
+                tests.append({"s": s, "f": f, "m": m, "n": len(a),
                               "d": float((a - b).mean()) if len(a) else math.nan, "p": p})
     holm_adjust(tests)  # the report's Holm correction: sets p_holm (NaN where p is)
     return tests
 
 
-def format_tests(tests: list[dict[str, Any]], baseline: str) -> str:
-    lines = [f"| Structure | Labels | Method | pairs (case × seed) | Δ Dice (pp) vs "
+def format_tests(tests: list[dict[str, Any]], baseline: str, by_case: bool = False) -> str:
+    unit = "cases (seeds averaged)" if by_case else "pairs (case × seed)"
+    lines = [f"| Structure | Labels | Method | {unit} | Δ Dice (pp) vs "
              f"{_name(baseline)} | p (Wilcoxon) | p (Holm) |", "|---|---|---|---|---|---|---|"]
     for t in tests:
         shown = "n/a" if math.isnan(t["p"]) else f"{t['p']:.3g}"
@@ -181,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", nargs="+", action="append", default=[],
                         metavar=("NAME", "RUN_FOLDER"),
                         help="a method NAME made of these evaluated fine-tuning run folders")
+    parser.add_argument("--by-case", action="store_true",
+                        help="pair by test case, each case's Dice averaged over its seeds first")
     parser.add_argument("--per-seed", action="store_true",
                         help="also print per-seed means, differences and the cohort criteria")
     args = parser.parse_args(argv)
@@ -201,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         where = args.results or "--runs"
         print(f"{where}: no rows for the baseline {args.baseline!r}", file=sys.stderr)
         return 2
-    print(format_tests(paired_tests(table, args.baseline), args.baseline))
+    tests = paired_tests(table, args.baseline, by_case=args.by_case)
+    print(format_tests(tests, args.baseline, by_case=args.by_case))
     if args.per_seed:
         print(format_per_seed(table, args.baseline))
     return 0

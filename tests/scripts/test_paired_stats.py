@@ -88,3 +88,14 @@ def test_runs_alone_against_a_runs_baseline(tmp_path: Path,
     lines = capsys.readouterr().out.splitlines()
     assert lines[2].startswith("| organ | 5 % | fast | 2 | +15.0 |")  # (10 + 20) / 2
     assert len([x for x in lines if x.startswith("|")]) == 2 + 3  # header, rule, 3 structures
+
+
+def test_by_case_averages_each_cases_seeds_first(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    results = _results(tmp_path)
+    assert load_script("paired_stats").main([str(results), "--by-case"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "cases (seeds averaged)" in lines[0]
+    # case a: (1 + 2) / 2 = 1.5 pp, case b: (3 + 4) / 2 = 3.5 pp; both positive of 2: p = 2 / 4
+    organ5 = next(x for x in lines if x.startswith("| organ | 5 % | PiMPiC |"))
+    assert [c.strip() for c in organ5.split("|")[4:7]] == ["2", "+2.5", "0.5"]
