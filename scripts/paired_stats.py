@@ -112,6 +112,8 @@ def paired_tests(table: Table, baseline: str, by_case: bool = False) -> list[dic
             for m in _methods(table, baseline):
                 other = table.get((m, f), {}).get(s, {})
                 pairs = sorted(set(base) & set(other))
+                if not pairs:  # the method has no run at this fraction
+                    continue
                 if by_case:
                     a, b = _by_case(pairs, other) * 100, _by_case(pairs, base) * 100
                 else:
