@@ -38,21 +38,25 @@ def _name(metrics: Path) -> str:
     return parts[-1]
 
 
-def pretraining(runs: list[Path]) -> None:
+def _validations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if "val_dice_loss" in r]
+
+
+def pretraining(runs: dict[Path, list[dict[str, Any]]]) -> None:
     print("pretraining: mean loss, last fifth of the steps vs the fifth before")
-    for run in runs:
-        loss = [r["loss"] for r in _rows(run) if "loss" in r]
+    for run, rows in runs.items():
+        loss = [r["loss"] for r in rows if "loss" in r]
         k = max(1, len(loss) // 5)
         before, last = float(np.mean(loss[-2 * k:-k])), float(np.mean(loss[-k:]))
         print(f"  {_name(run):<8} {len(loss):4d} logged steps: {before:8.4f} → {last:8.4f} "
               f"({100 * (last - before) / abs(before):+5.1f} %)")
 
 
-def finetuning(runs: list[Path]) -> None:
+def finetuning(runs: dict[Path, list[dict[str, Any]]]) -> None:
     print("fine-tuning: kept epoch / last epoch; validation Dice loss first → middle → last")
     at_end = total = 0
-    for run in runs:
-        val = [r for r in _rows(run) if "val_dice_loss" in r]
+    for run, rows in runs.items():
+        val = _validations(rows)
         best = val[-1].get("best_epoch")
         last = val[-1]["epoch"]
         total += 1
@@ -78,16 +82,18 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"{missing[0] / 'metrics.jsonl'}: no such file", file=sys.stderr)
         return 2
-    pre: list[Path] = []
-    fine: list[Path] = []
+    # every metrics.jsonl read once: grid pretraining runs, grid cells, then --runs (a run with
+    # validations is fine-tuning); a fine-tuning run without a validation yet is left out
+    pre: dict[Path, list[dict[str, Any]]] = {}
+    fine: dict[Path, list[dict[str, Any]]] = {}
     if args.experiment is not None:
-        pre += sorted((args.experiment / "pretrain").glob("*/metrics.jsonl"))
-        fine += sorted((args.experiment / "finetune").glob("*/f*/s*/metrics.jsonl"))
+        pre |= {m: _rows(m) for m in sorted((args.experiment / "pretrain").glob("*/metrics.jsonl"))}
+        fine |= {m: _rows(m) for m in
+                 sorted((args.experiment / "finetune").glob("*/f*/s*/metrics.jsonl"))}
     for run in args.runs:
-        metrics = run / "metrics.jsonl"
-        validated = any("val_dice_loss" in r for r in _rows(metrics))
-        (fine if validated else pre).append(metrics)
-    fine = [m for m in fine if any("val_dice_loss" in r for r in _rows(m))]
+        rows = _rows(run / "metrics.jsonl")
+        (fine if _validations(rows) else pre)[run / "metrics.jsonl"] = rows
+    fine = {m: rows for m, rows in fine.items() if _validations(rows)}
     if pre:
         pretraining(pre)
     if fine:
