@@ -351,6 +351,10 @@ class SamplerConfig:
     overlap_margin: float = 0.8
     #: per-patch random intensity scale/shift/noise so overlapping voxels differ (option)
     intensity_aug: bool = False
+    #: Gaussian noise added to the whole volume before cropping, with this probability per
+    #: volume (released code: 0.9, std 0.01; overlapping voxels get the same noise)
+    volume_noise_prob: float = 0.0
+    volume_noise_std: float = 0.01
     #: value used to pad volumes smaller than the patch (0 = the bottom of the HU window)
     pad_value: float = 0.0
 
@@ -359,7 +363,8 @@ class SamplerConfig:
 
 
 SAMPLER_RULES = {"foreground_threshold": PROBABILITY, "overlap_margin": NON_NEGATIVE,
-                 "pad_value": FINITE}
+                 "pad_value": FINITE, "volume_noise_prob": PROBABILITY,
+                 "volume_noise_std": NON_NEGATIVE}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -541,7 +546,8 @@ class FinetuneConfig:
     crop_foreground: bool = True
     #: an epoch = this many optimiser steps (None: one pass over the training cases)
     steps_per_epoch: int | None = None
-    max_epochs: int = 1000
+    #: the released code's epoch cap
+    max_epochs: int = 500
     max_steps: int | None = None
     patience: int = 15
     freeze_encoder_epochs: int = 0
@@ -568,8 +574,8 @@ class FinetuneConfig:
     device: str = "auto"
     #: bf16 autocast on CUDA
     amp: bool = True
-    #: bf16 autocast on CPU as well (≈3× faster steps where the CPU has bf16 units, e.g. AMX;
-    #: lower precision, so off by default)
+    #: bf16 autocast on CPU as well: lower precision, not run-to-run reproducible and NaN-prone
+    #: on some CPUs (docs/method.md §6.3), so off; faster only on some CPUs
     cpu_bf16: bool = False
     #: channels-last 3D memory layout for training and inference (≈2× faster on CPU; a layout,
     #: not a change of the computation)

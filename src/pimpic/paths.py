@@ -50,6 +50,8 @@ EVAL_OUTPUTS = (PER_CASE, SUMMARY, PREDICTIONS)
 # ---------------------------------------------------------------------- an experiment folder
 SPLIT_RECORD = "split.json"
 TIMINGS = "timings.json"
+#: stages of an experiment that failed (training diverged), with the reason
+FAILURES = "failures.json"
 RESULTS = "results.csv"
 TABLE = "table.md"
 STATS = "stats.md"

@@ -16,6 +16,7 @@ from pimpic.errors import PimpicError
 from pimpic.io import read_json, read_jsonl
 from pimpic.models.export import load_encoder, read_encoder_metadata
 from pimpic.pretraining.engine import load_pretext_module, pretrain
+from pimpic.training.guard import TrainingDiverged
 
 TINY = PretrainConfig(width=2, depth=3, patch_size=16, patches=3, steps=4, log_every=2,
                       checkpoint_every=2, num_workers=0, seed=3)
@@ -117,12 +118,19 @@ def test_nan_loss_stops_and_keeps_checkpoint(make_cache, monkeypatch: pytest.Mon
     dummy.install(monkeypatch)
     dummy.DummyModule.nan_at = 3
     cache = make_cache(n_cases=3, shape=(16, 16, 16), labelled=False)
-    with pytest.raises(PimpicError, match=r"not finite at step 3 .*last good checkpoint "
-                                          r"\(step 2\) is kept"):
+    with pytest.raises(TrainingDiverged, match=r"run: training diverged at step 3, not finite: "
+                                               r"loss=nan, grad_norm=nan; stopped, the last good "
+                                               r"checkpoint \(step 2\) is kept in .*; try "
+                                               r"`--set amp=false` or a lower `lr`, then "
+                                               r"`--resume`$"):
         pretrain(cache, tmp_path / "run", TINY, progress=False)
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert state["step"] == 2
     assert not (tmp_path / "run" / "encoder.safetensors").exists()
+    # after the change the message asks for, --resume goes on from the kept checkpoint
+    dummy.DummyModule.nan_at = None
+    pretrain(cache, tmp_path / "run", TINY, progress=False, resume=True)
+    assert (tmp_path / "run" / "encoder.safetensors").is_file()
 
 
 def test_load_pretext_module_needs_a_finished_run(tmp_path: Path) -> None:

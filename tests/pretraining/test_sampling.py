@@ -155,6 +155,52 @@ def test_intensity_aug_changes_overlapping_voxels() -> None:
     assert abs(float(out["patches"].std()) - 0.0) > 0.01
 
 
+def _noise_of(out: dict[str, np.ndarray], image: np.ndarray, offset: np.ndarray,
+              pad: float) -> np.ndarray:
+    """(volume noise in padded coordinates, NaN where no patch saw it, how often each voxel
+    was seen): each patch minus the noise-free crop of its box, pasted back."""
+    shape = tuple(out["boxes"][:, 1].max(0))
+    noise, seen = np.full(shape, np.nan), np.zeros(shape, int)
+    for patch, box in zip(out["patches"], out["boxes"], strict=True):
+        diff = patch[0] - crop(image, box - offset, pad)
+        view = noise[box[0, 0]:box[1, 0], box[0, 1]:box[1, 1], box[0, 2]:box[1, 2]]
+        known = ~np.isnan(view)
+        # overlapping voxels carry the same noise in every patch: it was added to the volume
+        np.testing.assert_array_equal(view[known], diff[known])
+        view[:] = diff
+        seen[box[0, 0]:box[1, 0], box[0, 1]:box[1, 1], box[0, 2]:box[1, 2]] += 1
+    return noise, seen
+
+
+def test_volume_noise_is_added_before_cropping() -> None:
+    """The released pretraining's whole-volume Gaussian noise (docs/method.md §6.1): the same
+    noise on a voxel in every patch that holds it, std ``volume_noise_std``, drawn with
+    probability ``volume_noise_prob``, none on padding, and nothing drawn when off."""
+    image = np.random.default_rng(0).random((30, 26, 12)).astype(np.float16)  # z padded
+    off = OverlapPatchSampler(16, 8, SamplerConfig())
+    on = OverlapPatchSampler(16, 8, SamplerConfig(volume_noise_prob=1.0, volume_noise_std=0.01))
+    plain, noisy = off(image, np.random.default_rng(4)), on(image, np.random.default_rng(4))
+    assert noisy["patches"].dtype == np.float32
+    offset = np.array([0, 0, 2])  # centred virtual padding of z: 16 − 12 = 4
+    noise, seen = _noise_of(noisy, image, offset, 0.0)
+    assert (seen > 1).sum() > 1000  # the patches do overlap
+    inside = noise[:, :, 2:14]
+    assert np.all(noise[:, :, :2][~np.isnan(noise[:, :, :2])] == 0)  # padding: no noise
+    assert np.all(noise[:, :, 14:][~np.isnan(noise[:, :, 14:])] == 0)
+    values = inside[~np.isnan(inside)]
+    assert abs(values.std() - 0.01) < 0.001 and abs(values.mean()) < 0.001
+    # off: nothing drawn, so the boxes (and every later draw) are those of before
+    np.testing.assert_array_equal(plain["boxes"], off(image, np.random.default_rng(4))["boxes"])
+    # p = 0.5: some volumes get noise, others none
+    half = OverlapPatchSampler(16, 8, SamplerConfig(volume_noise_prob=0.5))
+    rng = np.random.default_rng(1)
+    drawn = []
+    for _ in range(20):
+        out = half(image, rng)
+        drawn.append(bool(np.nanmax(np.abs(_noise_of(out, image, offset, 0.0)[0])) > 0))
+    assert 3 < sum(drawn) < 17
+
+
 def test_bad_input_is_a_friendly_error() -> None:
     with pytest.raises(PimpicError):
         OverlapPatchSampler(16, 4)(np.zeros((4, 4)), np.random.default_rng(0))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from pimpic.cli import app
@@ -47,7 +49,6 @@ def test_evidence_config_is_the_demo_grid_grown() -> None:
     from pimpic.protocol.grid import load_experiment_config
 
     demo = demo_config(SIZES["full"], Path("/tmp/evidence/cache"), "cpu")
-    demo = dataclasses.replace(demo, finetune=dataclasses.replace(demo.finetune, cpu_bf16=True))
     evidence = load_experiment_config(Path(__file__).parents[2] / "examples" / "evidence_cpu.yaml")
     d, e = flatten(to_dict(demo)), flatten(to_dict(evidence))
     differ = {k for k in set(d) | set(e) if d.get(k) != e.get(k)}
@@ -57,3 +58,25 @@ def test_evidence_config_is_the_demo_grid_grown() -> None:
                                                                 "pretrain.checkpoint_every"}
     assert e["pretrain.steps"] == 4 * d["pretrain.steps"]
     assert set(demo.methods) < set(evidence.methods) and set(demo.seeds) < set(evidence.seeds)
+
+
+@pytest.mark.slow
+def test_demo_finetuning_settings_give_identical_weights_run_to_run(make_cache: Any,
+                                                                     tmp_path: Path) -> None:
+    """Issue #21: bf16 on CPU made the demo's fine-tuning differ run to run (and go NaN) on
+    CPUs with bf16 units. The demo's settings, as they are on this machine, must give the same
+    weights twice."""
+    from pimpic.protocol.demo import SIZES, demo_config
+    from pimpic.segmentation.finetune import finetune
+
+    cache = make_cache(n_cases=5, shape=(32, 32, 32))
+    cfg = demo_config(SIZES["full"], cache, "cpu").finetune
+    assert not cfg.cpu_bf16
+    cfg = dataclasses.replace(cfg, steps_per_epoch=4, max_epochs=1)
+    runs = [finetune(cache, tmp_path / f"run{i}", cfg, progress=False, tensorboard=False)
+            for i in range(2)]
+    a, b = ((r / "model.safetensors").read_bytes() for r in runs)
+    assert a == b
+    sa, sb = (torch.load(r / "checkpoint.pt", weights_only=True) for r in runs)
+    for key in sa["model"]:
+        assert torch.equal(sa["model"][key], sb["model"][key]), key

@@ -136,8 +136,13 @@ def test_paper_configs_resolve_to_the_released_recipe(name: str) -> None:
     assert (ft.noise_prob, ft.noise_std) == (0.2, 0.01) and not ft.intensity_aug
     assert (ft.val_sw_overlap, ft.sw_overlap, ft.sw_mode) == (0.25, 0.5, "constant")
     assert (cfg.absent, cfg.sd_ddof, cfg.lcc) == ("zero", 0, False)
+    assert ft.max_epochs == 500  # the released epoch cap
     # every value spelled out in the file is also the default
     assert ft == dataclasses.replace(FinetuneConfig(), device="cuda", num_workers=8)
+    # pretraining: the paper's 20 K steps and the released whole-volume noise before cropping
+    pre = cfg.pretrain
+    assert pre.steps == 20000 and (pre.lr, pre.patches, pre.patch_size) == (1e-5, 32, 64)
+    assert (pre.sampler.volume_noise_prob, pre.sampler.volume_noise_std) == (0.9, 0.01)
 
 
 def test_grid_runs_and_resumes(make_cache: Any, tmp_path: Path, stubs: Stubs,
@@ -258,3 +263,50 @@ def test_end_to_end_real_stages(make_cache: Any, tmp_path: Path) -> None:
     assert len(rows) == 6 * len(Cache(cache).splits()["test"])
     assert (exp / "figures" / "overlays.png").stat().st_size > 0
     assert "PiMPiC" in (exp / "table.md").read_text()
+
+
+def test_a_diverged_stage_fails_alone(make_cache: Any, tmp_path: Path, stubs: Stubs,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cell whose training diverges is reported as failed with its reason, a method whose
+    pretraining diverges loses its cells, and every other cell finishes; a rerun after the fix
+    runs only what failed."""
+    from pimpic.training.guard import TrainingDiverged
+
+    cache = make_cache(n_cases=10, shape=(24, 24, 24))
+    exp = tmp_path / "exp"
+    cfg = _cfg(cache)  # random, pim, pimpic × 10 %, 100 %
+    pretrain, finetune = stubs.pretrain, stubs.finetune
+
+    def diverging_pretrain(cache: Path, run_dir: Path, cfg: PretrainConfig, **kw: Any) -> Path:
+        if run_dir.name == "pim":
+            raise TrainingDiverged(f"{run_dir}: training diverged at step 7, not finite: loss=nan")
+        return pretrain(cache, run_dir, cfg, **kw)
+
+    def diverging_finetune(cache: Path, run_dir: Path, cfg: FinetuneConfig, **kw: Any) -> Path:
+        if run_dir == cell_dir(exp, "random", 10, 0):
+            raise TrainingDiverged(f"{run_dir}: training diverged at step 3, not finite: loss=nan")
+        return finetune(cache, run_dir, cfg, **kw)
+
+    monkeypatch.setattr(experiment, "pretrain", diverging_pretrain)
+    monkeypatch.setattr(experiment, "finetune", diverging_finetune)
+    with pytest.raises(PimpicError, match=r"exp: 4 of 8 stages failed, the rest finished "
+                                          r"\(.*failures\.json\); first: pretrain pim: .*step 7"):
+        run_experiment(cfg, exp, progress=False, on_stage=None)
+    failed = json.loads((exp / "failures.json").read_text())
+    assert set(failed) == {"pretrain pim", "finetune pim 10% seed 0", "finetune pim 100% seed 0",
+                           "finetune random 10% seed 0"}
+    assert failed["finetune pim 10% seed 0"] == "not run: pretrain pim failed"
+    assert "step 3, not finite" in failed["finetune random 10% seed 0"]
+    assert stubs.calls == Counter(pretrain=1, finetune=3, evaluate=3)  # pimpic ×2, random 100 %
+    report = (exp / "report.md").read_text()
+    assert "## Failed stages" in report and "**finetune random 10% seed 0**" in report
+    with open(exp / "results.csv") as fh:
+        assert {(r["method"], r["fraction"]) for r in csv.DictReader(fh)} == {
+            ("pimpic", "10"), ("pimpic", "100"), ("random", "100")}
+    # fixed: the rerun does only the failed stages, and the failures are gone
+    monkeypatch.setattr(experiment, "pretrain", pretrain)
+    monkeypatch.setattr(experiment, "finetune", finetune)
+    run_experiment(cfg, exp, progress=False, on_stage=None)
+    assert stubs.calls == Counter(pretrain=2, finetune=6, evaluate=6)
+    assert not (exp / "failures.json").exists()
+    assert "Failed stages" not in (exp / "report.md").read_text()

@@ -35,9 +35,10 @@ def test_paper_network_decoder_has_the_released_parameter_count() -> None:
     cfg = FinetuneConfig()  # the paper configuration: K = 32, depth 5, released decoder
     net = SegmentationNet(Encoder(1, cfg.width, cfg.depth), cfg.num_classes, cfg.decoder)
     assert round(_n_params(net.decoder) / 1e6, 1) == 21.3
-    assert _n_params(net.decoder) == 21_291_107
+    assert _n_params(net.decoder) == 21_293_603  # the released 3×3×3 head, padding 1
     assert [b.conv1[0].out_channels for b in net.decoder.up_blocks] == [256, 128, 64, 32, 32]
-    assert net.decoder.head.kernel_size == (1, 1, 1) and net.decoder.align_corners
+    assert net.decoder.head.kernel_size == (3, 3, 3) and net.decoder.head.padding == (1, 1, 1)
+    assert net.decoder.align_corners
     sym = SegmentationNet(Encoder(1, 32, 5), 3, "symmetric")
     assert round(_n_params(sym.decoder) / 1e6, 1) == 47.1
     x = torch.zeros(1, 1, 32, 32, 32)

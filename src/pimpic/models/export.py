@@ -26,6 +26,7 @@ from pimpic import __version__
 from pimpic.errors import PimpicError
 from pimpic.io import save_safetensors
 from pimpic.models.unet import Encoder
+from pimpic.training.guard import check_weights
 
 FORMAT = "pimpic-encoder"
 #: metadata fields compared between an encoder and the setup it is loaded into
@@ -133,6 +134,7 @@ def load_encoder(
         state = load_file(str(path))
     except Exception as err:
         raise PimpicError(f"{path}: corrupt tensor data ({err})") from None
+    check_weights(path, state)
     encoder.load_state_dict(state, strict=True)
     return encoder, meta
 

@@ -86,8 +86,8 @@ class Encoder(nn.Module):
 #: decoder variants (docs/method.md §3): up-block widths as multiples of K, skip upsampling
 #: with ``align_corners``, head kernel
 DECODERS = {
-    # the authors' released fine-tuning network: 8K, 4K, 2K, K, K; 1×1×1 head
-    "released": {"up": (8, 4, 2, 1, 1), "align_corners": True, "head_kernel": 1},
+    # the authors' released fine-tuning network: 8K, 4K, 2K, K, K; 3×3×3 head (padding 1)
+    "released": {"up": (8, 4, 2, 1, 1), "align_corners": True, "head_kernel": 3},
     # mirror of the encoder: 16K, 8K, 4K, 2K, K; 3×3×3 head
     "symmetric": {"up": (16, 8, 4, 2, 1), "align_corners": False, "head_kernel": 3},
 }
@@ -99,13 +99,16 @@ class Decoder(nn.Module):
     Args:
         widths: the encoder's level widths ``[K, 2K, …]``.
         num_classes: output channels.
-        kind: a key of :data:`DECODERS` (``released``: 21.3 M parameters at K = 32, depth 5;
-            ``symmetric``: 47.1 M).
+        kind: a key of :data:`DECODERS` (``released``: 21,293,603 parameters at K = 32,
+            depth 5, 3 classes; ``symmetric``: 47.1 M).
+        head_kernel: the output convolution's kernel, where it is not the variant's (model
+            files written before the released head became 3×3×3 have 1×1×1).
 
     ``forward(pyramid) → logits (B, num_classes, D, H, W)``.
     """
 
-    def __init__(self, widths: list[int], num_classes: int, kind: str = "released") -> None:
+    def __init__(self, widths: list[int], num_classes: int, kind: str = "released",
+                 head_kernel: int | None = None) -> None:
         super().__init__()
         if kind not in DECODERS:
             raise ValueError(f"decoder {kind!r} is not one of {', '.join(DECODERS)}")
@@ -121,7 +124,7 @@ class Decoder(nn.Module):
             ups.append(ConvBlock(cin + skip, out))
             cin = out
         self.up_blocks = nn.ModuleList(ups)
-        k = int(spec["head_kernel"])  # type: ignore[call-overload]
+        k = head_kernel or int(spec["head_kernel"])  # type: ignore[call-overload]
         self.head = nn.Conv3d(cin, num_classes, kernel_size=k, padding=k // 2)
         self.align_corners = bool(spec["align_corners"])
         self.kind = kind
@@ -143,10 +146,11 @@ class SegmentationNet(nn.Module):
     divisible by ``2^depth`` (the bottleneck sits at 1/2^depth).
     """
 
-    def __init__(self, encoder: Encoder, num_classes: int = 3, decoder: str = "released") -> None:
+    def __init__(self, encoder: Encoder, num_classes: int = 3, decoder: str = "released",
+                 head_kernel: int | None = None) -> None:
         super().__init__()
         self.encoder = encoder
-        self.decoder = Decoder(encoder.widths, num_classes, decoder)
+        self.decoder = Decoder(encoder.widths, num_classes, decoder, head_kernel)
         self.num_classes = num_classes
 
     def forward(self, x: Tensor) -> Tensor:

@@ -68,6 +68,7 @@ from pimpic.registry import MethodSpec
 from pimpic.training import checkpoint as ckpt
 from pimpic.training.device import autocast, flush_denormals
 from pimpic.training.distributed import Dist, setup
+from pimpic.training.guard import PRETRAIN_PRECISION, check_finite, step_values
 from pimpic.training.monitor import Monitor, truncate_metrics
 from pimpic.training.run_folder import RunFolder, json_sha256
 
@@ -179,9 +180,12 @@ def _pretrain(dist: Dist, cache_root: Path, run_dir: Path, cfg: PretrainConfig, 
                     out = model(batch)
                 optimizer.zero_grad(set_to_none=True)
                 out["loss"].backward()
-                scalars = _scalars(out)  # one host sync per step; also the NaN guard
-                if dist.any(not all(math.isfinite(v) for v in scalars.values())):
-                    raise PimpicError(_nan_message(run_dir, step + 1, scalars, last_saved))
+                # one host sync per step: the logged scalars and the divergence guard's input
+                scalars = step_values(_loss_terms(out), module.parameters())
+                check_finite(scalars, run=run_dir, step=step + 1,
+                             last_good=None if last_saved is None else f"step {last_saved}",
+                             precision=PRETRAIN_PRECISION,
+                             elsewhere=dist.any(not all(map(math.isfinite, scalars.values()))))
                 optimizer.step()
                 if callable(after_step):
                     after_step()
@@ -305,10 +309,9 @@ def _chain_first(first: Any, rest: Any) -> Any:
     yield from rest
 
 
-def _scalars(out: dict[str, Any]) -> dict[str, float]:
-    keys = [k for k, v in out.items() if isinstance(v, torch.Tensor) and v.numel() == 1]
-    values = torch.stack([out[k].detach().float().reshape(()) for k in keys]).cpu().tolist()
-    return dict(zip(keys, values, strict=True))
+def _loss_terms(out: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The module's scalar outputs (``loss`` and its terms, e.g. ``pim``, ``pic``)."""
+    return {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
 
 
 def _has_unused_parameters(module: nn.Module, batch: dict[str, torch.Tensor]) -> bool:
@@ -326,17 +329,6 @@ def _has_unused_parameters(module: nn.Module, batch: dict[str, torch.Tensor]) ->
             v.copy_(buffers[k])
     torch.set_rng_state(cpu_rng)
     return unused
-
-
-def _nan_message(run_dir: Path, step: int, scalars: dict[str, float],
-                 last_saved: int | None) -> str:
-    bad = ", ".join(f"{k}={v}" for k, v in scalars.items() if not math.isfinite(v)) or \
-        "on another rank"
-    kept = (f"the last good checkpoint (step {last_saved}) is kept in "
-            f"{run_dir / CHECKPOINT}" if last_saved is not None
-            else "no checkpoint had been written yet")
-    return (f"{run_dir}: loss is not finite at step {step} ({bad}); training stopped, {kept} "
-            "(try a lower lr or amp=false)")
 
 
 def load_pretext_module(run_dir: str | Path) -> tuple[nn.Module, PretrainConfig]:

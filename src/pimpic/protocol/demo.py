@@ -35,7 +35,6 @@ from pimpic.protocol.experiment import run_experiment
 from pimpic.protocol.grid import BASELINE, ExperimentConfig
 from pimpic.protocol.report import write_all
 from pimpic.protocol.visualize import embedding_figures
-from pimpic.training.device import cpu_has_bf16
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +87,14 @@ def demo_config(size: DemoSize, cache: Path, device: str) -> ExperimentConfig:
     # the released fine-tuning protocol (decoder, body crop, whole-volume augmentation, model
     # selection on the validation Dice loss, sliding-window settings) with a CPU's budget: a
     # few hundred steps of 2 volumes × 4 crops, a higher learning rate than the paper's 1e-5,
-    # 3:1 organ-centred crops, DiceCE, and bf16 on CPUs with bf16 units (≈1.4× faster steps, 2×
-    # faster validation) — identical for every method
+    # 3:1 organ-centred crops, DiceCE, float32 (bf16 on CPU is not reproducible run to run,
+    # docs/method.md §6.3) — identical for every method
     finetune = FinetuneConfig(
         width=width, depth=depth, patch_size=patch, lr=3e-4 if gpu else 3e-3,
         loss="dicece", pos_ratio=3.0, batch_size=2, samples_per_volume=4,
         steps_per_epoch=size.finetune_steps_per_epoch, max_epochs=size.finetune_max_epochs,
         patience=size.patience, val_every=1 if gpu else 4, sw_batch_size=16, device=device,
-        num_workers=2 if gpu else 0, cpu_bf16=not gpu and cpu_has_bf16(),
+        num_workers=2 if gpu else 0,
     )
     return ExperimentConfig(
         cache=str(cache), methods=(BASELINE, "pimpic"),

@@ -44,6 +44,7 @@ from pimpic.paths import (
     CHECKPOINT,
     CONFIG,
     ENCODER_FILE,
+    FAILURES,
     MODEL_FILE,
     RUN_INFO,
     SPLIT_RECORD,
@@ -58,6 +59,7 @@ from pimpic.protocol.grid import BASELINE, GRID_KEYS, ExperimentConfig, load_exp
 from pimpic.protocol.report import write_all
 from pimpic.segmentation.evaluate import evaluate
 from pimpic.segmentation.finetune import finetune
+from pimpic.training.guard import TrainingDiverged
 from pimpic.training.run_folder import RUNTIME_KEYS
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,8 @@ class Stage:
     run_dir: Path
     is_done: Callable[[], bool]
     run: Callable[[], None]
+    #: the stage whose output this one needs (a cell's pretraining), by name
+    needs: str | None = None
 
 
 def _restart(run_dir: Path) -> tuple[bool, bool]:
@@ -136,6 +140,7 @@ def plan_stages(cfg: ExperimentConfig, exp: Path, *, progress: bool = True) -> l
         stages.append(Stage(f"pretrain {method}", "pretrain", rd, pre_done, run_pre))
     for method in cfg.methods:
         encoder = None if method == BASELINE else pretrain_dir(exp, method) / ENCODER_FILE
+        needs = None if method == BASELINE else f"pretrain {method}"
         for fraction in cfg.fractions:
             for seed in cfg.seeds:
                 rd = cell_dir(exp, method, fraction, seed)
@@ -154,7 +159,7 @@ def plan_stages(cfg: ExperimentConfig, exp: Path, *, progress: bool = True) -> l
                     return (eval_dir(rd, cfg.split) / SUMMARY).is_file()
 
                 stages.append(Stage(f"finetune {method} {fraction}% seed {seed}", "finetune",
-                                    rd, cell_done, run_cell))
+                                    rd, cell_done, run_cell, needs))
     return stages
 
 
@@ -270,6 +275,7 @@ def run_experiment(
     timings: dict[str, float] = read_json(timings_path) if timings_path.is_file() else {}
     stages = plan_stages(cfg, exp, progress=progress)
     durations: dict[str, list[float]] = {}
+    failures: dict[str, str] = {}
     start = time.perf_counter()
     for i, stage in enumerate(stages, 1):
         remaining = [s for s in stages[i - 1:] if not s.is_done()]
@@ -279,11 +285,20 @@ def run_experiment(
                                     time.perf_counter() - start,
                                     estimate_eta(remaining, durations)))
             continue
+        if stage.needs in failures:
+            failures[stage.name] = f"not run: {stage.needs} failed"
+            log.error("[%d/%d] %s: %s", i, len(stages), stage.name, failures[stage.name])
+            continue
         if on_stage:
             on_stage(StageEvent(i, len(stages), stage, False, False, 0.0,
                                 time.perf_counter() - start, estimate_eta(remaining, durations)))
         t0 = time.perf_counter()
-        stage.run()
+        try:
+            stage.run()
+        except TrainingDiverged as err:  # the cell failed; the others go on
+            failures[stage.name] = str(err)
+            log.error("[%d/%d] %s: failed — %s", i, len(stages), stage.name, err)
+            continue
         seconds = time.perf_counter() - t0
         durations.setdefault(stage.kind, []).append(seconds)
         timings[stage.name] = round(seconds, 2)
@@ -292,6 +307,14 @@ def run_experiment(
             on_stage(StageEvent(i, len(stages), stage, True, False, seconds,
                                 time.perf_counter() - start,
                                 estimate_eta(remaining[1:], durations)))
+    if failures:
+        write_json(exp / FAILURES, failures)
+    elif (exp / FAILURES).is_file():
+        (exp / FAILURES).unlink()  # an earlier run's failures, all rerun successfully
     if report:
         write_all(exp, cfg)
+    if failures:
+        first = next(iter(failures.items()))
+        raise PimpicError(f"{exp}: {len(failures)} of {len(stages)} stages failed, the rest "
+                          f"finished ({exp / FAILURES}); first: {first[0]}: {first[1]}")
     return exp

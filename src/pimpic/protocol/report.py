@@ -17,6 +17,7 @@ from pimpic.errors import PimpicError
 from pimpic.io import atomic_open, read_json
 from pimpic.paths import (
     ENERGY,
+    FAILURES,
     FIGURES,
     REPORT,
     RESULTS,
@@ -147,6 +148,16 @@ def _timings_md(exp: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _failures_md(exp: Path) -> list[str]:
+    """The stages that failed (``failures.json``): their cells are missing from the table."""
+    if not (exp / FAILURES).is_file():
+        return []
+    failed = read_json(exp / FAILURES)
+    return ["## Failed stages", "", "Not in the table above; rerun the experiment after the "
+            "change the reason suggests (finished stages are kept).", "",
+            *(f"- **{name}**: {reason}" for name, reason in failed.items()), ""]
+
+
 def write_report_md(exp: Path, cfg: ExperimentConfig, rows: Sequence[dict[str, Any]],
                     table: str, stats: str, figures: dict[str, Path]) -> Path:
     """``report.md``: data, table, statistics, figures, energy, hardware, timings, config."""
@@ -160,7 +171,7 @@ def write_report_md(exp: Path, cfg: ExperimentConfig, rows: Sequence[dict[str, A
                          "S — the label-free check that PiM learned its target",
     }
     parts = [f"# Experiment report: `{exp.name}`", "", "## Data", "", _data_md(cfg, rows),
-             "## Dice (paper Table 1 layout)", "", table,
+             "## Dice (paper Table 1 layout)", "", table, *_failures_md(exp),
              f"## Paired comparison against {method_name(BASELINE)}", "", stats, "## Figures", ""]
     for key, path in figures.items():
         parts += [f"### {captions.get(key, key)}", "", f"![{key}]({path.relative_to(exp)})", ""]

@@ -63,6 +63,7 @@ from pimpic.segmentation.run_info import FinetuneRun, Progress
 from pimpic.segmentation.validation import better, validate
 from pimpic.training.checkpoint import load_checkpoint, restore, save_checkpoint
 from pimpic.training.device import autocast, flush_denormals, memory_format, resolve_device
+from pimpic.training.guard import FINETUNE_PRECISION, check_finite, step_values
 from pimpic.training.monitor import truncate_metrics
 from pimpic.training.run_folder import RunFolder, file_sha256, json_sha256
 
@@ -285,6 +286,7 @@ def _train(model: SegmentationNet, cache: Cache, run_dir: Path, cfg: FinetuneCon
     transform = train_transform(cfg, cfg.patch_size)
     t0 = time.perf_counter() - at.elapsed_s
     stop_reason = _stop_reason(at, cfg, total, val_ids)
+    last_good = f"epoch {at.epoch}, step {at.step}" if resuming else None  # the checkpoint
     if resuming:  # a kill between checkpoint and run.json leaves run.json an epoch behind
         _record(run_dir / RUN_INFO, info, at, stop_reason)
     try:
@@ -304,10 +306,13 @@ def _train(model: SegmentationNet, cache: Cache, run_dir: Path, cfg: FinetuneCon
                     loss = loss_fn(logits.float(), y)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
+                    values = step_values({"loss": loss}, model.parameters())
+                    check_finite(values, run=run_dir, step=at.step + 1, last_good=last_good,
+                                 precision=FINETUNE_PRECISION)
                     opt.step()
                     sched.step()
                     at.step += 1
-                    losses.append(float(loss.detach()))
+                    losses.append(values["loss"])
                     out.step(at.step, epoch, losses[-1], float(sched.get_last_lr()[0]),
                              time.perf_counter() - t0)
                 at.epoch = epoch
@@ -324,6 +329,7 @@ def _train(model: SegmentationNet, cache: Cache, run_dir: Path, cfg: FinetuneCon
                 save_checkpoint(ckpt_path, {
                     "model": model.state_dict(), "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(), "state": dataclasses.asdict(at)})
+                last_good = f"epoch {at.epoch}, step {at.step}"
                 _record(run_dir / RUN_INFO, info, at, stop_reason)
     finally:
         out.close()

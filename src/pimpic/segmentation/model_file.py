@@ -21,6 +21,7 @@ from pimpic.io import read_json, save_safetensors
 from pimpic.models.unet import Encoder, SegmentationNet
 from pimpic.paths import MODEL_FILE, RUN_INFO
 from pimpic.training.device import memory_format
+from pimpic.training.guard import check_weights
 
 MODEL_FORMAT = "pimpic-segmentation"
 
@@ -111,12 +112,16 @@ def load_model(run_dir: str | Path) -> tuple[SegmentationNet, ModelInfo]:
         raise PimpicError(f"{path}: corrupt model file ({err})") from None
     if meta is None:
         raise PimpicError(f"{path}: not a pimpic segmentation model")
+    check_weights(path, state)
     arch = meta["architecture"]
+    head = state.get("decoder.head.weight")
     try:
         model = SegmentationNet(Encoder(int(arch["in_channels"]), int(arch["width"]),
                                         int(arch["depth"])), int(meta["num_classes"]),
                                 # files written before the released decoder existed
-                                str(meta.get("decoder", "symmetric")))
+                                str(meta.get("decoder", "symmetric")),
+                                # files written before the released head became 3×3×3
+                                head_kernel=None if head is None else int(head.shape[-1]))
     except ValueError as err:
         raise PimpicError(f"{path}: {err}") from None
     try:

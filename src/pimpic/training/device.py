@@ -53,13 +53,6 @@ def flush_denormals(device: torch.device) -> Iterator[None]:
             torch.set_flush_denormal(False)
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): there bf16 autocast makes
-    a fine-tuning step ≈ 1.4× and sliding-window validation ≈ 2× faster than fp32 channels-last
-    (``pimpic bench finetune-step``); elsewhere it is emulated and slower."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-
-
 def autocast(device: torch.device, enabled: bool = True,
              cpu_bf16: bool = False) -> contextlib.AbstractContextManager[None]:
     """bf16 autocast on CUDA when ``enabled``, on CPU when ``cpu_bf16`` (fast on CPUs with bf16

@@ -171,11 +171,15 @@ class OverlapPatchSampler:
         anchor = self._foreground_anchor(image, offset, padded, rng)
         boxes = reference_boxes(tuple(padded), self.patch_size, self.num_patches, rng,
                                 margin=self.cfg.overlap_margin, anchor=anchor)
-        keep16 = image.dtype == np.float16 and not self.cfg.intensity_aug
+        noise = self._volume_noise(boxes, offset, dims, rng)
+        keep16 = image.dtype == np.float16 and not self.cfg.intensity_aug and noise is None
         dtype = np.float16 if keep16 else np.float32
         patches = np.empty((self.num_patches, 1, *(int(e) for e in p)), dtype=dtype)
         for k, box in enumerate(boxes):
             patches[k, 0] = crop(image, box - offset, self.cfg.pad_value, dtype)
+            if noise is not None:
+                lo, hi = box - noise[1]
+                patches[k, 0] += noise[0][lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
         if self.cfg.intensity_aug:
             self._augment(patches, rng)
         return {"patches": patches, "boxes": boxes}
@@ -197,6 +201,23 @@ class OverlapPatchSampler:
         anchor: np.ndarray = np.clip(centre - p // 2, 0, np.maximum(padded - p - 1, 0))
         return anchor
 
+    def _volume_noise(self, boxes: np.ndarray, offset: np.ndarray, dims: np.ndarray,
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
+        """The whole-volume Gaussian noise of the released pretraining, drawn (with probability
+        ``volume_noise_prob``) only over the boxes' bounding region, which is all the patches
+        see: ``(noise, its start)`` in padded coordinates, zero on padding; None when off or
+        not drawn. Nothing is drawn from ``rng`` when the option is off."""
+        if self.cfg.volume_noise_prob <= 0 or rng.random() >= self.cfg.volume_noise_prob:
+            return None
+        lo, hi = boxes[:, 0].min(axis=0), boxes[:, 1].max(axis=0)
+        noise = rng.standard_normal(size=tuple(int(e) for e in hi - lo), dtype=np.float32)
+        noise *= np.float32(self.cfg.volume_noise_std)
+        # voxels of the virtual padding are not part of the volume: no noise there
+        inside = [(np.arange(a, b) >= o) & (np.arange(a, b) < o + d)
+                  for a, b, o, d in zip(lo, hi, offset, dims, strict=True)]
+        noise *= inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
+        return noise, lo
+
     @staticmethod
     def _augment(patches: np.ndarray, rng: np.random.Generator) -> None:
         """In place: ``x · scale + shift + noise`` with independent draws per patch."""
@@ -213,4 +234,6 @@ class OverlapPatchSampler:
         """Plain-data description (for logs)."""
         return {"patch_size": plain(self.patch_size), "num_patches": self.num_patches,
                 "anchor": self.cfg.anchor, "overlap_margin": self.cfg.overlap_margin,
-                "intensity_aug": self.cfg.intensity_aug, "pad_value": self.cfg.pad_value}
+                "intensity_aug": self.cfg.intensity_aug, "pad_value": self.cfg.pad_value,
+                "volume_noise_prob": self.cfg.volume_noise_prob,
+                "volume_noise_std": self.cfg.volume_noise_std}
