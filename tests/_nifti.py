@@ -21,12 +21,35 @@ def save(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Pat
 
 def save_sform(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
     """Save with ``affine`` as the sform only (qform unset), so any matrix — zero, singular,
-    NaN, sheared — reaches the reader as written (nibabel refuses to build a qform from those)."""
+    NaN, sheared — reaches the reader as written (nibabel refuses to build a qform from those).
+    ``pixdim`` agrees with the affine where that can be written (finite, non-zero lengths)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(array, None)
     img.header.set_sform(affine, code=1)
     img.header.set_qform(None, code=0)
+    norms = np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0)
+    if np.isfinite(norms).all() and norms.min() > 0:
+        zooms = list(img.header.get_zooms())
+        zooms[:3] = norms[: len(zooms)]
+        img.header.set_zooms(zooms[: len(img.shape)])
     nib.save(img, str(path))
+    return path
+
+
+def save_stale_pixdim(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
+    """A valid sform-only NIfTI whose pixdim is stale (1 mm), written byte by byte as in
+    issue #23 (nibabel keeps pixdim in step with the affine when it writes)."""
+    import gzip
+    import struct
+
+    h = nib.Nifti1Header()
+    h.set_data_shape(array.shape)
+    h.set_data_dtype(array.dtype)
+    h["srow_x"][:], h["srow_y"][:], h["srow_z"][:] = affine[0], affine[1], affine[2]
+    h["sform_code"], h["qform_code"], h["vox_offset"] = 1, 0, 352
+    raw = bytearray(h.binaryblock)
+    raw[80:92] = struct.pack("<3f", 1, 1, 1)  # pixdim[1:4]
+    path.write_bytes(gzip.compress(bytes(raw) + b"\0" * 4 + array.tobytes(order="F")))
     return path
 
 

@@ -8,6 +8,7 @@ import errno
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -102,8 +103,11 @@ def file_digest(path: str | os.PathLike[str]) -> str:
 
 def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """``{"size", "mtime_ns", "sha256"}`` of a file; the stat is taken before the hash, so a
-    file written while it is hashed looks changed next time, never unchanged."""
+    file written while it is hashed looks changed next time, never unchanged. A device, FIFO
+    or socket (e.g. a link to ``/dev/zero``, which would be read forever) is an error."""
     st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise PimpicError(f"{path}: not a regular file (a device, FIFO, socket or folder)")
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": file_digest(path)}
 
 

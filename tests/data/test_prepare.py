@@ -20,7 +20,7 @@ from pimpic.io import exclusive_lock
 
 META_KEYS = {"id", "shape", "spacing", "affine", "original_affine", "original_shape",
              "original_spacing", "crop_box", "has_label", "source_image", "source_label",
-             "sources", "label_values", "settings"}
+             "sources", "label_values", "settings", "content_sha256"}
 
 
 def test_cache_layout_and_resume(tmp_path: Path) -> None:
@@ -263,3 +263,63 @@ def test_released_split_file(tmp_path: Path) -> None:
     assert splits["train"] == ["pan_003", "pan_000", "pan_002", "pan_001"]  # order as given
     assert splits["fractions"]["2"] == ["pan_002"] and splits["fractions"]["50"] == [
         "pan_000", "pan_002"]
+
+
+def _listed(src: Path, image: str) -> None:
+    meta = json.loads((src / "dataset.json").read_text())
+    meta["training"].append({"image": image, "label": "./labelsTr/pan_000.nii.gz"})
+    (src / "dataset.json").write_text(json.dumps(meta))
+
+
+def test_an_image_linked_to_dev_zero_is_refused_not_read_forever(tmp_path: Path) -> None:
+    """Issue #23 A35: the fingerprint hashed /dev/zero until killed."""
+    import signal
+
+    src = msd_tree(tmp_path / "msd", n=2)
+    (src / "imagesTr" / "zero.nii.gz").symlink_to("/dev/zero")
+    _listed(src, "./imagesTr/zero.nii.gz")
+
+    def hung(*_: object) -> None:
+        raise TimeoutError("prepare hung on /dev/zero")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    try:
+        with pytest.raises(PimpicError, match=r"case zero: .*: not a regular file"):
+            prepare(src, tmp_path / "cache", workers=1, progress=False)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_a_listed_hidden_name_is_refused_not_dropped(tmp_path: Path) -> None:
+    """Issue #23 B12: a listed ``..nii.gz`` was silently left out of the cache."""
+    src = msd_tree(tmp_path / "msd", n=2)
+    shutil.copy(src / "imagesTr" / "pan_000.nii.gz", src / "imagesTr" / "..nii.gz")
+    _listed(src, "./imagesTr/..nii.gz")
+    with pytest.raises(PimpicError, match=r"\.\.nii\.gz: case id '\.' starts with '\.'"):
+        prepare(src, tmp_path / "cache", workers=1, progress=False)
+
+
+def test_a_pool_image_linked_to_a_label_map_is_not_taken_for_ct(tmp_path: Path) -> None:
+    """Issue #23 B22, folder layout: a link to ``labelsTr/x`` is a label map too."""
+    from pimpic.data.datasets import read_dataset
+
+    src = msd_tree(tmp_path / "msd", n=2)
+    (src / "dataset.json").unlink()
+    (src / "scans").mkdir()
+    (src / "scans" / "x.nii.gz").symlink_to(src / "labelsTr" / "pan_001.nii.gz")
+    _, cases = read_dataset(src, layout="folder")
+    assert [c["id"] for c in cases] == ["imagesTr_pan_000", "imagesTr_pan_001"]
+
+
+def test_a_case_cached_before_content_hashes_gets_one_without_redoing(tmp_path: Path) -> None:
+    src = msd_tree(tmp_path / "msd", n=2)
+    out = tmp_path / "cache"
+    prepare(src, out, workers=1, progress=False)
+    meta_path = out / "cases" / "pan_000" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    want = meta.pop("content_sha256")
+    meta_path.write_text(json.dumps(meta))
+    report = prepare(src, out, workers=1, progress=False)
+    assert report["processed"] == 0 and Cache(out).meta("pan_000")["content_sha256"] == want

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from _nifti import KITS_AFFINE, phantom, save, save_sform
+from _nifti import KITS_AFFINE, phantom, save, save_sform, save_stale_pixdim
 from pimpic.data.preprocess import Settings, load_and_preprocess, to_original_grid
 from pimpic.errors import PimpicError
 
@@ -204,3 +204,71 @@ def test_oblique_but_orthogonal_affine_is_accepted(tmp_path: Path) -> None:
     image, label, meta = load_and_preprocess(ip, lp, EXACT, [0, 1, 2])
     assert label is not None and image.shape == label.shape
     np.testing.assert_allclose(meta["original_spacing"], [1.5, 1.5, 2.0])
+
+
+def test_pixdim_that_disagrees_with_the_sform_is_refused_not_repaired(tmp_path: Path) -> None:
+    """Issue #23 finding 2: MONAI would replace the sform (4×4×6 mm, LPS) by the qform."""
+    img, lab = phantom((10, 10, 6))
+    aff = np.array([[-4.0, 0, 0, 30], [0, -4.0, 0, 20], [0, 0, 6.0, -10], [0, 0, 0, 1]])
+    ip = save_stale_pixdim(tmp_path / "stale.nii.gz", img, aff)
+    assert nib.load(ip).header.get_zooms() == (1, 1, 1)  # type: ignore[attr-defined]
+    with pytest.raises(PimpicError, match=r"stale\.nii\.gz: image header is inconsistent: "
+                       r"pixdim says 1, 1, 1 mm .* says 4, 4, 6 mm") as err:
+        load_and_preprocess(ip, None, EXACT)
+    assert "\n" not in str(err.value)
+    good = save(tmp_path / "good.nii.gz", img, aff)  # the same scan, consistent header
+    lp = save_stale_pixdim(tmp_path / "stale_label.nii.gz", lab, aff)
+    with pytest.raises(PimpicError, match=r"stale_label\.nii\.gz: label header is inconsistent"):
+        load_and_preprocess(good, lp, EXACT, [0, 1, 2])
+
+
+@pytest.mark.parametrize("kind", ["complex64", "device", "fifo"])
+def test_complex_voxels_and_non_regular_files_are_refused(tmp_path: Path, kind: str) -> None:
+    """Issue #23 A12 (complex CT was cast to real) and A35 (a link to /dev/zero hung)."""
+    import os
+
+    img, _ = phantom((6, 6, 4))
+    ip = tmp_path / "img.nii.gz"
+    if kind == "complex64":
+        save(ip, img.astype(np.complex64))
+        want = r"image voxels are complex64 \(complex\)"
+    elif kind == "device":
+        ip.symlink_to("/dev/zero")
+        want = "image is a device, not a regular NIfTI file"
+    else:
+        os.mkfifo(ip)
+        want = "image is a FIFO, not a regular NIfTI file"
+    with pytest.raises(PimpicError, match=r"img\.nii\.gz: " + want):
+        load_and_preprocess(ip, None, EXACT)
+
+
+def test_an_image_that_is_its_own_label_file_is_refused(tmp_path: Path) -> None:
+    """Issue #23 B22: an image linked to its label map was accepted as CT."""
+    _, lab = phantom((6, 6, 4))
+    lp = save(tmp_path / "labelsTr" / "x.nii.gz", lab)
+    ip = tmp_path / "imagesTr" / "x.nii.gz"
+    ip.parent.mkdir()
+    ip.symlink_to(lp)
+    with pytest.raises(PimpicError, match=r"imagesTr/x\.nii\.gz: the image is the label file"):
+        load_and_preprocess(ip, lp, EXACT, [0, 1, 2])
+
+
+def test_content_hash_ignores_name_dtype_format_crop_and_cache_dtype(tmp_path: Path) -> None:
+    """The same voxels give the same content_sha256 whatever the file and the settings; other
+    voxels or another orientation of the same array give another."""
+    from pimpic.data.preprocess import content_sha256
+
+    img, _ = phantom((12, 10, 8))
+    aff = np.diag([-1.5, 1.5, 3.0, 1.0])
+    a = save(tmp_path / "a.nii.gz", img, aff)
+    b = save(tmp_path / "renamed.nii", img.astype(np.float32), aff)
+    # the same scan stored slices-first: another array, the same voxels once in RAS
+    c = save(tmp_path / "transposed.nii.gz", np.ascontiguousarray(img.transpose(2, 1, 0)),
+             aff[:, [2, 1, 0, 3]])
+    cropped = Settings(spacing=(3.0, 3.0, 3.0), crop_foreground=True, dtype="float16")
+    hashes = {load_and_preprocess(p, None, s)[2]["content_sha256"]
+              for p in (a, b, c) for s in (EXACT, cropped)}
+    assert hashes == {content_sha256(a)}
+    other = img.copy()
+    other[0, 0, 0] += 1
+    assert content_sha256(save(tmp_path / "other.nii.gz", other, aff)) not in hashes

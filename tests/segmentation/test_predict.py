@@ -102,3 +102,26 @@ def test_out_that_is_a_file_is_one_line_and_left_alone(tmp_path, run):
     assert target.read_text() == "mine"
     with pytest.raises(PimpicError, match="cannot create the output folder"):
         predict([img], run, target / "masks", progress=False)
+
+
+def test_an_image_whose_pixdim_disagrees_with_its_sform_is_refused(tmp_path, run):
+    """Issue #23 E46: MONAI gave such an image another geometry and predict wrote 0.7 %."""
+    from _nifti import save_stale_pixdim
+
+    hu = np.full(SHAPE, -100.0, np.float32)
+    img = save_stale_pixdim(tmp_path / "stale.nii.gz", hu, AFFINE)
+    with pytest.raises(PimpicError, match=r"stale\.nii\.gz: image header is inconsistent"):
+        predict([img], run, tmp_path / "out", progress=False)
+    assert not list((tmp_path / "out").glob("*.nii.gz"))
+
+
+def test_a_folder_s_earlier_masks_are_not_segmented_again(tmp_path, run):
+    """Issue #23 E40b: predicting into the input folder, then again, segmented the masks."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    _image(folder / "a.nii.gz", (16, 16, 8))
+    assert [p.name for p in predict([folder], run, folder, overwrite=True, progress=False)] \
+        == ["a_seg.nii.gz"]
+    again = predict([folder], run, folder, overwrite=True, progress=False)
+    assert [p.name for p in again] == ["a_seg.nii.gz"]
+    assert sorted(p.name for p in folder.iterdir()) == ["a.nii.gz", "a_seg.nii.gz"]

@@ -6,8 +6,8 @@ Four layouts are understood (detected automatically, or forced with ``layout=``)
     Medical Segmentation Decathlon: ``dataset.json`` with a ``training`` list of
     ``{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}`` and ``labels``
     ``{"0": "background", "1": "pancreas", "2": "cancer"}``. Only the labelled ``training``
-    list is read. Names starting with ``.`` (the ``._x.nii.gz`` resource forks inside the
-    real archives) are skipped.
+    list is read. Listed names starting with ``._`` (macOS resource forks) are skipped; any
+    other hidden name (``..nii.gz``) is refused by the case id check, never dropped.
 ``kits19``
     ``case_XXXXX/imaging.nii.gz`` + ``case_XXXXX/segmentation.nii.gz`` (0 background,
     1 kidney, 2 tumour). The files are slices-first; orientation comes from the affine
@@ -198,8 +198,8 @@ def _read_msd(root: Path) -> list[dict[str, Any]]:
         if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
             raise PimpicError(f"{path}: training entry {n} has no 'image' path")
         image = (root / entry["image"]).resolve()
-        if not _visible(image):
-            continue
+        if PurePosixPath(entry["image"].replace("\\", "/")).name.startswith("._"):
+            continue  # a listed macOS resource fork; any other hidden name meets the id check
         label = entry.get("label")
         cases.append({
             # the listed name, not the resolved one: a symlinked file keeps its case id
@@ -256,9 +256,12 @@ def _is_label_map(rel: Path) -> bool:
 
 def _read_folder(root: Path) -> list[dict[str, Any]]:
     cases = []
+    real_root = root.resolve()
     for p in _nifti_files(root):
-        rel = p.relative_to(root)
-        if _is_label_map(rel):
+        rel, real = p.relative_to(root), p.resolve()
+        # a link to a label map is a label map too
+        if _is_label_map(rel) or (real.is_relative_to(real_root)
+                                  and _is_label_map(real.relative_to(real_root))):
             continue
         cid = "_".join([*rel.parts[:-1], _strip_nifti(p.name)])
         cases.append({"id": cid, "image": p, "label": None, "label_values": None})

@@ -30,7 +30,7 @@ from typing import Any
 from pimpic import __version__
 from pimpic.data.cache import CASES_DIR, LOCK, MANIFEST, SPLITS, Cache, write_manifest
 from pimpic.data.datasets import read_dataset
-from pimpic.data.preprocess import Settings, load_and_preprocess
+from pimpic.data.preprocess import Settings, content_sha256, load_and_preprocess
 from pimpic.data.splits import check_split_request, read_split_file, settle_split, split_digest
 from pimpic.errors import PimpicError
 from pimpic.io import (
@@ -179,7 +179,8 @@ def _remove(path: Path, cases_dir: Path) -> None:
 def _stale_reason(d: Path, case: dict[str, Any], settings: Settings) -> str | None:
     """None if case folder ``d`` is finished and current; ``""`` if it is missing or
     incomplete; otherwise why it must be redone. An input whose mtime moved but whose content
-    did not is recorded again, so the next run need not hash it."""
+    did not is recorded again, so the next run need not hash it, and a case cached before
+    ``content_sha256`` existed gets it (from its unchanged image) without being redone."""
     if not (d / "meta.json").is_file() or not (d / "image.npy").is_file():
         return ""
     try:
@@ -214,6 +215,12 @@ def _stale_reason(d: Path, case: dict[str, Any], settings: Settings) -> str | No
             return ""  # unreadable now: processing reports it
         rec["mtime_ns"] = st.st_mtime_ns
         refreshed = True
+    if not meta.get("content_sha256"):  # cached by an older pimpic: the leakage guard needs it
+        try:
+            meta["content_sha256"] = content_sha256(case["image"])
+        except PimpicError:
+            return ""
+        refreshed = True
     if refreshed:
         write_json(d / "meta.json", meta)
     return None
@@ -227,6 +234,8 @@ def _process(case: dict[str, Any], cases_dir: Path, settings: Settings) -> str |
                    for k in INPUTS}
     except OSError:
         sources = None  # a missing file: load_and_preprocess names it
+    except PimpicError as err:
+        return f"case {case['id']}: {err}"
     try:
         image, label, meta = load_and_preprocess(case["image"], case["label"], settings,
                                                  case.get("label_values"))

@@ -6,9 +6,17 @@ One case goes through MONAI's dictionary transforms::
     → Spacingd(1.5 mm, image bilinear / label nearest)
     → ScaleIntensityRanged([-200, 400] HU → [0, 1], clipped) → [CropForegroundd(body)]
 
-Before any voxel is read the NIfTI headers are checked (3D, a usable affine, image and label on
-the same grid), and after loading the voxels are (finite image, label values among the declared
-ones), so a bad case fails with a one-line :class:`PimpicError` naming the file.
+Before any voxel is read the NIfTI headers are checked (a regular file, 3D, real-valued, a
+usable affine whose voxel sizes agree with the header's ``pixdim``, image and label on the same
+grid, and not the same file), and after loading the voxels are (finite image, label values
+among the declared ones), so a bad case fails with a one-line :class:`PimpicError` naming the
+file.
+
+A header whose ``pixdim`` disagrees with its sform is refused, not repaired: MONAI's reader
+would silently replace the sform by the qform (or the pixdim by the sform), and which of the
+two is stale cannot be told from the file — a wrong guess gives the scan another size,
+orientation and origin. The criterion is MONAI's own (``np.allclose`` of ``pixdim`` and the
+affine's column norms), so every file that passes is read with exactly nibabel's affine.
 
 A usable affine is finite and non-singular (every voxel axis longer than ``MIN_SPACING_MM``,
 the smallest singular value above ``1e-6`` of the largest) and **not sheared**: its voxel axes
@@ -17,6 +25,12 @@ A sheared grid (an uncorrected CT gantry tilt) is refused rather than resampled,
 pipeline after it — RAS reorientation, a spacing per axis, patch boxes in millimetres, the way
 back to the source grid — assumes perpendicular axes; resample such a volume onto an orthogonal
 grid first (``dcm2niix`` corrects gantry tilt by default). Rotated (oblique) grids are fine.
+
+The per-case ``meta`` also records ``content_sha256``: the SHA-256 of the source voxels as float32
+after the RAS reorientation, before resampling, windowing, cropping or the cache's dtype
+(:func:`content_sha256`). The same scan saved under another name, file format or integer type
+gives the same value, whatever the cache's settings; the leakage guard
+(:mod:`pimpic.data.leakage`) compares it.
 
 The per-case ``meta`` records both grids: ``affine`` maps a preprocessed voxel index to world
 millimetres (RAS, crop offset included) and ``original_affine`` does the same for the source
@@ -27,6 +41,9 @@ The whole-dataset runner (parallel, resumable cache writer) is :mod:`pimpic.data
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,16 +104,30 @@ class Settings:
         return cls(**kwargs)
 
 
+def check_regular_file(path: Path, what: str) -> None:
+    """Refuse a missing path, and a device, FIFO or socket (``/dev/zero`` would be read forever)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        raise PimpicError(f"{path}: {what} file not found") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a device" if stat.S_ISCHR(mode)
+                or stat.S_ISBLK(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a socket"
+                if stat.S_ISSOCK(mode) else "not a regular file")
+        raise PimpicError(f"{path}: {what} is {kind}, not a regular NIfTI file")
+
+
 def _header(path: Path, what: str) -> tuple[tuple[int, ...], np.ndarray]:
     """Shape and affine of a NIfTI file without reading its voxels."""
     import nibabel as nib
 
-    if not path.is_file():
-        raise PimpicError(f"{path}: {what} file not found")
+    check_regular_file(path, what)
     try:
         img: Any = nib.load(str(path))
         shape = tuple(int(s) for s in img.shape)
         affine = np.asarray(img.affine, dtype=np.float64)
+        zooms = np.asarray(img.header.get_zooms()[:3], dtype=np.float64)
+        dtype = np.dtype(img.get_data_dtype())
     except Exception as err:  # nibabel raises many types for damaged files
         raise PimpicError(f"{path}: corrupt or truncated NIfTI, unreadable header "
                           f"({_short(err)})") from None
@@ -105,7 +136,18 @@ def _header(path: Path, what: str) -> tuple[tuple[int, ...], np.ndarray]:
                           "expected a 3D volume")
     if min(shape) < 1:
         raise PimpicError(f"{path}: {what} has an empty axis (shape {shape})")
+    if dtype.kind not in "biuf":
+        raise PimpicError(f"{path}: {what} voxels are {dtype} ("
+                          f"{'complex' if dtype.kind == 'c' else 'not real numbers'}); "
+                          "expected real-valued intensities")
     _check_affine(affine, path, what)
+    # MONAI's correct_nifti_header_if_necessary rewrites any header failing this test
+    if not np.allclose(zooms, np.linalg.norm(affine[:3, :3], axis=0)):
+        norms = ", ".join(f"{v:.4g}" for v in np.linalg.norm(affine[:3, :3], axis=0))
+        raise PimpicError(f"{path}: {what} header is inconsistent: pixdim says "
+                          f"{', '.join(f'{v:.4g}' for v in zooms)} mm voxels but the affine "
+                          f"(sform) says {norms} mm; fix the header so both describe the scan's "
+                          "true geometry (pimpic will not guess which one is stale)")
     return shape, affine
 
 
@@ -136,18 +178,11 @@ def _short(err: BaseException) -> str:
 
 
 def _transforms(keys: list[str], settings: Settings) -> Any:
-    from monai.transforms import (
-        Compose,
-        CropForegroundd,
-        Orientationd,
-        ScaleIntensityRanged,
-        Spacingd,
-    )
+    from monai.transforms import Compose, CropForegroundd, ScaleIntensityRanged, Spacingd
 
     low, high = settings.window
     modes = ["bilinear", "nearest"][: len(keys)]
     steps: list[Any] = [
-        Orientationd(keys, axcodes="RAS", labels=None),  # None: RAS, no warning
         # float32 compute: float64 (the default) doubles time and memory for no visible gain
         Spacingd(keys, pixdim=settings.spacing, mode=modes, dtype=np.float32),
         ScaleIntensityRanged("image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True),
@@ -161,6 +196,37 @@ def _transforms(keys: list[str], settings: Settings) -> Any:
 
 def _above_floor(x: Any) -> Any:
     return x > 0
+
+
+def _load_ras(data: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """Read ``data[key]`` (paths, headers already checked) as channel-first float32
+    MetaTensors with nibabel's affine, reoriented to RAS."""
+    from monai.transforms import LoadImaged, Orientationd
+
+    for key in keys:
+        try:
+            data = LoadImaged(key, reader="NibabelReader", ensure_channel_first=True)(data)
+        except Exception as err:  # truncated gzip, bad payload, ...
+            raise PimpicError(f"{data[key]}: corrupt or truncated NIfTI ({_short(err)})") from None
+    orient: Any = Orientationd(keys, axcodes="RAS", labels=None)  # None: RAS, no warning
+    out: dict[str, Any] = orient(data)
+    return out
+
+
+def _voxels_sha256(image: Any) -> str:
+    """SHA-256 of a ``(1, X, Y, Z)`` RAS image's shape and float32 voxel values."""
+    arr = np.ascontiguousarray(np.asarray(image.numpy()[0], dtype=np.float32))
+    digest = hashlib.sha256(f"{arr.shape}|".encode())
+    digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+def content_sha256(image_path: str | Path) -> str:
+    """The ``content_sha256`` :func:`load_and_preprocess` records for an image file (module
+    docstring): equal for the same voxels under another name, format or integer type."""
+    path = Path(image_path)
+    _header(path, "image")
+    return _voxels_sha256(_load_ras({"image": str(path)}, ["image"])["image"])
 
 
 def load_and_preprocess(
@@ -181,10 +247,10 @@ def load_and_preprocess(
         ``image`` (X, Y, Z) float32 in [0, 1], RAS at ``settings.spacing``; ``label`` (X, Y, Z)
         uint8 or None; ``meta`` with ``shape``, ``spacing``, ``affine`` (preprocessed grid,
         crop included), ``original_affine``, ``original_shape``, ``original_spacing``,
-        ``crop_box`` (``[[start], [end]]`` in the resampled grid) and ``label_values``.
+        ``crop_box`` (``[[start], [end]]`` in the resampled grid), ``label_values`` and
+        ``content_sha256`` (:func:`content_sha256`).
     """
     import torch
-    from monai.transforms import LoadImaged
 
     image_path = Path(image_path)
     shape, affine = _header(image_path, "image")
@@ -199,19 +265,18 @@ def load_and_preprocess(
         if not np.allclose(laffine, affine, rtol=1e-4, atol=1e-3):
             raise PimpicError(f"{label_path}: label affine differs from the image affine "
                               f"({image_path.name})")
+        if os.path.samefile(image_path, label_path):
+            raise PimpicError(f"{image_path}: the image is the label file {label_path} (a "
+                              "link to it?); point the image at the CT scan")
         keys.append("label")
         data["label"] = str(label_path)
 
-    for key in keys:
-        try:
-            data = LoadImaged(key, reader="NibabelReader", ensure_channel_first=True)(data)
-        except Exception as err:  # truncated gzip, bad payload, ...
-            raise PimpicError(f"{data[key]}: corrupt or truncated NIfTI ({_short(err)})") from None
-
+    data = _load_ras(data, keys)
     if not bool(torch.isfinite(data["image"]).all()):
         raise PimpicError(f"{image_path}: image holds NaN or Inf voxels")
     if "label" in data:
         _check_label_values(data["label"], label_path, label_values)  # type: ignore[arg-type]
+    content = _voxels_sha256(data["image"])
 
     data = _transforms(keys, settings)(data)
     image = data["image"]
@@ -234,6 +299,7 @@ def load_and_preprocess(
         "crop_box": crop_box,
         "has_label": label_np is not None,
         "label_values": sorted(int(v) for v in np.unique(label_np)) if label_np is not None else [],
+        "content_sha256": content,
     }
     return image_np, label_np, meta
 

@@ -9,6 +9,7 @@ affine whatever its orientation and spacing. Labels: 0 background, 1 organ, 2 tu
 from __future__ import annotations
 
 import gzip
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ from pimpic.segmentation.model_file import load_model
 from pimpic.training.device import resolve_device
 
 SUFFIXES = (".nii.gz", ".nii")
+#: what ``predict`` appends to an image's name for its mask
+MASK_SUFFIX = "_seg"
+log = logging.getLogger(__name__)
 
 
 def _stem(path: Path) -> str:
@@ -36,15 +40,22 @@ def _stem(path: Path) -> str:
 
 
 def collect_images(images: Iterable[str | Path]) -> list[Path]:
-    """Files and folders (their ``.nii``/``.nii.gz`` files, hidden ones skipped) → sorted files."""
+    """Files and folders (their ``.nii``/``.nii.gz`` files; hidden ones and the
+    ``*_seg.nii.gz`` masks of an earlier ``predict`` skipped) → sorted files."""
     found: list[Path] = []
     for item in images:
         p = Path(item)
         if p.is_dir():
             files = sorted(f for f in p.iterdir() if f.is_file() and f.name.endswith(SUFFIXES)
                            and not f.name.startswith("."))
+            masks = [f for f in files if _stem(f).endswith(MASK_SUFFIX)]
+            if masks:
+                log.info("%s: skipping %d earlier mask(s) (*%s.nii.gz, e.g. %s); name an image "
+                         "file to segment it anyway", p, len(masks), MASK_SUFFIX, masks[0].name)
+            files = [f for f in files if f not in masks]
             if not files:
-                raise PimpicError(f"{p}: folder holds no .nii/.nii.gz images")
+                raise PimpicError(f"{p}: folder holds no .nii/.nii.gz images"
+                                  + (f" besides {len(masks)} earlier mask(s)" if masks else ""))
             found.extend(files)
         elif p.is_file():
             if not p.name.endswith(SUFFIXES):
@@ -122,7 +133,7 @@ def predict(
         seg.header.set_qform(src.affine, code=int(src.header["qform_code"]) or 1)
         seg.header.set_sform(src.affine, code=int(src.header["sform_code"]) or 1)
         seg.header.set_xyzt_units(*src.header.get_xyzt_units())
-        target = out / f"{_stem(path)}_seg.nii.gz"
+        target = out / f"{_stem(path)}{MASK_SUFFIX}.nii.gz"
         with atomic_path(target) as tmp:
             tmp.write_bytes(gzip.compress(seg.to_bytes(), compresslevel=6))
         written.append(target)
