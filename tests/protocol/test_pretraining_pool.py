@@ -104,3 +104,19 @@ def test_experiment_refuses_an_nnunet_backbone_for_pimpic_fine_tuning(make_cache
 
     with pytest.raises(ValueError, match="export nnunet"):
         _cfg(task, pretrain=PretrainConfig(backbone="nnunet", nnunet_plans="x.json"))
+
+
+def test_experiment_refuses_a_pool_holding_a_test_scan_prepared_otherwise(
+        make_cache: Any, tmp_path: Path, stubs: Stubs) -> None:
+    """Issue #23 L03/L04b: the pool prepared with another dtype or crop holds other arrays of
+    the same scan; the content hash (source voxels, before any setting) still matches."""
+    task = make_cache(n_cases=10, shape=(24, 24, 24))
+    pool = _pool(make_cache)
+    test = Cache(task).splits()["test"]
+    for cache, cid in ((task, test[1]), (pool, "pool_002")):
+        meta_path = cache / "cases" / cid / "meta.json"
+        write_json(meta_path, {**read_json(meta_path), "content_sha256": "cd" * 32})
+    cfg = _cfg(task, pretrain_cache=str(pool), methods=("random", "pimpic"), fractions=(100,))
+    with pytest.raises(PimpicError, match=rf"{test[1]} = pool_002 \(same voxels\)"):
+        run_experiment(cfg, tmp_path / "exp", progress=False, on_stage=None, report=False)
+    assert stubs.calls["pretrain"] == 0

@@ -1,40 +1,68 @@
 """The leakage guard between a pretraining pool and a task's held-out cases.
 
-When an experiment pretrains on one dataset (a large unlabelled pool) and fine-tunes on
-another (the labelled task), a test case of the task that is also in the pool would have been
-seen in pretraining, and its score would flatter the encoder. The same scan often sits in two
-collections under different names or folder layouts, so ids alone do not find it. A test case
-counts as in the pool when
+A test case of the task that was also in an encoder's pretraining pool would have been seen in
+pretraining, and its score would flatter the encoder. The same scan often sits in two
+collections under different names, file formats, integer types or cache settings, so ids alone
+do not find it. A test case counts as in the pool when
 
 * its **case id** is a pool case id, or
-* its **input file** has the SHA-256 of a pool case's input (``sources.image.sha256`` in the
-  case's ``meta.json``, recorded by ``pimpic prepare``), or
-* its **cached array** equals a pool case's: same shape, dtype and bytes (SHA-256), which also
-  catches the same scan converted to another file format. Only pool arrays whose shape equals
-  a test array's shape are read, so the check costs almost nothing on a real pool.
+* its **content** equals a pool case's: ``content_sha256``, the SHA-256 of the source voxels as
+  float32 after RAS reorientation, before resampling, windowing, cropping or the cache's dtype
+  (recorded per case by ``pimpic prepare``, :func:`pimpic.data.preprocess.content_sha256`), or
+* its **input file** has the SHA-256 of a pool case's input (``sources.image.sha256``), or
+* (pools checked directly, as ``pimpic experiment`` does) its **cached array** equals a pool
+  case's: same shape, dtype and bytes. Only pool arrays whose shape equals a test array's shape
+  are read, so the check costs almost nothing on a real pool.
+
+Where an encoder meets a test split (``pimpic finetune``, ``pimpic evaluate`` and every cell of
+``pimpic experiment``), the pool is what the encoder records about itself: ``pretrain_cases``
+and ``pretrain_hashes`` (:func:`pool_record`: id → ``{"content", "input"}``) in its metadata,
+written by pretraining. The pool needs not exist any more.
+
+What cannot be compared is said, never passed over: a pool case without a content hash (an
+nnU-Net preprocessed pool whose raw images are not found, a cache or an encoder made by an
+older pimpic) and test cases without one are compared by what they have (id, input file) and
+a warning names how many.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from pimpic.errors import PimpicError
 
+log = logging.getLogger(__name__)
 
-def _source_sha(source: Any, case_id: str) -> str | None:
-    meta = getattr(source, "meta", None)
-    if meta is None:
-        return None
+#: what a case's identity holds: the content hash and the input file's hash (None: unknown)
+Hashes = dict[str, str | None]
+
+
+def case_hashes(source: Any, case_id: str) -> Hashes:
+    """``{"content", "input"}`` SHA-256s of one case of a cache (its ``meta.json``) or of any
+    source offering ``case_hashes(case_id)`` (an nnU-Net preprocessed folder)."""
+    own = getattr(source, "case_hashes", None)
+    if callable(own):
+        found: Hashes = own(case_id)
+        return found
     try:
-        rec = (meta(case_id).get("sources") or {}).get("image") or {}
-    except PimpicError:
-        return None
-    sha = rec.get("sha256") if isinstance(rec, dict) else None
-    return str(sha) if sha else None
+        meta = source.meta(case_id)
+    except (AttributeError, PimpicError):
+        return {"content": None, "input": None}
+    image = (meta.get("sources") or {}).get("image")
+    sha = image.get("sha256") if isinstance(image, dict) else None
+    content = meta.get("content_sha256")
+    return {"content": str(content) if content else None, "input": str(sha) if sha else None}
+
+
+def pool_record(source: Any, case_ids: Sequence[str]) -> dict[str, Hashes]:
+    """id → :func:`case_hashes` of every pool case: what an encoder records as
+    ``pretrain_hashes`` (no paths or times, so equal runs write equal files)."""
+    return {cid: case_hashes(source, cid) for cid in case_ids}
 
 
 def array_sha256(image: Any) -> str:
@@ -45,45 +73,93 @@ def array_sha256(image: Any) -> str:
     return h.hexdigest()
 
 
+def record_overlap(pool_ids: Sequence[str], pool: Mapping[str, Mapping[str, Any]],
+                   task: Any, test_ids: Sequence[str]) -> list[str]:
+    """``"<test id> = <pool id> (by id | same voxels | same input file SHA-256)"`` for every
+    test case of ``task`` found in a pool given by its ids and :func:`pool_record`; unknown
+    hashes never match. Warns when some cases could not be compared by content."""
+    found: dict[str, str] = {}
+    ids = set(pool_ids)
+    index: dict[tuple[str, str], str] = {}
+    for pid in pool_ids:
+        rec = pool.get(pid) or {}
+        for kind in ("content", "input"):
+            if isinstance(rec.get(kind), str):
+                index.setdefault((kind, rec[kind]), pid)
+    how = {"content": "same voxels", "input": "same input file SHA-256"}
+    unknown = 0
+    for cid in test_ids:
+        if cid in ids:
+            found[cid] = f"{cid} = {cid} (by id)"
+            continue
+        mine = case_hashes(task, cid)
+        unknown += mine["content"] is None
+        for kind in ("content", "input"):
+            sha = mine[kind]
+            same = index.get((kind, sha)) if sha else None
+            if same is not None:
+                found[cid] = f"{cid} = {same} ({how[kind]})"
+                break
+    blind = sum(not isinstance((pool.get(p) or {}).get("content"), str) for p in pool_ids)
+    if blind or unknown:
+        log.warning(
+            "leakage check incomplete: %s; those were compared by case id and input file only "
+            "(rerun `pimpic prepare` on a cache made by an older pimpic; for an nnU-Net "
+            "preprocessed pool, set nnUNet_raw to its raw dataset before pretraining)",
+            " and ".join(x for x in (
+                f"{blind} of {len(pool_ids)} pretraining case(s) have no content hash"
+                if blind else "",
+                f"{unknown} of {len(test_ids)} test case(s) of {getattr(task, 'root', task)} "
+                "have none" if unknown else "") if x))
+    return [found[c] for c in test_ids if c in found]
+
+
 def pool_overlap(task: Any, test_ids: Sequence[str], pool: Any,
                  pool_ids: Sequence[str]) -> list[str]:
-    """``"<test id> = <pool id> (by id | input SHA-256 | array)"`` for every test case of
-    ``task`` found in ``pool`` (both: a cache or any source with ``image(id)``)."""
+    """:func:`record_overlap` of a pool at hand (a cache or an nnU-Net preprocessed folder),
+    and, for a cache, cached arrays equal to a test case's (``same cached array``)."""
     found: dict[str, str] = {}
-    pool_set = set(pool_ids)
-    for cid in test_ids:
-        if cid in pool_set:
-            found[cid] = f"{cid} = {cid} (by id)"
-    by_sha: dict[str, str] = {}
-    for pid in pool_ids:
-        sha = _source_sha(pool, pid)
-        if sha:
-            by_sha.setdefault(sha, pid)
-    for cid in test_ids:
-        sha = _source_sha(task, cid)
-        if cid not in found and sha and sha in by_sha:
-            found[cid] = f"{cid} = {by_sha[sha]} (same input file SHA-256)"
-    shapes: dict[tuple[int, ...], list[str]] = {}
-    for cid in test_ids:
-        if cid not in found:
-            shapes.setdefault(tuple(task.image(cid).shape), []).append(cid)
-    hashes: dict[str, str] = {}
-    for cids in shapes.values():
-        for cid in cids:
-            hashes[array_sha256(task.image(cid))] = cid
-    for pid in pool_ids:
-        if tuple(pool.image(pid).shape) in shapes:
-            same = hashes.get(array_sha256(pool.image(pid)))
-            if same is not None and same not in found:
-                found[same] = f"{same} = {pid} (same cached array)"
+    for line in record_overlap(pool_ids, pool_record(pool, pool_ids), task, test_ids):
+        found[line.split(" = ", 1)[0]] = line
+    if hasattr(pool, "meta"):  # a pimpic cache: its arrays are comparable with the task's
+        shapes: dict[tuple[int, ...], list[str]] = {}
+        for cid in test_ids:
+            if cid not in found:
+                shapes.setdefault(tuple(task.image(cid).shape), []).append(cid)
+        hashes = {array_sha256(task.image(cid)): cid for cids in shapes.values() for cid in cids}
+        for pid in pool_ids:
+            if tuple(pool.image(pid).shape) in shapes:
+                same = hashes.get(array_sha256(pool.image(pid)))
+                if same is not None and same not in found:
+                    found[same] = f"{same} = {pid} (same cached array)"
     return [found[c] for c in test_ids if c in found]
+
+
+def _refusal(where: Any, what: str, both: list[str], split: str = "test") -> PimpicError:
+    return PimpicError(
+        f"{where}: {what} holds {len(both)} of the task's {split} case(s) "
+        f"({'; '.join(both[:5])}{'; …' if len(both) > 5 else ''}); remove them from the "
+        "pool and pretrain again, or evaluate on other cases")
 
 
 def check_pool(task: Any, test_ids: Sequence[str], pool: Any, pool_ids: Sequence[str]) -> None:
     """Refuse, in one line, a pool that holds any of the task's test cases."""
     both = pool_overlap(task, test_ids, pool, pool_ids)
     if both:
-        raise PimpicError(
-            f"{pool.root}: the pretraining pool holds {len(both)} of the task's test case(s) "
-            f"({'; '.join(both[:5])}{'; …' if len(both) > 5 else ''}); remove them from the "
-            "pool or evaluate on other cases")
+        raise _refusal(pool.root, "the pretraining pool", both)
+
+
+def check_encoder_pool(where: Any, encoder_meta: Mapping[str, Any] | None, task: Any,
+                       test_ids: Sequence[str], split: str = "test") -> None:
+    """Refuse, in one line naming ``where``, an encoder (its metadata) pretrained on any of
+    ``test_ids`` (the task's ``split``), compared by id and by the hashes it records
+    (:func:`pool_record`)."""
+    if not encoder_meta:
+        return
+    pool_ids = [str(c) for c in encoder_meta.get("pretrain_cases") or ()]
+    hashes = encoder_meta.get("pretrain_hashes")
+    if not isinstance(hashes, dict):
+        hashes = {}
+    both = record_overlap(pool_ids, hashes, task, test_ids)
+    if both:
+        raise _refusal(where, "the encoder's pretraining pool", both, split)

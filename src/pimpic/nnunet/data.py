@@ -16,11 +16,17 @@ engine reads: ``root``, ``manifest`` (what a resumed run must share), ``settings
 are never preprocessed) and ``image(case_id)`` — channel 0 as a lazily read ``(D, H, W)`` array.
 Intensities are z-scores, not the [0, 1] of a pimpic cache: padding (``sampler.pad_value``, 0)
 is then the foreground mean, as in nnU-Net's own padding.
+
+The leakage guard (:mod:`pimpic.data.leakage`) cannot compare those arrays with a pimpic cache
+(cropped, resampled, z-scored): :meth:`PreprocessedFolder.case_hashes` hashes the case's *raw*
+image instead, found where nnU-Net keeps it (``$nnUNet_raw/<dataset_name>/imagesTr/
+<case>_0000<file_ending>``). Without it a case is compared by id only, and the guard says so.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -28,7 +34,9 @@ from typing import Any
 import numpy as np
 
 from pimpic.data.cache import Cache
+from pimpic.data.preprocess import content_sha256
 from pimpic.errors import PimpicError
+from pimpic.io import file_digest
 from pimpic.nnunet.plans import NnunetPlan, load_plan
 
 FORMAT = "nnunet-preprocessed"
@@ -152,6 +160,26 @@ class PreprocessedFolder:
         return {"format": FORMAT, "plans": plan.path.name, "configuration": plan.name,
                 "dataset_name": plan.plans.get("dataset_name"), "settings": self.settings,
                 "cases": self.case_ids}
+
+    @cached_property
+    def raw_images(self) -> Path | None:
+        """The raw dataset's ``imagesTr/`` (``$nnUNet_raw/<dataset_name>/imagesTr``) if found."""
+        raw = os.environ.get("nnUNet_raw")  # noqa: SIM112 (nnU-Net's own name)
+        name = self.plan.plans.get("dataset_name")
+        folder = Path(raw) / str(name) / "imagesTr" if raw and name else None
+        return folder if folder is not None and folder.is_dir() else None
+
+    def case_hashes(self, case_id: str) -> dict[str, str | None]:
+        """``{"content", "input"}`` SHA-256s of the case's raw channel-0 image (as a pimpic
+        cache records them), or None each where the raw image is not found."""
+        ending = ".nii.gz"
+        if (self.root.parent / "dataset.json").is_file():
+            with open(self.root.parent / "dataset.json") as fh:
+                ending = str(json.load(fh).get("file_ending", ending))
+        path = self.raw_images / f"{case_id}_0000{ending}" if self.raw_images else None
+        if path is None or not path.is_file() or not ending.endswith((".nii", ".nii.gz")):
+            return {"content": None, "input": None}
+        return {"content": content_sha256(path), "input": file_digest(path)}
 
     def image(self, case_id: str, mmap: bool = True) -> Any:
         """Channel 0 of the case, ``(D, H, W)`` in the plan's transposed axes, read lazily."""

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +47,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pimpic import envinfo, registry
 from pimpic.config import PretrainConfig, build_config, plain, save_config, to_dict
+from pimpic.data.leakage import pool_record
 from pimpic.data.loader import VolumeStream, make_loader
 from pimpic.energy import EnergyMeter
 from pimpic.errors import PimpicError
@@ -71,6 +73,8 @@ from pimpic.training.distributed import Dist, setup
 from pimpic.training.guard import PRETRAIN_PRECISION, check_finite, step_values
 from pimpic.training.monitor import Monitor, truncate_metrics
 from pimpic.training.run_folder import RunFolder, json_sha256
+
+log = logging.getLogger(__name__)
 
 #: what a pretraining run writes into its folder (and ``--overwrite`` may remove)
 ARTEFACTS = (CONFIG, ENV, RUN_INFO, METRICS, TENSORBOARD, CHECKPOINT, METHOD_FILE, ENCODER_FILE,
@@ -143,9 +147,11 @@ def _pretrain(dist: Dist, cache_root: Path, run_dir: Path, cfg: PretrainConfig, 
     else:
         ckpt.seed_all(cfg.seed, dist.rank, 0)
 
+    hashes: dict[str, Any] = {}
     if dist.is_main:
         folder.start(resuming=state is not None)
         _write_run_files(run_dir, cache, cfg, ids, dist, resumed_from=start if state else None)
+        hashes = _pool_hashes(cache, ids)
     dist.barrier()
 
     stream = VolumeStream(cache, ids, spec.build_sampler(cfg), volumes=cfg.volumes,
@@ -205,7 +211,7 @@ def _pretrain(dist: Dist, cache_root: Path, run_dir: Path, cfg: PretrainConfig, 
     total = energy_before + dist.sum(mine)
     encoder_path = run_dir / ENCODER_FILE
     if dist.is_main:
-        _export(run_dir, module, cache, cfg, ids)
+        _export(run_dir, module, cache, cfg, ids, hashes)
         write_json(run_dir / ENERGY, {
             **result, "joules": total, "kwh": total / 3.6e6, "seconds": monitor.elapsed_s,
             "world_size": dist.world_size, "steps": cfg.steps,
@@ -269,8 +275,21 @@ def _save(run_dir: Path, dist: Dist, module: nn.Module, optimizer: torch.optim.O
             "rng": rngs, "config": to_dict(cfg), "elapsed_s": elapsed_s, "energy_j": energy_j})
 
 
+def _pool_hashes(cache: Any, ids: list[str]) -> dict[str, Any]:
+    """What the encoder records about its pool for the leakage guard (:mod:`pimpic.data.
+    leakage`); says, before training, which cases it cannot identify by content."""
+    hashes = pool_record(cache, ids)
+    blind = sum(h["content"] is None for h in hashes.values())
+    if blind:
+        log.warning("%s: %d of %d pretraining case(s) have no content hash (an nnU-Net pool "
+                    "without its raw images under $nnUNet_raw, or a cache made by an older "
+                    "pimpic); the leakage guard can compare them by case id and input file only",
+                    cache.root, blind, len(ids))
+    return hashes
+
+
 def _export(run_dir: Path, module: nn.Module, cache: Any, cfg: PretrainConfig,
-            ids: list[str]) -> None:
+            ids: list[str], hashes: dict[str, Any]) -> None:
     # clone: safetensors refuses tensors that share storage (e.g. tied or EMA-initialised heads)
     state = {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
     save_safetensors(state, run_dir / METHOD_FILE, {"format": "pimpic-method",
@@ -280,7 +299,7 @@ def _export(run_dir: Path, module: nn.Module, cache: Any, cfg: PretrainConfig,
         "patch_size": plain(cfg.patch_size), "spacing": list(settings["spacing"]),
         "window": list(settings["window"]) if settings.get("window") is not None else None,
         "method": cfg.method, "steps": cfg.steps,
-        "pretrain_cases": ids})
+        "pretrain_cases": ids, "pretrain_hashes": hashes})
 
 
 # --------------------------------------------------------------------------- loop helpers

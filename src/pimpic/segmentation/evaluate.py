@@ -26,6 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pimpic.data.cache import Cache
+from pimpic.data.leakage import check_encoder_pool
 from pimpic.data.preprocess import to_original_grid
 from pimpic.errors import PimpicError
 from pimpic.io import atomic_open, write_json
@@ -37,17 +38,17 @@ from pimpic.training.device import resolve_device
 from pimpic.training.run_folder import mark_evaluation
 
 
-def _check_held_out(run_dir: Path, split: str, case_ids: list[str], info: ModelInfo) -> None:
-    """A case seen in pretraining or fine-tuning cannot measure generalisation."""
-    seen = {"fine-tuning set": set(info.train_cases),
-            "pretraining pool": set(info.pretrain_cases)}
-    for what, ids in seen.items():
-        both = [c for c in case_ids if c in ids]
-        if both:
-            raise PimpicError(
-                f"{run_dir}: split '{split}' has {len(both)} case(s) that were in the {what} "
-                f"({', '.join(both[:5])}{', …' if len(both) > 5 else ''}); evaluate on held-out "
-                "cases (--split test)")
+def _check_held_out(run_dir: Path, split: str, case_ids: list[str], info: ModelInfo,
+                    cache: Cache) -> None:
+    """A case seen in fine-tuning (by id) or in pretraining (by id or content,
+    :func:`pimpic.data.leakage.check_encoder_pool`) cannot measure generalisation."""
+    both = [c for c in case_ids if c in set(info.train_cases)]
+    if both:
+        raise PimpicError(
+            f"{run_dir}: split '{split}' has {len(both)} case(s) that were in the fine-tuning "
+            f"set ({', '.join(both[:5])}{', …' if len(both) > 5 else ''}); evaluate on held-out "
+            "cases (--split test)")
+    check_encoder_pool(run_dir, info.pretrain_pool, cache, case_ids, split)
 
 
 def _check_settings(cache: Cache, info: ModelInfo) -> None:
@@ -133,7 +134,7 @@ def evaluate(
     case_ids = list(splits.get(split) or [])
     if not case_ids:
         raise PimpicError(f"{cache.root}: split '{split}' has no cases")
-    _check_held_out(run_dir, split, case_ids, info)
+    _check_held_out(run_dir, split, case_ids, info, cache)
     missing = [c for c in case_ids if cache.label(c) is None]
     if missing:
         raise PimpicError(f"{cache.root}: case(s) without a label in split '{split}': "

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from pimpic.config import FinetuneConfig, save_config, to_dict
 from pimpic.data.cache import Cache
+from pimpic.data.leakage import check_encoder_pool
 from pimpic.data.splits import fraction_cases
 from pimpic.energy import EnergyMeter
 from pimpic.envinfo import collect
@@ -160,6 +161,8 @@ def finetune(
         cfg: the fine-tuning configuration.
         encoder: an ``encoder.safetensors`` export, or None for the from-scratch baseline.
         allow: checked metadata names whose mismatch is accepted (e.g. ``patch_size``).
+            An encoder pretrained on any of the cache's test cases is refused
+            (:func:`pimpic.data.leakage.check_encoder_pool`), whatever is allowed.
         resume: continue from ``checkpoint.pt``; refused without one, or when the config
             (beyond its caps and machinery), the cache, the cases or the encoder changed.
         overwrite: remove what an earlier fine-tuning run wrote into ``run_dir`` first
@@ -174,6 +177,7 @@ def finetune(
     device = resolve_device(cfg.device)
     # validate everything before touching the run folder: a refused setup leaves no trace
     model, enc_meta = build_model(cfg, cache, encoder, allow)
+    check_encoder_pool(encoder, enc_meta, cache, list(cache.splits().get("test") or []))
     identity = _identity(cache, train_ids, val_ids, encoder)
     folder = RunFolder(run_dir, "finetune", RUN_ARTIFACTS)
     resuming = folder.check(resume=resume, overwrite=overwrite)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,8 @@ class ModelInfo:
     #: cases it was fine-tuned on, and cases its encoder was pretrained on
     train_cases: tuple[str, ...] = ()
     pretrain_cases: tuple[str, ...] = ()
+    #: what its encoder records about its pool (``pretrain_cases``, ``pretrain_hashes``)
+    pretrain_pool: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any], run: Mapping[str, Any]) -> ModelInfo:
@@ -90,7 +92,9 @@ class ModelInfo:
                    inference=InferenceSettings.from_meta(meta.get("inference")),
                    cache=str(run["cache"]) if run.get("cache") else None,
                    train_cases=tuple(run.get("train_cases") or ()),
-                   pretrain_cases=tuple(encoder.get("pretrain_cases") or ()))
+                   pretrain_cases=tuple(encoder.get("pretrain_cases") or ()),
+                   pretrain_pool={k: encoder[k] for k in ("pretrain_cases", "pretrain_hashes")
+                                  if k in encoder})
 
 
 def load_model(run_dir: str | Path) -> tuple[SegmentationNet, ModelInfo]:
