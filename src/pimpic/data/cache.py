@@ -116,6 +116,39 @@ class Cache:
         """The pretraining pool: exactly the training split (all cases if unsplit)."""
         return list(self.splits()["train"]) if self.has_splits() else self.case_ids
 
+    def input_sha256(self, case_ids: Sequence[str],
+                     keys: Sequence[str] = ("image", "label")) -> dict[str, dict[str, Any]]:
+        """id → ``{key: SHA-256 of that input file}`` as ``prepare`` recorded it (None: not
+        recorded). The manifest lists ids only, so this is what tells a case redone with
+        other inputs from the one a run was made on."""
+        out: dict[str, dict[str, Any]] = {}
+        for cid in case_ids:
+            sources = self.meta(cid).get("sources")
+            recs = [sources.get(k) if isinstance(sources, dict) else None for k in keys]
+            out[cid] = {k: r.get("sha256") if isinstance(r, dict) else None
+                        for k, r in zip(keys, recs, strict=True)}
+        return out
+
+
+def check_same_inputs(saved: Any, now: Mapping[str, Mapping[str, Any]] | None, what: str,
+                      advice: str) -> None:
+    """Refuse, in one line (``"<what> — … ; <advice>"``), when a case of ``saved`` (an earlier
+    :meth:`Cache.input_sha256`) now has other inputs; a run that recorded none (an older
+    pimpic, a source that is not a cache) is not compared."""
+    if not isinstance(saved, dict) or now is None:
+        return
+    changed = []
+    for cid, old in saved.items():
+        new = dict(now.get(cid) or {})
+        keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)] \
+            if cid in now and isinstance(old, dict) else []
+        if keys:
+            changed.append(f"{cid} ({', '.join(keys)})")
+    if changed:
+        raise PimpicError(f"{what} — {len(changed)} case(s) were redone by `pimpic prepare` "
+                          f"with other input files since: {', '.join(changed[:5])}"
+                          f"{', …' if len(changed) > 5 else ''}; {advice}")
+
 
 def write_manifest(root: str | Path, settings: Mapping[str, Any], cases: Sequence[str], *,
                    source: str, layout: str) -> None:

@@ -24,10 +24,11 @@ rank's RNG state, and the data stream is a pure function of the step, so on CPU 
 is bit-for-bit the run that was never stopped.
 
 Run folder (created, resumed and overwritten by :class:`~pimpic.training.run_folder.RunFolder`):
-``.pimpic-run``, ``config.yaml``, ``env.json``, ``run.json`` (cache, its manifest digest and the
-case ids), ``metrics.jsonl``, ``tb/``, ``checkpoint.pt``, and at the end ``method.safetensors``
-(the whole pretext module), ``encoder.safetensors`` (the artifact fine-tuning loads) and
-``energy.json``.
+``.pimpic-run``, ``config.yaml``, ``env.json``, ``run.json`` (cache, its manifest digest, the
+case ids and their image files' SHA-256, so a resume after ``prepare`` redid a case is
+refused), ``metrics.jsonl``, ``tb/``, ``checkpoint.pt``, and at the end ``method.safetensors``
+(the whole pretext module), ``encoder.safetensors`` (the artifact fine-tuning loads, recording
+its pool's case ids and hashes for the leakage guard) and ``energy.json``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pimpic import envinfo, registry
 from pimpic.config import PretrainConfig, build_config, plain, save_config, to_dict
+from pimpic.data.cache import check_same_inputs
 from pimpic.data.leakage import pool_record
 from pimpic.data.loader import VolumeStream, make_loader
 from pimpic.energy import EnergyMeter
@@ -125,7 +127,10 @@ def _pretrain(dist: Dist, cache_root: Path, run_dir: Path, cfg: PretrainConfig, 
     folder = RunFolder(run_dir, "pretrain", ARTEFACTS)
     state = None
     if folder.check(resume=resume, overwrite=overwrite):
-        folder.check_resume(to_dict(cfg), _identity(cache, ids), to_dict(type(cfg)()))
+        info = folder.check_resume(to_dict(cfg), _identity(cache, ids), to_dict(type(cfg)()))
+        check_same_inputs(info.get("case_inputs"), _inputs(cache, ids),
+                          f"{run_dir}: cannot resume", "start over with --overwrite, or use a "
+                          "new --out folder")
         state = ckpt.load_checkpoint(run_dir / CHECKPOINT)
     start = int(state["step"]) if state else 0
     if state and start > cfg.steps:
@@ -252,6 +257,11 @@ def _identity(cache: Any, ids: list[str]) -> dict[str, Any]:
     return {"cache_manifest_sha256": json_sha256(cache.manifest), "case_ids": ids}
 
 
+def _inputs(cache: Any, ids: list[str]) -> dict[str, Any] | None:
+    """The image file SHA-256 of each pool case (a pimpic cache; None for other sources)."""
+    return cache.input_sha256(ids, ("image",)) if hasattr(cache, "input_sha256") else None
+
+
 def _write_run_files(run_dir: Path, cache: Any, cfg: PretrainConfig, ids: list[str],
                      dist: Dist, resumed_from: int | None) -> None:
     if resumed_from is not None:
@@ -260,7 +270,8 @@ def _write_run_files(run_dir: Path, cache: Any, cfg: PretrainConfig, ids: list[s
     write_json(run_dir / ENV, envinfo.collect(dist.device, dist.world_size))
     info = read_json(run_dir / RUN_INFO) if resumed_from is not None else {}
     info.update({"cache": str(cache.root.resolve()), "method": cfg.method,
-                 "world_size": dist.world_size, **_identity(cache, ids)})
+                 "world_size": dist.world_size, **_identity(cache, ids),
+                 "case_inputs": _inputs(cache, ids)})
     if resumed_from is not None:
         info["resumed_from"] = [*info.get("resumed_from", []), resumed_from]
     write_json(run_dir / RUN_INFO, info)

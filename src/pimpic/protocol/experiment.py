@@ -3,7 +3,8 @@
 Layout of ``EXP/``::
 
     config.yaml                                 the resolved ExperimentConfig
-    split.json                                  fingerprint of the cache split it was made on
+    split.json                                  fingerprint of the cache split it was made on,
+                                                and each case's input file SHA-256s
     timings.json                                wall seconds per finished stage
     pretrain/<method>/                          one pretraining run per non-random method
     finetune/<method>/f<fraction>/s<seed>/      one fine-tuning run per cell (no encoder: random)
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from pimpic.config import FinetuneConfig, PretrainConfig, flatten, load_yaml, save_config, to_dict
-from pimpic.data.cache import Cache
+from pimpic.data.cache import Cache, check_same_inputs
 from pimpic.data.leakage import check_pool
 from pimpic.data.splits import split_digest
 from pimpic.errors import PimpicError
@@ -267,9 +268,15 @@ def run_experiment(
     splits = cache.splits()
     check_pool_leakage(cfg)
     _check_same_setup(cfg, exp, splits)
+    inputs = cache.input_sha256([c for k in ("train", "val", "test") for c in splits[k]])
+    if (exp / CONFIG).is_file() and (exp / SPLIT_RECORD).is_file():
+        check_same_inputs(read_json(exp / SPLIT_RECORD).get("case_inputs"), inputs,
+                          f"{exp}: holds an experiment made on other data of {cfg.cache}",
+                          "use a new --out folder (its cells were made on the old cases)")
     save_config(cfg, exp / CONFIG)
     write_json(exp / SPLIT_RECORD, {"digest": split_digest(splits),
-                                    **{k: len(splits[k]) for k in ("train", "val", "test")}})
+                                    **{k: len(splits[k]) for k in ("train", "val", "test")},
+                                    "case_inputs": inputs})
 
     timings_path = exp / TIMINGS
     timings: dict[str, float] = read_json(timings_path) if timings_path.is_file() else {}

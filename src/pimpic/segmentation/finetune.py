@@ -39,7 +39,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from pimpic.config import FinetuneConfig, save_config, to_dict
-from pimpic.data.cache import Cache
+from pimpic.data.cache import Cache, check_same_inputs
 from pimpic.data.leakage import check_encoder_pool
 from pimpic.data.splits import fraction_cases
 from pimpic.energy import EnergyMeter
@@ -164,7 +164,8 @@ def finetune(
             An encoder pretrained on any of the cache's test cases is refused
             (:func:`pimpic.data.leakage.check_encoder_pool`), whatever is allowed.
         resume: continue from ``checkpoint.pt``; refused without one, or when the config
-            (beyond its caps and machinery), the cache, the cases or the encoder changed.
+            (beyond its caps and machinery), the cache, the cases, their input files (a case
+            redone by ``prepare``) or the encoder changed.
         overwrite: remove what an earlier fine-tuning run wrote into ``run_dir`` first
             (refused when the folder is not a pimpic fine-tuning run or holds other files).
         progress: show a progress bar.
@@ -183,6 +184,10 @@ def finetune(
     resuming = folder.check(resume=resume, overwrite=overwrite)
     resumed_info = (folder.check_resume(to_dict(cfg), identity, to_dict(FinetuneConfig()))
                     if resuming else None)
+    inputs = cache.input_sha256([*train_ids, *val_ids])
+    if resumed_info is not None:
+        check_same_inputs(resumed_info.get("case_inputs"), inputs, f"{run_dir}: cannot resume",
+                          "start over with --overwrite, or use a new --out folder")
     folder.start(resuming)
     n_train = len(cache.splits()["train"])
     log.info("fine-tuning on %d of %d training cases (%s%%), validating on %d",
@@ -193,6 +198,7 @@ def finetune(
         save_config(cfg, run_dir / CONFIG)
         info = FinetuneRun(
             cache=str(cache.root.resolve()), fraction=cfg.fraction, **identity,
+            case_inputs=inputs,
             encoder=str(Path(encoder).resolve()) if encoder is not None else None,
             encoder_meta=enc_meta, patch_size=cfg.patch_size, num_classes=cfg.num_classes,
             architecture=model.encoder.architecture(),

@@ -37,6 +37,9 @@ class FinetuneRun:
     completed: bool = False
     stop_reason: str | None = None
     started: str = ""
+    #: the SHA-256 of each training and validation case's input files (``Cache.input_sha256``):
+    #: a resume after ``prepare`` redid a case with other inputs is refused
+    case_inputs: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
