@@ -124,3 +124,25 @@ def test_original_space_matches_identity_grid(make_cache, tmp_path):
     for s in ("organ", "tumour", "whole"):
         a, b = pre[s]["dice_mean"], orig["structures"][s]["dice_mean"]
         assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b)
+
+
+def test_an_unfinished_run_is_refused_unless_asked_for(make_cache, tmp_path):
+    """Issue #23 S07: a killed fine-tuning run (run.json completed false) was scored silently."""
+    from typer.testing import CliRunner
+
+    from _cli import assert_refused
+    from pimpic.cli import app
+
+    cache = make_cache(n_cases=6, shape=(16, 16, 16))
+    run = make_run(tmp_path / "run", cache)
+    info = json.loads((run / "run.json").read_text())
+    write_json(run / "run.json", {**info, "completed": False, "epochs": 3})
+    runner = CliRunner()
+    res = runner.invoke(app, ["evaluate", str(run), "--no-progress"])
+    assert_refused(res, f"{run}: fine-tuning has not finished (run.json: completed false, "
+                   "stopped after 3 epoch(s))", "--unfinished")
+    assert not (run / "eval-test").exists()
+    res = runner.invoke(app, ["evaluate", str(run), "--unfinished", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "UNFINISHED run" in res.output
+    assert json.loads((run / "eval-test" / "summary.json").read_text())["unfinished"] is True

@@ -67,6 +67,9 @@ def register(app: typer.Typer) -> None:
         absent: str = typer.Option(
             "zero", "--absent", help="A structure absent from a case's ground truth: 'zero' "
             "scores Dice 0 (released rule), 'nan' leaves it out of the mean."),
+        unfinished: bool = typer.Option(
+            False, "--unfinished", help="Evaluate a run that has not finished (killed before "
+            "its stopping rule): its best model so far, marked as such."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
     ) -> None:
@@ -77,7 +80,8 @@ def register(app: typer.Typer) -> None:
         if absent not in ("zero", "nan"):
             raise PimpicError(f"--absent {absent!r}: choose 'zero' or 'nan'")
         summary = evaluate(run, split=split, cache=cache, lcc=lcc, original_space=original_space,
-                           device=device, progress=progress, absent=absent)
+                           device=device, progress=progress, absent=absent,
+                           unfinished=unfinished)
         typer.echo(describe(summary))
 
     @app.command("predict")

@@ -16,6 +16,7 @@ marker ``.pimpic-eval`` that lets the run folder's ``--overwrite`` recognise the
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,6 +37,8 @@ from pimpic.segmentation.metrics import COLUMNS, case_metrics, format_table, sum
 from pimpic.segmentation.model_file import ModelInfo, load_model
 from pimpic.training.device import resolve_device
 from pimpic.training.run_folder import mark_evaluation
+
+log = logging.getLogger(__name__)
 
 
 def _check_held_out(run_dir: Path, split: str, case_ids: list[str], info: ModelInfo,
@@ -99,6 +102,7 @@ def evaluate(
     progress: bool = True,
     save_predictions: bool = True,
     absent: str = "zero",
+    unfinished: bool = False,
 ) -> dict[str, Any]:
     """Evaluate the best model of ``run_dir`` on the cache's ``split`` cases.
 
@@ -114,6 +118,8 @@ def evaluate(
         save_predictions: write ``pred/<case>.npy`` (preprocessed space, uint8).
         absent: the summary's rule for a structure absent from a case's ground truth: Dice 0
             (``zero``, released) or left out (``nan``); ``per_case.csv`` keeps NaN either way.
+        unfinished: evaluate a run whose ``run.json`` says it has not finished (killed before
+            its stopping rule; refused otherwise); the summary records ``"unfinished": true``.
 
     Returns:
         the summary dict (also written to ``eval-<split>/summary.json``). Dice is NaN (and
@@ -122,6 +128,14 @@ def evaluate(
     """
     run_dir = Path(run_dir)
     model, info = load_model(run_dir)
+    if info.completed is False:
+        if not unfinished:
+            raise PimpicError(
+                f"{run_dir}: fine-tuning has not finished (run.json: completed false, stopped "
+                f"after {info.epochs} epoch(s)); resume it with `pimpic finetune CACHE --out "
+                f"{run_dir} --resume`, or pass --unfinished to evaluate its best model so far")
+        log.warning("%s: fine-tuning has not finished; evaluating its best model so far",
+                    run_dir)
     if cache is None:
         if not info.cache:
             raise PimpicError(f"{run_dir}: run.json names no cache; pass --cache")
@@ -172,6 +186,8 @@ def evaluate(
     summary = {"split": split, "n_cases": len(rows), "lcc": lcc, "absent": absent,
                "space": "original" if original_space else "preprocessed",
                "run": str(run_dir), "cache": str(cache.root), "structures": structures}
+    if info.completed is False:
+        summary["unfinished"] = True
     write_json(out_dir / SUMMARY, _nan_to_none(summary))
     return summary
 
@@ -182,7 +198,9 @@ def describe(summary: Mapping[str, Any]) -> str:
     out because the ground truth lacks them."""
     structures = summary["structures"]
     lines = [f"{summary['run']} — {summary['split']}: {summary['n_cases']} cases, "
-             f"{summary['space']} space, lcc={summary['lcc']}", format_table(structures)]
+             f"{summary['space']} space, lcc={summary['lcc']}"
+             + (" — UNFINISHED run (its best model so far)" if summary.get("unfinished")
+                else ""), format_table(structures)]
     excluded = {k: v["n_excluded"] for k, v in structures.items() if v["n_excluded"]}
     if excluded:
         rule = "scored 0" if summary["absent"] == "zero" else "excluded"

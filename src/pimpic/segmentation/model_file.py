@@ -80,6 +80,9 @@ class ModelInfo:
     pretrain_cases: tuple[str, ...] = ()
     #: what its encoder records about its pool (``pretrain_cases``, ``pretrain_hashes``)
     pretrain_pool: Mapping[str, Any] = field(default_factory=dict)
+    #: ``run.json``'s ``completed`` (None: no run.json, or it does not say) and progress
+    completed: bool | None = None
+    epochs: int | None = None
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any], run: Mapping[str, Any]) -> ModelInfo:
@@ -94,7 +97,9 @@ class ModelInfo:
                    train_cases=tuple(run.get("train_cases") or ()),
                    pretrain_cases=tuple(encoder.get("pretrain_cases") or ()),
                    pretrain_pool={k: encoder[k] for k in ("pretrain_cases", "pretrain_hashes")
-                                  if k in encoder})
+                                  if k in encoder},
+                   completed=bool(run["completed"]) if "completed" in run else None,
+                   epochs=int(run["epochs"]) if isinstance(run.get("epochs"), int) else None)
 
 
 def load_model(run_dir: str | Path) -> tuple[SegmentationNet, ModelInfo]:
