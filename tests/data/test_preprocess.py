@@ -249,7 +249,7 @@ def test_an_image_that_is_its_own_label_file_is_refused(tmp_path: Path) -> None:
     ip = tmp_path / "imagesTr" / "x.nii.gz"
     ip.parent.mkdir()
     ip.symlink_to(lp)
-    with pytest.raises(PimpicError, match=r"imagesTr/x\.nii\.gz: the image is the label file"):
+    with pytest.raises(PimpicError, match=r"x\.nii\.gz: image and label are the same file"):
         load_and_preprocess(ip, lp, EXACT, [0, 1, 2])
 
 

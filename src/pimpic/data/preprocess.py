@@ -266,8 +266,8 @@ def load_and_preprocess(
             raise PimpicError(f"{label_path}: label affine differs from the image affine "
                               f"({image_path.name})")
         if os.path.samefile(image_path, label_path):
-            raise PimpicError(f"{image_path}: the image is the label file {label_path} (a "
-                              "link to it?); point the image at the CT scan")
+            raise PimpicError(f"{image_path}: image and label are the same file (is the "
+                              "image a link to its label map?); point the image at the CT scan")
         keys.append("label")
         data["label"] = str(label_path)
 
