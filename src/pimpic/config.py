@@ -575,7 +575,7 @@ class FinetuneConfig:
     #: bf16 autocast on CUDA
     amp: bool = True
     #: bf16 autocast on CPU as well: lower precision, not run-to-run reproducible and NaN-prone
-    #: on some CPUs (docs/method.md §6.3), so off; faster only on some CPUs
+    #: on some CPUs (docs/reproducibility.md), so off; faster only on some CPUs
     cpu_bf16: bool = False
     #: channels-last 3D memory layout for training and inference (≈2× faster on CPU; a layout,
     #: not a change of the computation)

@@ -74,7 +74,7 @@ def collect(device: str | torch.device = "cpu", world_size: int = 1) -> dict[str
         "platform": platform.platform(),
         "device": str(device),
         "device_name": device_name(device),
-        # what decides whether two CPU runs give the same bits (docs/method.md §6.3): the
+        # what decides whether two CPU runs give the same bits (docs/reproducibility.md): the
         # thread count and the instruction set PyTorch's kernels run with
         "threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),

@@ -88,7 +88,7 @@ def demo_config(size: DemoSize, cache: Path, device: str) -> ExperimentConfig:
     # selection on the validation Dice loss, sliding-window settings) with a CPU's budget: a
     # few hundred steps of 2 volumes × 4 crops, a higher learning rate than the paper's 1e-5,
     # 3:1 organ-centred crops, DiceCE, float32 (bf16 on CPU is not reproducible run to run,
-    # docs/method.md §6.3) — identical for every method
+    # docs/reproducibility.md) — identical for every method
     finetune = FinetuneConfig(
         width=width, depth=depth, patch_size=patch, lr=3e-4 if gpu else 3e-3,
         loss="dicece", pos_ratio=3.0, batch_size=2, samples_per_volume=4,
