@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from pimpic.io import atomic_open, atomic_path, read_json, save_safetensors, write_json
+from _lock import held_elsewhere
+from pimpic.errors import PimpicError
+from pimpic.io import (
+    acquire_lock,
+    atomic_open,
+    atomic_path,
+    exclusive_lock,
+    read_json,
+    save_safetensors,
+    write_json,
+)
 
 
 def test_atomic_path_replaces_the_file_only_on_success(tmp_path: Path) -> None:
@@ -60,3 +73,44 @@ def test_safetensors_header_is_canonical(tmp_path: Path) -> None:
     save_safetensors(state, tmp_path / "a.safetensors", {"b": "2", "a": "1"})
     save_safetensors(state, tmp_path / "b.safetensors", {"a": "1", "b": "2"})
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+
+
+# ------------------------------------------------------------------------------------ locks
+
+
+def test_a_lock_held_by_another_process_is_refused_naming_it(tmp_path: Path) -> None:
+    lock = tmp_path / "x.lock"
+    with held_elsewhere(lock, "`pimpic prepare`") as pid, pytest.raises(PimpicError) as err:
+        acquire_lock(lock, "`pimpic prepare`")
+    assert f"x.lock: locked by another `pimpic prepare` (pid {pid}, still running)" in str(err)
+    acquire_lock(lock, "`pimpic prepare`").release()  # free once the holder is gone
+
+
+def test_a_forked_child_does_not_inherit_the_lock(tmp_path: Path) -> None:
+    """S09: a `prepare` killed with its workers still alive must not leave them holding it."""
+    lock = tmp_path / "x.lock"
+    ctx = multiprocessing.get_context("fork")
+    with exclusive_lock(lock, "parent"):
+        done = ctx.Event()
+        child = ctx.Process(target=done.wait, args=(30,))  # a worker, forked under the lock
+        child.start()
+    try:
+        with held_elsewhere(lock):  # another process can take it while the worker lives
+            pass
+    finally:
+        done.set()
+        child.join(30)
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over_naming_it(tmp_path: Path,
+                                                               caplog) -> None:
+    """S09b: the recorded holder is dead: say so, and take the lock."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock = tmp_path / "x.lock"
+    lock.write_text(f"{dead.pid}\n")
+    with caplog.at_level(logging.WARNING, logger="pimpic"):
+        held = acquire_lock(lock, "`pimpic prepare`")
+    assert f"last holder (pid {dead.pid}) is dead" in caplog.text
+    assert lock.read_text() == f"{os.getpid()}\n"
+    held.release()

@@ -7,14 +7,18 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import stat
 import tempfile
+import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 from pimpic.errors import PimpicError
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -111,34 +115,115 @@ def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": file_digest(path)}
 
 
-@contextlib.contextmanager
-def exclusive_lock(path: str | os.PathLike[str], what: str) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created) for the ``with`` block.
+class HeldLock:
+    """An exclusive lock on a file, held by this process until :meth:`release` (or until the
+    object is collected, or the process exits: the kernel drops it then, however it ends).
+
+    The lock is a POSIX record lock (``fcntl``), not a BSD ``flock``: a child forked while it
+    is held (a ``prepare`` worker) does not inherit it, so a killed parent never leaves its
+    workers holding the lock. The file records the holder's pid, to name it in a refusal.
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._finalizer = weakref.finalize(self, os.close, fd)
+
+    def release(self) -> None:
+        """Drop the lock (closing the descriptor releases it); the file is left in place."""
+        self._finalizer()
+
+
+def acquire_lock(path: str | os.PathLike[str], what: str) -> HeldLock:
+    """Take the exclusive lock on ``path`` (created) without waiting.
 
     Args:
         path: the lock file; it is left in place (removing a lock file races with its users).
-        what: who takes the lock, for the message a second taker gets (``"pimpic prepare"``).
+        what: who takes the lock, for the message a second taker gets (``"`pimpic prepare`"``).
 
     Raises:
-        PimpicError: the lock is held by another process (the message names the lock file and,
-            when it wrote it, that process's id).
+        PimpicError: another process holds the lock (the message names the lock file and that
+            process's id).
+
+    A lock left by a process that died is free (the kernel released it); taking it over is
+    logged, naming the dead holder.
     """
     import fcntl
 
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
+    path = Path(path)
+    for _ in range(3):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            pid = f" (pid {holder})" if holder.isdigit() else ""
-            raise PimpicError(f"{path}: locked by another {what}{pid} working on the same "
-                              "folder; wait for it to finish, or use another folder") from None
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EACCES, errno.EAGAIN):
+                os.close(fd)
+                raise
+            pid = _lock_holder(fd) or _recorded_pid(fd)
+            os.close(fd)
+            who = f" (pid {pid}, still running)" if pid else ""
+            raise PimpicError(f"{path}: locked by another {what}{who} working on the same "
+                              "folder; wait for it to finish (or stop it), or use another "
+                              "folder") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # the file was replaced between open and lock: lock the one there now
+            os.close(fd)
+            continue
+        previous = _recorded_pid(fd)
+        if previous and previous != os.getpid() and not _alive(previous):
+            log.warning("%s: the lock's last holder (pid %d) is dead; taking the lock over",
+                        path, previous)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return HeldLock(path, fd)
+    raise PimpicError(f"{path}: the lock file keeps being replaced; is another program "
+                      "removing it?")
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike[str], what: str) -> Iterator[None]:
+    """Hold :func:`acquire_lock`'s lock on ``path`` for the ``with`` block."""
+    lock = acquire_lock(path, what)
+    try:
         yield
     finally:
-        os.close(fd)  # closing the descriptor releases the lock
+        lock.release()
+
+
+def _recorded_pid(fd: int) -> int | None:
+    text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    return int(text) if text.isdigit() else None
+
+
+def _lock_holder(fd: int) -> int | None:
+    """The pid holding a conflicting lock on ``fd``'s file, as the kernel reports it (Linux's
+    ``struct flock`` layout; None elsewhere or when it cannot be asked)."""
+    import fcntl
+    import struct
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    layout = "hhqqi"  # l_type, l_whence, l_start, l_len, l_pid (64-bit off_t)
+    query = struct.pack(layout, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0).ljust(32, b"\0")
+    try:
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+        l_type, _, _, _, pid = struct.unpack(layout, answer[:struct.calcsize(layout)])
+    except (OSError, struct.error):
+        return None
+    return pid if l_type != fcntl.F_UNLCK and pid > 0 else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def append_jsonl(path: str | os.PathLike[str], obj: Any) -> None:

@@ -4,19 +4,21 @@ deleting or trusting what it should not."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from _lock import held_elsewhere
 from _nifti import folder_tree, kits_tree, msd_tree, nnunet_tree, save
 from pimpic.data.cache import LOCK, Cache
-from pimpic.data.prepare import _remove, prepare
+from pimpic.data.prepare import _init_worker, _remove, prepare
 from pimpic.data.preprocess import Settings
 from pimpic.errors import PimpicError
-from pimpic.io import exclusive_lock
 
 META_KEYS = {"id", "shape", "spacing", "affine", "original_affine", "original_shape",
              "original_spacing", "crop_box", "has_label", "source_image", "source_label",
@@ -200,9 +202,9 @@ def test_a_second_prepare_on_the_same_cache_is_locked_out(tmp_path: Path) -> Non
     prepare(src, out, workers=1, progress=False)
     shutil.rmtree(out / "cases" / "pan_001")
     (out / "cases" / ".tmp-pan_001-99999").mkdir()  # the other run's work in progress
-    with exclusive_lock(out / LOCK, "test"):
+    with held_elsewhere(out / LOCK, "`pimpic prepare`") as pid:
         with pytest.raises(PimpicError, match=r"\.prepare\.lock: locked by another "
-                                              r"`pimpic prepare` \(pid \d+\)"):
+                                              rf"`pimpic prepare` \(pid {pid}, still running\)"):
             prepare(src, out, workers=1, progress=False)
         assert (out / "cases" / ".tmp-pan_001-99999").is_dir()
     assert prepare(src, out, workers=1, progress=False)["processed"] == 1
@@ -323,3 +325,22 @@ def test_a_case_cached_before_content_hashes_gets_one_without_redoing(tmp_path: 
     meta_path.write_text(json.dumps(meta))
     report = prepare(src, out, workers=1, progress=False)
     assert report["processed"] == 0 and Cache(out).meta("pan_000")["content_sha256"] == want
+
+
+def test_a_worker_exits_when_its_prepare_dies() -> None:
+    """S09/S10: a killed `prepare` must not leave its workers running, orphaned."""
+    ctx = multiprocessing.get_context("fork")
+    # a worker whose recorded parent is not its parent: as after the parent was killed
+    worker = ctx.Process(target=_init_then_idle, args=(os.getpid() + 10**6,))
+    worker.start()
+    worker.join(10)
+    alive = worker.is_alive()
+    if alive:
+        worker.kill()
+        worker.join()
+    assert not alive and worker.exitcode == 1
+
+
+def _init_then_idle(parent: int) -> None:
+    _init_worker(parent, interval_s=0.05)
+    time.sleep(30)

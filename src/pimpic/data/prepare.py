@@ -3,7 +3,9 @@
 Cases run in worker processes (one case each, via :func:`load_and_preprocess`) with a progress
 bar. Each case is written into a hidden temporary folder, fsynced, and renamed into place, so a
 killed run or a power cut never leaves a half-written case. One ``prepare`` at a time writes a
-cache: it holds an exclusive lock on ``.prepare.lock`` and a second one is refused.
+cache: it holds an exclusive lock on ``.prepare.lock`` and a second one is refused; its
+workers do not inherit the lock, and exit when it dies (:func:`pimpic.io.acquire_lock`,
+:func:`_init_worker`).
 
 A case is *finished* when its ``meta.json`` records the same settings and the same input files.
 Each input is recorded by size, ``mtime_ns`` and SHA-256: a file whose size and mtime are
@@ -23,6 +25,7 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -270,11 +273,21 @@ def _process(case: dict[str, Any], cases_dir: Path, settings: Settings) -> str |
     return None
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int, interval_s: float = 1.0) -> None:
+    """Set up a worker: one thread for torch, and exit as soon as ``parent`` is gone (a
+    ``prepare`` killed by a signal or a batch system's time-out must not leave its workers
+    running, orphaned, for ever)."""
     import torch
 
     # each worker is one case at a time; the parallelism is across processes
     torch.set_num_threads(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _run(todo: list[dict[str, Any]], cases_dir: Path, settings: Settings, workers: int,
@@ -304,7 +317,8 @@ def _run(todo: list[dict[str, Any]], cases_dir: Path, settings: Settings, worker
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         with cf.ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx,
-                                    initializer=_init_worker) as pool:
+                                    initializer=_init_worker,
+                                    initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(_process, c, cases_dir, settings): c["id"] for c in todo}
             for fut in cf.as_completed(futures):
                 record(futures[fut], fut.result())
