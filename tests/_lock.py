@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pimpic.io import exclusive_lock
+from pimpic.errors import PimpicError
+from pimpic.io import acquire_lock, exclusive_lock
 
 
 def _hold(path: str, what: str, ready: Any, done: Any) -> None:
@@ -32,3 +33,22 @@ def held_elsewhere(path: str | Path, what: str = "test") -> Iterator[int]:
     finally:
         done.set()
         child.join(30)
+
+
+def _try(path: str, queue: Any) -> None:
+    try:
+        acquire_lock(path, "test").release()
+        queue.put(None)
+    except PimpicError as err:
+        queue.put(str(err))
+
+
+def refusal_elsewhere(path: str | Path) -> str | None:
+    """Try to take the lock on ``path`` from a child process: its refusal, or None."""
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_try, args=(str(path), queue))
+    child.start()
+    answer: str | None = queue.get(timeout=30)
+    child.join(30)
+    return answer

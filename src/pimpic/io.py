@@ -122,6 +122,8 @@ class HeldLock:
     The lock is a POSIX record lock (``fcntl``), not a BSD ``flock``: a child forked while it
     is held (a ``prepare`` worker) does not inherit it, so a killed parent never leaves its
     workers holding the lock. The file records the holder's pid, to name it in a refusal.
+    The price of POSIX locks: closing *any* descriptor of the lock file drops this process's
+    lock, so nothing but this class opens it.
     """
 
     def __init__(self, path: Path, fd: int) -> None:

@@ -25,6 +25,8 @@ from pathlib import Path
 # ------------------------------------------------------------------------------ a run folder
 #: marks a folder as a pimpic run (kind, version, the artefacts below)
 MARKER = ".pimpic-run"
+#: held (``fcntl`` lock) by the one command running in the folder
+RUN_LOCK = ".pimpic-lock"
 CONFIG = "config.yaml"
 #: what varies between identical runs (paths, times, host) and what a resume must match
 RUN_INFO = "run.json"

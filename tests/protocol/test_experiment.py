@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from _lock import held_elsewhere
 from pimpic.config import FinetuneConfig, PretrainConfig
 from pimpic.data.cache import Cache
 from pimpic.errors import PimpicError
@@ -310,3 +311,30 @@ def test_a_diverged_stage_fails_alone(make_cache: Any, tmp_path: Path, stubs: St
     assert stubs.calls == Counter(pretrain=2, finetune=6, evaluate=6)
     assert not (exp / "failures.json").exists()
     assert "Failed stages" not in (exp / "report.md").read_text()
+
+
+@pytest.mark.parametrize(("split", "message"), [
+    ("tset", "split 'tset' is not one of train, val, test"),
+    ("train", "split 'train' has 7 case(s) in the fine-tuning set"),
+])
+def test_the_split_is_checked_before_anything_runs(make_cache: Any, tmp_path: Path,
+                                                   stubs: Stubs, split: str,
+                                                   message: str) -> None:
+    """C64b, C68: a split every evaluation would refuse is refused before the grid runs."""
+    cache = make_cache(n_cases=10, shape=(24, 24, 24))
+    with pytest.raises(PimpicError) as err:
+        run_experiment(_cfg(cache, split=split), tmp_path / "exp", progress=False,
+                       on_stage=None)
+    assert message in str(err.value)
+    assert not stubs.calls and not (tmp_path / "exp").exists()
+
+
+def test_a_second_experiment_on_the_same_folder_is_refused(make_cache: Any, tmp_path: Path,
+                                                          stubs: Stubs) -> None:
+    cache = make_cache(n_cases=10, shape=(24, 24, 24))
+    (tmp_path / "exp").mkdir()
+    with held_elsewhere(tmp_path / "exp" / ".pimpic-lock", "`pimpic experiment`") as pid, \
+            pytest.raises(PimpicError, match=rf"locked by another `pimpic experiment` "
+                                             rf"\(pid {pid}, still running\)"):
+        run_experiment(_cfg(cache), tmp_path / "exp", progress=False, on_stage=None)
+    assert not stubs.calls

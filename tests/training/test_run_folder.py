@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
+from _lock import held_elsewhere, refusal_elsewhere
 from pimpic.errors import PimpicError
+from pimpic.paths import RUN_LOCK
 from pimpic.training.run_folder import (
     EVAL_MARKER,
     MARKER,
@@ -63,7 +66,7 @@ def test_overwrite_removes_only_what_pimpic_wrote(tmp_path: Path) -> None:
     folder = RunFolder(run, "finetune", (*ARTEFACTS, "metrics.jsonl"))
     assert folder.check(resume=False, overwrite=True) is False
     folder.start(resuming=False)
-    assert _tree(run) == {MARKER}
+    assert _tree(run) == {MARKER, RUN_LOCK}
     assert (outside / "keep.txt").read_text() == "mine"
 
 
@@ -186,3 +189,41 @@ def test_the_experiment_restart_keeps_a_folder_that_is_not_a_run(make_cache,
     with pytest.raises(PimpicError, match="not a pimpic run folder"):
         run_experiment(cfg, exp, progress=False, on_stage=None, report=False)
     assert _tree(mine) == {"config.yaml", "draft.md"}
+
+
+# ------------------------------------------------------------------- one command per folder
+
+
+@pytest.mark.parametrize("flags", [{"resume": False, "overwrite": False},
+                                   {"resume": False, "overwrite": True},
+                                   {"resume": True, "overwrite": False}],
+                         ids=["start", "overwrite", "resume"])
+def test_a_folder_in_use_is_refused_whatever_the_flags(tmp_path: Path,
+                                                       flags: dict[str, bool]) -> None:
+    """K01-K03: a second command on a running run's folder — to start it again beside it,
+    --overwrite it or --resume it a second time — is refused, naming the running one."""
+    run = tmp_path / "run"
+    if flags["resume"] or flags["overwrite"]:
+        _run(run).release()
+    else:
+        run.mkdir()  # the first command created it and holds its lock, nothing written yet
+    before = _tree(run)
+    with held_elsewhere(run / RUN_LOCK, "`pimpic finetune`") as pid, \
+            pytest.raises(PimpicError) as err:
+        RunFolder(run, "finetune", ARTEFACTS).check(**flags)
+    assert str(err.value) == (f"{run / RUN_LOCK}: locked by another `pimpic finetune` (pid "
+                              f"{pid}, still running) working on the same folder; wait for it "
+                              "to finish (or stop it), or use another folder")
+    assert _tree(run) - {RUN_LOCK} == before - {RUN_LOCK}
+
+
+def test_the_lock_is_held_until_released_and_a_refusal_leaves_no_folder(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    folder = RunFolder(run, "pretrain", ARTEFACTS)
+    assert folder.check(resume=False, overwrite=False) is False
+    assert f"(pid {os.getpid()}, still running)" in str(refusal_elsewhere(run / RUN_LOCK))
+    folder.release()
+    assert refusal_elsewhere(run / RUN_LOCK) is None
+    with pytest.raises(PimpicError, match="no checkpoint to resume from"):
+        RunFolder(tmp_path / "new", "pretrain", ARTEFACTS).check(resume=True, overwrite=False)
+    assert not (tmp_path / "new").exists()

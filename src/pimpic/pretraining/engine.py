@@ -126,7 +126,7 @@ def _pretrain(dist: Dist, cache_root: Path, run_dir: Path, cfg: PretrainConfig, 
     ids = _pretraining_cases(cache, case_ids)
     folder = RunFolder(run_dir, "pretrain", ARTEFACTS)
     state = None
-    if folder.check(resume=resume, overwrite=overwrite):
+    if folder.check(resume=resume, overwrite=overwrite, lock=dist.is_main):
         info = folder.check_resume(to_dict(cfg), _identity(cache, ids), to_dict(type(cfg)()))
         check_same_inputs(info.get("case_inputs"), _inputs(cache, ids),
                           f"{run_dir}: cannot resume", "start over with --overwrite, or use a "

@@ -37,9 +37,9 @@ from typing import Any
 from pimpic.config import FinetuneConfig, PretrainConfig, flatten, load_yaml, save_config, to_dict
 from pimpic.data.cache import Cache, check_same_inputs
 from pimpic.data.leakage import check_pool
-from pimpic.data.splits import split_digest
+from pimpic.data.splits import fraction_cases, split_digest
 from pimpic.errors import PimpicError
-from pimpic.io import read_json, write_json
+from pimpic.io import acquire_lock, read_json, write_json
 from pimpic.nnunet.data import open_source
 from pimpic.paths import (
     CHECKPOINT,
@@ -48,6 +48,7 @@ from pimpic.paths import (
     FAILURES,
     MODEL_FILE,
     RUN_INFO,
+    RUN_LOCK,
     SPLIT_RECORD,
     SUMMARY,
     TIMINGS,
@@ -117,6 +118,33 @@ def check_pool_leakage(cfg: ExperimentConfig) -> None:
         return
     task = Cache(cfg.cache)
     check_pool(task, list(task.splits()[cfg.split]), open_source(pool), pool_ids)
+
+
+def check_evaluation_split(cfg: ExperimentConfig, cache: Cache) -> None:
+    """Refuse, before any training, a ``split`` the grid's evaluations would refuse at the end:
+    one that does not exist, is empty or unlabelled, or holds cases some cell fine-tunes on or
+    pretraining sees (only held-out cases measure generalisation)."""
+    splits = cache.splits()
+    where = f"experiment config: split {cfg.split!r}"
+    if cfg.split not in ("train", "val", "test"):
+        raise PimpicError(f"{where} is not one of train, val, test")
+    ids = list(splits.get(cfg.split) or [])
+    if not ids:
+        raise PimpicError(f"{where}: {cache.root} has no {cfg.split} cases")
+    unlabelled = [c for c in ids if not (cache.case_dir(c) / "label.npy").is_file()]
+    if unlabelled:
+        raise PimpicError(f"{where}: case(s) without a label in {cache.root}: "
+                          f"{', '.join(unlabelled[:5])}")
+    tuned = {c for f in cfg.fractions for c in fraction_cases(splits, f)}
+    pretrained = set(splits["train"] if pretraining_pool(cfg)[1] is None else [])  # else: leakage
+    seen = {"fine-tuning set": tuned,
+            "pretraining pool": pretrained if set(cfg.methods) - {BASELINE} else set()}
+    for what, cases in seen.items():
+        both = [c for c in ids if c in cases]
+        if both:
+            raise PimpicError(f"{where} has {len(both)} case(s) in the {what} "
+                              f"({', '.join(both[:5])}{', …' if len(both) > 5 else ''}); "
+                              "evaluate on held-out cases (split: test)")
 
 
 def plan_stages(cfg: ExperimentConfig, exp: Path, *, progress: bool = True) -> list[Stage]:
@@ -263,8 +291,10 @@ def run_experiment(
     cache = Cache(cfg.cache)
     if not cache.has_splits():
         raise PimpicError(f"{cache.root}: no splits.json (run `pimpic prepare`)")
+    check_evaluation_split(cfg, cache)
     exp = Path(out)
     exp.mkdir(parents=True, exist_ok=True)
+    lock = acquire_lock(exp / RUN_LOCK, "`pimpic experiment`")  # until this call ends
     splits = cache.splits()
     check_pool_leakage(cfg)
     _check_same_setup(cfg, exp, splits)
@@ -320,6 +350,7 @@ def run_experiment(
         (exp / FAILURES).unlink()  # an earlier run's failures, all rerun successfully
     if report:
         write_all(exp, cfg)
+    lock.release()
     if failures:
         first = next(iter(failures.items()))
         raise PimpicError(f"{exp}: {len(failures)} of {len(stages)} stages failed, the rest "

@@ -29,11 +29,16 @@ unlinked, never followed.
 keys only, and the identity recorded in ``run.json`` when the run started (cache manifest, case
 ids, encoder content, ...) must be unchanged; the first difference is refused.
 
+One command at a time uses a run folder: :meth:`RunFolder.check` takes the folder's lock
+(``.pimpic-lock``, the lock :mod:`pimpic.data.prepare` takes on a cache), held until the run
+ends; a second command on the same folder is refused, naming the running one's pid.
+
 The same policy serves the experiment's restarts (:mod:`pimpic.protocol.experiment`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -44,8 +49,16 @@ from typing import Any
 from pimpic import __version__
 from pimpic.config import config_differences, load_yaml, plain
 from pimpic.errors import PimpicError
-from pimpic.io import read_json, write_json
-from pimpic.paths import CHECKPOINT, CONFIG, EVAL_MARKER, EVAL_OUTPUTS, MARKER, RUN_INFO
+from pimpic.io import HeldLock, acquire_lock, read_json, write_json
+from pimpic.paths import (
+    CHECKPOINT,
+    CONFIG,
+    EVAL_MARKER,
+    EVAL_OUTPUTS,
+    MARKER,
+    RUN_INFO,
+    RUN_LOCK,
+)
 
 KINDS = ("pretrain", "finetune")
 
@@ -66,8 +79,9 @@ class RunFolder:
         kind: ``pretrain`` or ``finetune``; a folder of the other kind is refused.
         artefacts: the names this kind of run writes into the folder (files or folders).
 
-    Use :meth:`check` (reads only; every rank may call it) before any expensive work, then
-    :meth:`check_resume` when resuming, then :meth:`start` (rank 0) to create or reopen it.
+    Use :meth:`check` (every rank may call it; rank 0 takes the folder's lock) before any
+    expensive work, then :meth:`check_resume` when resuming, then :meth:`start` (rank 0) to
+    create or reopen it.
     """
 
     def __init__(self, path: str | Path, kind: str, artefacts: Iterable[str]) -> None:
@@ -77,21 +91,54 @@ class RunFolder:
         self.kind = kind
         self.artefacts = tuple(artefacts)
         self._stale: list[Path] = []
+        self._lock: HeldLock | None = None
 
     # ------------------------------------------------------------------------------ decisions
 
-    def check(self, *, resume: bool, overwrite: bool) -> bool:
-        """Decide, touching nothing, whether the run starts (False) or resumes (True).
+    def check(self, *, resume: bool, overwrite: bool, lock: bool = True) -> bool:
+        """Decide whether the run starts (False) or resumes (True); with ``lock``, take the
+        folder's lock first (kept while this object lives, or until :meth:`release`).
+
+        The decision touches nothing. The lock (``.pimpic-lock``, created with the folder when
+        it is missing) is taken only after a first decision accepted the folder, and the
+        decision is then made again under it: of two commands given one folder, the second is
+        refused, naming the first — whether it would start, ``--resume`` or ``--overwrite``.
+        Under DDP only rank 0 locks (``lock=dist.is_main``).
 
         Raises:
-            PimpicError: every refusal of the table in the module docstring.
+            PimpicError: every refusal of the table in the module docstring, and a folder
+                locked by another running command.
         """
+        decision = self._decide(resume, overwrite)
+        if not lock or self._lock is not None:
+            return decision
+        created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock = acquire_lock(self.path / RUN_LOCK, f"`pimpic {self.kind}`")
+            return self._decide(resume, overwrite)
+        except BaseException:
+            self.release()
+            if created:  # leave no trace of a refused command
+                (self.path / RUN_LOCK).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()
+            raise
+
+    def release(self) -> None:
+        """Drop the folder's lock (also dropped when this object goes, or the process ends)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _decide(self, resume: bool, overwrite: bool) -> bool:
         path = self.path
         if resume and overwrite:
             raise PimpicError("--resume and --overwrite exclude each other")
         if path.exists() and not path.is_dir():
             raise PimpicError(f"{path}: exists and is not a folder")
-        entries = sorted(path.iterdir()) if path.is_dir() else []
+        entries = sorted(e for e in path.iterdir() if e.name != RUN_LOCK) if path.is_dir() \
+            else []
         if not entries:
             if resume:
                 raise PimpicError(f"{path}: no checkpoint to resume from (no run there); "
@@ -232,7 +279,7 @@ def _is_temporary(name: str, artefacts: Iterable[str]) -> bool:
 
 def _owned(entry: Path, artefacts: set[str]) -> bool:
     name = entry.name
-    if name == MARKER or name in artefacts or _is_temporary(name, artefacts):
+    if name in (MARKER, RUN_LOCK) or name in artefacts or _is_temporary(name, artefacts):
         return True
     return name.startswith("eval-") and _is_evaluation(entry)
 
