@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage
+from typer.testing import CliRunner
 
+from _cli import assert_refused
+from pimpic.cli import app
 from pimpic.data.datasets import read_dataset
 from pimpic.data.synthetic import generate_cohort, make_case
 from pimpic.data.synthetic_style import VARIABILITY
@@ -178,10 +182,6 @@ def test_low_cohort_keeps_its_fixed_grid(tmp_path: Path) -> None:
 
 
 def test_synth_help_describes_variability() -> None:
-    from typer.testing import CliRunner
-
-    from pimpic.cli import app
-
     result = CliRunner().invoke(app, ["synth", "--help"])
     assert result.exit_code == 0
     assert "--variability" in result.output
@@ -230,3 +230,39 @@ def test_kidney_benchmark_tumours_are_large_and_spare_their_kidney() -> None:
     assert free >= 1
     assert np.median(volumes) >= 15.0, volumes
     assert np.median(shares) >= 0.3 and min(shares) >= 0.1, shares
+
+
+@pytest.mark.parametrize("user_files", [("imagesTr/pancreas_001.nii.gz",),
+                                        ("imagesTr/pancreas_000.nii.gz",
+                                         "labelsTr/pancreas_000.nii.gz")],
+                         ids=["Y01-image", "Y02-image-and-label"])
+def test_synth_never_writes_into_a_folder_holding_a_users_files(tmp_path: Path,
+                                                                user_files: tuple[str]) -> None:
+    out = tmp_path / "y01"
+    for name in user_files:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(b"MY_SCAN")
+    res = CliRunner().invoke(app, ["synth", "--out", str(out), "--cases", "3", "--shape",
+                                   "40,40,24", "--spacing", "4,4,6", "--no-progress"])
+    assert_refused(res, f"{out}: exists and is not a pimpic synth dataset")
+    assert all((out / n).read_bytes() == b"MY_SCAN" for n in user_files)
+    assert not (out / "dataset.json").exists()
+
+
+def test_synth_refuses_a_shape_no_machine_can_hold(tmp_path: Path) -> None:
+    """Y07: one line, before anything is written (was a MemoryError traceback)."""
+    out = tmp_path / "y07"
+    res = CliRunner().invoke(app, ["synth", "--out", str(out), "--cases", "1", "--shape",
+                                   "100000,100000,100000", "--no-progress"])
+    assert_refused(res, "shape 100000,100000,100000: a case needs about", "use a smaller --shape")
+    assert not out.exists()
+
+
+def test_an_interrupted_synth_resumes_from_its_dataset_json(tmp_path: Path) -> None:
+    out = tmp_path / "synth"
+    kw: dict[str, Any] = {"seed": 5, "shape": (40, 40, 12), "spacing": (4, 4, 8),
+                          "progress": False, "variability": "low"}
+    generate_cohort(out, 2, **kw)
+    (out / "imagesTr" / "pancreas_001.nii.gz").unlink()  # killed before its last file
+    generate_cohort(out, 2, **kw)
+    assert (out / "imagesTr" / "pancreas_001.nii.gz").is_file()

@@ -152,7 +152,9 @@ def generate_cohort(
 
     Case ``i`` draws from ``np.random.default_rng([seed, i])``, so a cohort is reproducible
     and extending it keeps the existing cases. Rerunning with the same arguments is a no-op;
-    an interrupted run resumes; a folder made with other arguments is an error.
+    an interrupted run resumes; a folder made with other arguments is an error. ``dataset.json``
+    is written before the first case file, so a folder holding files without it is not synth's
+    and is refused: a user's scan is never overwritten, nor listed as synthetic.
 
     Args:
         out: output folder.
@@ -186,6 +188,7 @@ def generate_cohort(
     shape = tuple(int(s) for s in shape) if shape is not None else default_shape(spacing)
     if len(shape) != 3 or min(shape) < 8:
         raise PimpicError(f"shape {shape} must be three sizes of at least 8 voxels")
+    _check_memory(shape)
     params = {"task": task, "seed": seed, "cases": cases, "shape": list(shape),
               "spacing": list(spacing), "variability": variability}
     names = [f"{task}_{i:03d}.nii.gz" for i in range(cases)]
@@ -196,11 +199,18 @@ def generate_cohort(
     for i, name in enumerate(tqdm(names, desc="synth", unit="case", disable=not progress)):
         img_path, lab_path = out / "imagesTr" / name, out / "labelsTr" / name
         if img_path.is_file() and lab_path.is_file():
-            continue  # left by an interrupted run with the same arguments
+            continue  # written by an interrupted run with the same arguments (dataset.json)
         image, label, affine = make_case(np.random.default_rng([seed, i]), shape, spacing, task,
                                           variability)
+        if not (out / "dataset.json").is_file():  # before the first file: the folder is ours
+            _write_dataset_json(out, params, names)
         _save_nifti(label, affine, lab_path)
         _save_nifti(image, affine, img_path)
+    return out
+
+
+def _write_dataset_json(out: Path, params: dict[str, Any], names: list[str]) -> None:
+    task, variability, cases = params["task"], params["variability"], params["cases"]
     organ = "kidney" if task == "kidney" else "pancreas"
     write_json(out / "dataset.json", {
         "name": f"pimpic-synth-{task}",
@@ -213,7 +223,27 @@ def generate_cohort(
         "test": [],
         "pimpic_synth": {**params, "pimpic_version": __version__},
     })
-    return out
+
+
+#: bytes of memory one voxel of a case needs while it is made (measured peak: ~130)
+BYTES_PER_VOXEL = 160
+
+
+def _check_memory(shape: tuple[int, ...]) -> None:
+    """Refuse a ``shape`` whose case cannot fit in this machine's memory (before writing)."""
+    need = float(np.prod(np.asarray(shape, dtype=np.float64))) * BYTES_PER_VOXEL
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > have:
+        raise PimpicError(f"shape {','.join(map(str, shape))}: a case needs about "
+                          f"{_gb(need)} of memory to make, more than this machine's "
+                          f"{_gb(have)}; use a smaller --shape")
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.3g} GB"
 
 
 def _existing(out: Path, params: dict[str, Any]) -> bool:
@@ -231,7 +261,16 @@ def _existing(out: Path, params: dict[str, Any]) -> bool:
                               f"({diff}); choose another --out")
         files = [out / e[k] for e in old.get("training", []) for k in ("image", "label")]
         return all(f.is_file() for f in files)
-    if out.exists() and (not out.is_dir() or
-                         any(p.name not in ("imagesTr", "labelsTr") for p in out.iterdir())):
-        raise PimpicError(f"{out}: exists and is not a pimpic synth dataset; choose another --out")
+    # no dataset.json: no case was written yet, so only empty imagesTr/labelsTr (or the
+    # temporary files of a killed first write) may be there — never a user's scan
+    if out.exists() and (not out.is_dir() or any(not _empty_case_folder(p)
+                                                 for p in out.iterdir())):
+        raise PimpicError(f"{out}: exists and is not a pimpic synth dataset (it holds files "
+                          "synth did not write); choose another --out")
     return False
+
+
+def _empty_case_folder(path: Path) -> bool:
+    return (path.name in ("imagesTr", "labelsTr") and not path.is_symlink() and path.is_dir()
+            and all(p.name.startswith(".") and p.name.endswith(".tmp.nii.gz")
+                    for p in path.iterdir()))
