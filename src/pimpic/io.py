@@ -26,24 +26,41 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it over ``path`` atomically.
 
     The temporary file lives in the same folder so ``os.replace`` is a rename, not a copy. On
-    error the temporary file is removed and ``path`` is untouched.
+    error the temporary file is removed and ``path`` is untouched, so a retry after a full disk
+    or a permission error needs no cleaning up; such an error names ``path`` (not the
+    temporary file), for :func:`pimpic.errors.os_error_message`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with naming(path, path.parent / f".{path.name}."):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        # mkstemp creates 0600 files; artifacts get the usual umask-derived mode
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
-        os.replace(tmp_path, path)
-        fsync_dir(path.parent)  # the rename itself must survive a power cut
+        with naming(path, tmp_path):
+            yield tmp_path
+            # mkstemp creates 0600 files; artifacts get the usual umask-derived mode
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp_path, 0o666 & ~umask)
+            os.replace(tmp_path, path)
+            fsync_dir(path.parent)  # the rename itself must survive a power cut
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def naming(path: str | os.PathLike[str], *aliases: str | os.PathLike[str]) -> Iterator[None]:
+    """Re-raise an ``OSError`` that names no file (a ``write`` on a full disk), or a file whose
+    name starts with one of ``aliases`` (a temporary file), as the same error naming ``path``."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None and not str(err.filename).startswith(
+                tuple(str(a) for a in aliases)):
+            raise
+        raise type(err)(err.errno, err.strerror, str(path)) from err
 
 
 @contextlib.contextmanager
@@ -78,7 +95,7 @@ def save_npy(path: str | os.PathLike[str], array: Any) -> None:
     """``np.save`` whose bytes are on disk (fsynced) when it returns."""
     import numpy as np
 
-    with open(path, "wb") as fh:
+    with naming(path), open(path, "wb") as fh:
         np.save(fh, array)
         fh.flush()
         os.fsync(fh.fileno())
@@ -230,7 +247,7 @@ def _alive(pid: int) -> bool:
 
 def append_jsonl(path: str | os.PathLike[str], obj: Any) -> None:
     """Append one JSON line (used for ``metrics.jsonl``; a torn last line is tolerated on read)."""
-    with open(path, "a") as fh:
+    with naming(path), open(path, "a") as fh:
         fh.write(json.dumps(obj, default=_json_default) + "\n")
 
 

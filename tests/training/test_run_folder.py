@@ -177,7 +177,7 @@ def test_the_experiment_restart_keeps_a_folder_that_is_not_a_run(make_cache,
     from pimpic.protocol.experiment import run_experiment
     from pimpic.protocol.grid import ExperimentConfig
 
-    cache = make_cache(n_cases=5, shape=(16, 16, 16), labelled=False)
+    cache = make_cache(n_cases=5, shape=(16, 16, 16))
     exp = tmp_path / "exp"
     mine = exp / "pretrain" / "pimpic"
     mine.mkdir(parents=True)
@@ -223,7 +223,15 @@ def test_the_lock_is_held_until_released_and_a_refusal_leaves_no_folder(tmp_path
     assert folder.check(resume=False, overwrite=False) is False
     assert f"(pid {os.getpid()}, still running)" in str(refusal_elsewhere(run / RUN_LOCK))
     folder.release()
-    assert refusal_elsewhere(run / RUN_LOCK) is None
+    assert not run.exists()  # created for the lock, no run started in it: removed with it
+    run.mkdir()  # a user's empty folder is kept, without the lock file
+    RunFolder(run, "pretrain", ARTEFACTS).check(resume=False, overwrite=False)
+    assert run.is_dir() and not any(run.iterdir())
+    started = RunFolder(run, "pretrain", ARTEFACTS)
+    started.check(resume=False, overwrite=False)
+    started.start(resuming=False)
+    started.release()
+    assert refusal_elsewhere(run / RUN_LOCK) is None and (run / MARKER).is_file()
     with pytest.raises(PimpicError, match="no checkpoint to resume from"):
         RunFolder(tmp_path / "new", "pretrain", ARTEFACTS).check(resume=True, overwrite=False)
     assert not (tmp_path / "new").exists()

@@ -186,6 +186,15 @@ def _declared_labels(labels: Any, where: Path, by_name: bool) -> list[int]:
     return sorted(values)
 
 
+def _resolve(path: Path) -> Path:
+    """``path.resolve()``; a symlink loop is a one-line error naming it."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as err:  # RuntimeError before Python 3.13, then ELOOP
+        raise PimpicError(f"{path}: cannot be resolved ({err.__class__.__name__}: a symlink "
+                          "loop?); fix or remove that link") from None
+
+
 def _read_msd(root: Path) -> list[dict[str, Any]]:
     path = root / "dataset.json"
     meta = _dataset_json(root)
@@ -197,7 +206,7 @@ def _read_msd(root: Path) -> list[dict[str, Any]]:
     for n, entry in enumerate(training):
         if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
             raise PimpicError(f"{path}: training entry {n} has no 'image' path")
-        image = (root / entry["image"]).resolve()
+        image = _resolve(root / entry["image"])
         if PurePosixPath(entry["image"].replace("\\", "/")).name.startswith("._"):
             continue  # a listed macOS resource fork; any other hidden name meets the id check
         label = entry.get("label")
@@ -205,7 +214,7 @@ def _read_msd(root: Path) -> list[dict[str, Any]]:
             # the listed name, not the resolved one: a symlinked file keeps its case id
             "id": case_id_from_image(entry["image"]),
             "image": image,
-            "label": (root / label).resolve() if isinstance(label, str) else None,
+            "label": _resolve(root / label) if isinstance(label, str) else None,
             "label_values": label_values,
         })
     return cases

@@ -41,6 +41,7 @@ from pimpic.io import (
     file_digest,
     file_fingerprint,
     fsync_dir,
+    naming,
     read_json,
     save_npy,
     write_json,
@@ -251,22 +252,23 @@ def _process(case: dict[str, Any], cases_dir: Path, settings: Settings) -> str |
     tmp = cases_dir / f"{TMP_PREFIX}{case['id']}-{os.getpid()}"
     if tmp.exists():
         _remove(tmp, cases_dir)
-    tmp.mkdir()
+    final = cases_dir / case["id"]
     try:
-        save_npy(tmp / "image.npy", image.astype(settings.dtype))
-        if label is not None:
-            save_npy(tmp / "label.npy", label)
-        meta = {"id": case["id"], **meta, "source_image": str(case["image"]),
-                "source_label": str(case["label"]) if case["label"] is not None else None,
-                "sources": sources, "settings": settings.to_dict(),
-                "pimpic_version": __version__}
-        write_json(tmp / "meta.json", meta)
-        fsync_dir(tmp)
-        final = cases_dir / case["id"]
-        if final.exists():  # stale: made from older inputs or settings
-            _remove(final, cases_dir)
-        os.replace(tmp, final)
-        fsync_dir(cases_dir)
+        with naming(final, tmp):  # a full disk names the case folder, not the temporary one
+            tmp.mkdir()
+            save_npy(tmp / "image.npy", image.astype(settings.dtype))
+            if label is not None:
+                save_npy(tmp / "label.npy", label)
+            meta = {"id": case["id"], **meta, "source_image": str(case["image"]),
+                    "source_label": str(case["label"]) if case["label"] is not None else None,
+                    "sources": sources, "settings": settings.to_dict(),
+                    "pimpic_version": __version__}
+            write_json(tmp / "meta.json", meta)
+            fsync_dir(tmp)
+            if final.exists():  # stale: made from older inputs or settings
+                _remove(final, cases_dir)
+            os.replace(tmp, final)
+            fsync_dir(cases_dir)
     finally:
         if tmp.exists():
             _remove(tmp, cases_dir)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from pimpic.errors import PimpicError
-from pimpic.io import atomic_path
+from pimpic.io import atomic_open
 
 
 def rng_state() -> dict[str, Any]:
@@ -59,8 +59,8 @@ def seed_all(*entropy: int) -> None:
 
 def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
     """Write ``state`` atomically: a crash mid-write leaves the previous checkpoint intact."""
-    with atomic_path(path) as tmp:
-        torch.save(dict(state), tmp)
+    with atomic_open(path, "wb") as fh:  # a file object: a full disk raises OSError
+        torch.save(dict(state), fh)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",

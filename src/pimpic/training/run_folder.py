@@ -38,10 +38,10 @@ The same policy serves the experiment's restarts (:mod:`pimpic.protocol.experime
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import shutil
+import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -91,7 +91,7 @@ class RunFolder:
         self.kind = kind
         self.artefacts = tuple(artefacts)
         self._stale: list[Path] = []
-        self._lock: HeldLock | None = None
+        self._release: weakref.finalize[Any, Any] | None = None
 
     # ------------------------------------------------------------------------------ decisions
 
@@ -110,26 +110,25 @@ class RunFolder:
                 locked by another running command.
         """
         decision = self._decide(resume, overwrite)
-        if not lock or self._lock is not None:
+        if not lock or self._release is not None:
             return decision
         created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
+        held = acquire_lock(self.path / RUN_LOCK, f"`pimpic {self.kind}`")
+        self._release = weakref.finalize(self, _unlock, self.path, held, created)
         try:
-            self._lock = acquire_lock(self.path / RUN_LOCK, f"`pimpic {self.kind}`")
             return self._decide(resume, overwrite)
         except BaseException:
             self.release()
-            if created:  # leave no trace of a refused command
-                (self.path / RUN_LOCK).unlink(missing_ok=True)
-                with contextlib.suppress(OSError):
-                    self.path.rmdir()
             raise
 
     def release(self) -> None:
-        """Drop the folder's lock (also dropped when this object goes, or the process ends)."""
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        """Drop the folder's lock (also dropped when this object goes, or the process ends).
+        Where no run was started, the lock file goes too, and the folder if this command
+        created it: a refused or failed command leaves no trace."""
+        if self._release is not None:
+            self._release()
+            self._release = None
 
     def _decide(self, resume: bool, overwrite: bool) -> bool:
         path = self.path
@@ -260,6 +259,21 @@ def file_sha256(path: str | Path) -> str:
 def json_sha256(obj: Any) -> str:
     """Hex SHA-256 of a JSON value, independent of key order (e.g. a cache manifest)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def _unlock(folder: Path, lock: HeldLock, created: bool) -> None:
+    """Release ``folder``'s lock; when the lock file is all there is (no run started), remove
+    it, and the folder if this command ``created`` it — still holding the lock, so no other
+    command is using them."""
+    try:
+        if [e.name for e in folder.iterdir()] == [RUN_LOCK]:
+            (folder / RUN_LOCK).unlink()
+            if created:
+                folder.rmdir()
+    except OSError:
+        pass  # a folder someone else writes into, or one that went: keep what is there
+    finally:
+        lock.release()
 
 
 def _marker(kind: str, artefacts: list[str]) -> dict[str, Any]:

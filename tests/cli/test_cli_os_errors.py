@@ -1,0 +1,111 @@
+"""What the operating system refuses — permission, a full disk, a file-size limit, a path that
+loops — is one line naming the path, exit 2, with nothing half-written left (finding 9).
+
+Tests run as root, whom ``chmod`` does not stop, so the refusals are simulated where pimpic
+writes."""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from _cli import assert_refused
+from pimpic.cli import app
+from pimpic.data.cache import Cache
+
+runner = CliRunner()
+SYNTH = ["--cases", "3", "--shape", "40,40,12", "--spacing", "4,4,8", "--variability", "low",
+         "--no-progress"]
+TINY_PRE = ["--set", "width=2", "--set", "depth=3", "--set", "patch_size=16", "--set",
+            "patches=2", "--set", "proj_dim=8", "--set", "num_workers=0", "--no-progress"]
+
+
+def _temporaries(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.endswith(".tmp") or ".tmp-" in p.name]
+
+
+def test_a_read_only_target_is_one_line_naming_the_file(tmp_path: Path, monkeypatch) -> None:
+    """P01-P11: a folder pimpic may not write into (simulated: the temporary file is refused)."""
+    out = tmp_path / "synth"
+
+    def refuse(suffix: str = "", prefix: str = "", dir: str = "") -> Any:
+        raise PermissionError(errno.EACCES, "Permission denied", f"{dir}/{prefix}k2j4{suffix}")
+
+    with monkeypatch.context() as m:
+        m.setattr(tempfile, "mkstemp", refuse)
+        res = runner.invoke(app, ["synth", "--out", str(out), *SYNTH])
+    assert_refused(res, f"error: {out / 'dataset.json'}: permission denied")
+    res = runner.invoke(app, ["synth", "--out", str(out), *SYNTH])  # the retry needs no flag
+    assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize(("code", "words"), [(errno.ENOSPC, "no space left on the device"),
+                                             (errno.EFBIG, "file too large")])
+def test_a_full_disk_while_preparing_names_the_case_and_a_retry_finishes(
+        tmp_path: Path, monkeypatch, code: int, words: str) -> None:
+    """Q01-Q08: the write that fails names no file; the message names the case folder."""
+    src, cache = tmp_path / "synth", tmp_path / "cache"
+    assert runner.invoke(app, ["synth", "--out", str(src), *SYNTH]).exit_code == 0
+    real, calls = np.save, []
+
+    def full(fh: Any, array: Any, *a: Any, **kw: Any) -> None:
+        calls.append(1)
+        if len(calls) > 2:  # the second case's image
+            raise OSError(code, os.strerror(code))
+        real(fh, array, *a, **kw)
+
+    prep = ["prepare", str(src), "--out", str(cache), "--spacing", "4", "--workers", "1",
+            "--no-progress"]
+    with monkeypatch.context() as m:
+        m.setattr(np, "save", full)
+        res = runner.invoke(app, prep)
+    assert_refused(res, f"error: {cache / 'cases' / 'pancreas_001'}: {words}")
+    assert not _temporaries(cache) and not (cache / "cases" / "pancreas_001").exists()
+    res = runner.invoke(app, prep)
+    assert res.exit_code == 0, res.output
+    assert len(Cache(cache).case_ids) == 3
+
+
+def test_a_full_disk_at_a_checkpoint_leaves_the_previous_one(make_cache, tmp_path: Path,
+                                                             monkeypatch) -> None:
+    cache = make_cache(n_cases=4, shape=(20, 20, 18), labelled=False)
+    run = tmp_path / "run"
+    real, calls = torch.save, []
+
+    def full(obj: Any, f: Any, *a: Any, **kw: Any) -> None:
+        calls.append(1)
+        if len(calls) > 1:
+            f.write(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(obj, f, *a, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", full)
+        res = runner.invoke(app, ["pretrain", str(cache), "--out", str(run), "--steps", "2",
+                                  "--set", "checkpoint_every=1", *TINY_PRE])
+    assert_refused(res, f"error: {run / 'checkpoint.pt'}: no space left on the device")
+    assert not _temporaries(run)
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 1
+    res = runner.invoke(app, ["pretrain", str(cache), "--out", str(run), "--resume",
+                              "--no-progress"])
+    assert res.exit_code == 0, res.output
+
+
+def test_a_symlink_loop_in_a_dataset_is_one_line(tmp_path: Path) -> None:
+    """B21."""
+    src = tmp_path / "synth"
+    assert runner.invoke(app, ["synth", "--out", str(src), *SYNTH]).exit_code == 0
+    loop = src / "imagesTr" / "pancreas_001.nii.gz"
+    loop.unlink()
+    loop.symlink_to(loop)
+    res = runner.invoke(app, ["prepare", str(src), "--out", str(tmp_path / "c"), "--workers",
+                              "1", "--no-progress"])
+    assert_refused(res, f"{loop}: cannot be resolved", "symlink loop")
