@@ -146,10 +146,26 @@ def test_optional_and_tuple_fields() -> None:
     ("nope=1", "unknown key\\(s\\) nope"),
     ("sampler.nope=1", "config.sampler: unknown key\\(s\\) nope"),
     ("steps", "--set 'steps': expected key=value"),
+    ("log_every=.inf", "log_every: expected an integer, got inf"),  # C10b
+    ("patches=.nan", "patches: expected an integer, got nan"),  # C11b
+    ("steps=-inf", "steps: expected an integer, got '-inf'"),
+    ("lr=nan", "lr: expected a number, got 'nan'"),
 ])
 def test_coercion_errors_name_the_key(override: str, match: str) -> None:
     with pytest.raises(PimpicError, match=match):
         C.build_config(C.PretrainConfig, None, [override])
+
+
+def test_non_finite_integers_in_yaml_and_class_ratios_are_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """C53b (``steps: .inf`` in YAML), C49 (``max_epochs=.inf``), C41 (all-zero ratios)."""
+    path = tmp_path / "c.yaml"
+    path.write_text("steps: .inf\n")
+    with pytest.raises(PimpicError, match=r"c\.yaml.*steps: expected an integer, got inf"):
+        C.build_config(C.PretrainConfig, path)
+    with pytest.raises(PimpicError, match="max_epochs: expected an integer, got inf"):
+        C.build_config(C.FinetuneConfig, None, ["max_epochs=.inf"])
+    with pytest.raises(PimpicError, match="class_ratios: all zero"):
+        C.build_config(C.FinetuneConfig, None, ["class_ratios=[0,0,0]"])
 
 
 def test_yaml_then_overrides_then_flags(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -142,14 +142,17 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             f = float(value)
         except (TypeError, ValueError):
             raise PimpicError(f"{where}: expected an integer, got {value!r}") from None
-        if f != int(f):
+        if not math.isfinite(f) or f != int(f):
             raise PimpicError(f"{where}: expected an integer, got {value!r}")
         return int(f)
     if tp is float:
         try:
-            return float(value)
+            f = float(value)
         except (TypeError, ValueError):
             raise PimpicError(f"{where}: expected a number, got {value!r}") from None
+        if math.isnan(f):
+            raise PimpicError(f"{where}: expected a number, got {value!r}")
+        return f
     if tp is str:
         return str(value)
     return value
@@ -588,6 +591,9 @@ class FinetuneConfig:
         if self.class_ratios is not None and len(self.class_ratios) != self.num_classes:
             raise ValueError(f"class_ratios: {len(self.class_ratios)} values for num_classes="
                              f"{self.num_classes} (one per class, background first)")
+        if self.class_ratios is not None and not any(self.class_ratios):
+            raise ValueError("class_ratios: all zero, so no class would ever be sampled; give "
+                             "at least one class a positive ratio")
 
 
 #: one line per numeric field of :class:`FinetuneConfig` (a new field needs its line here)

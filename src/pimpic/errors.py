@@ -13,7 +13,7 @@ import errno
 import functools
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -67,31 +67,27 @@ def friendly_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         import typer
 
+        message: str | None = None
         try:
             return fn(*args, **kwargs)
         except PimpicError as err:
-            _refuse(str(err))
+            message = str(err)
         except OSError as err:
-            msg = os_error_message(err)
-            if msg is None:
+            message = os_error_message(err)
+            if message is None:
                 raise
-            _refuse(msg)
         except (MemoryError, RuntimeError) as err:
-            msg = memory_error_message(err)
-            if msg is None:
+            message = memory_error_message(err)
+            if message is None:
                 raise
-            _refuse(msg)
         except KeyboardInterrupt:
             print("interrupted: finished work is kept; rerun the same command to resume",
                   file=sys.stderr)
             raise typer.Exit(code=130) from None
+        # outside the handler the failure and its frames are gone, so what they held is
+        # released (a run folder's lock, a folder made only for it) before the exit
+        print("error: " + " ".join(message.split("\n")), file=sys.stderr)
+        raise typer.Exit(code=2)
 
     return wrapper  # type: ignore[return-value]
 
-
-def _refuse(message: str) -> NoReturn:
-    """Print ``error: <message>`` on one line and exit 2."""
-    import typer
-
-    print("error: " + " ".join(message.split("\n")), file=sys.stderr)
-    raise typer.Exit(code=2) from None

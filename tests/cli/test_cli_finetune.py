@@ -72,7 +72,9 @@ def test_settings_and_folders_are_checked_before_anything_is_written(make_cache,
     for setting, message in (("val_every=0", "val_every must be ≥ 1, got 0"),
                              ("batch_size=0", "batch_size must be ≥ 1, got 0"),
                              ("max_epochs=0", "max_epochs must be ≥ 1, got 0"),
-                             ("num_classes=2", "label value 2 does not fit num_classes=2")):
+                             ("num_classes=2", "label value 2 does not fit num_classes=2"),
+                             ("class_ratios=[0,0,0]", "class_ratios: all zero"),  # C41
+                             ("max_epochs=.inf", "max_epochs: expected an integer")):  # C49
         res = runner.invoke(app, ["finetune", str(cache), "--out", str(run), *TINY,
                                   "--set", setting, "--no-progress"])
         assert_refused(res, message)

@@ -109,3 +109,21 @@ def test_a_symlink_loop_in_a_dataset_is_one_line(tmp_path: Path) -> None:
     res = runner.invoke(app, ["prepare", str(src), "--out", str(tmp_path / "c"), "--workers",
                               "1", "--no-progress"])
     assert_refused(res, f"{loop}: cannot be resolved", "symlink loop")
+
+
+def test_running_out_of_memory_is_one_line_and_leaves_no_run_folder(make_cache, tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    """C16 (``--set width=100000``): torch's failed allocation, simulated."""
+    from pimpic.pretraining import engine
+
+    def huge(*args: Any, **kw: Any) -> Any:
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                           "can't allocate memory: you tried to allocate 1080000000000 bytes.")
+
+    cache = make_cache(n_cases=4, shape=(20, 20, 18), labelled=False)
+    monkeypatch.setattr(engine, "_build_module", huge)
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["pretrain", str(cache), "--out", str(run), "--steps", "2",
+                              *TINY_PRE])
+    assert_refused(res, "error: out of memory (", "1080000000000 bytes", "smaller sizes (width")
+    assert not run.exists()
