@@ -9,10 +9,13 @@ variant, plus two configurations pimpic must refuse or tell apart (``3d_nostride
 
 from __future__ import annotations
 
+import errno
 import json
 import pickle
 import shutil
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -127,10 +130,19 @@ def test_a_box_patch_must_fit_the_strides_per_axis(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def nnunet_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-step PiMPiC run of the nnU-Net 3d_fullres encoder on a tiny cache."""
+    """A 2-step PiMPiC run of the nnU-Net 3d_fullres encoder on a tiny folder preprocessed with
+    those plans (so it matches them: spacing, normalisation, strides)."""
+    root = tmp_path_factory.mktemp("nnunet")
+    pretrain(write_preprocessed(root), root / "run", _cfg(nnunet_plans=""), progress=False)
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def cache_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same encoder pretrained on a pimpic cache: another spacing, a HU window in [0, 1]."""
     from conftest import write_cache
 
-    root = tmp_path_factory.mktemp("nnunet")
+    root = tmp_path_factory.mktemp("nnunet_cache")
     cache = write_cache(root / "cache", n_cases=4, shape=(24, 24, 24))
     pretrain(cache, root / "run", _cfg(), progress=False)
     return root / "run"
@@ -182,6 +194,73 @@ def test_export_refuses_a_backbone_that_does_not_match(nnunet_run: Path, tmp_pat
     assert_refused(res, "unet3d-encoder backbone does not match",
                    "encoder.stages.0.0.convs.0.conv.weight")
     assert not out.exists()
+
+
+def _export(run: Path, out: Path, *extra: str, plans: Path = PLANS) -> Any:
+    return runner.invoke(app, ["export", "nnunet", str(run), "--plans", str(plans),
+                               "--out", str(out), *extra])
+
+
+def test_export_refuses_a_run_pretrained_otherwise_than_the_plans(cache_run: Path,
+                                                                  tmp_path: Path) -> None:
+    """X14: a 1.5 mm cache in a HU window scaled to [0, 1] for 2.5 × 1.5 × 1.5 mm z-score
+    plans; the tensors fit, the features do not. Exported only under --allow."""
+    out = tmp_path / "x.pth"
+    res = _export(cache_run, out)
+    assert_refused(res, "pretrained otherwise than nnunet_plans.json:3d_fullres preprocesses",
+                   "spacing: run ", "plans 2.5×1.5×1.5 mm",
+                   "intensity normalisation: run HU window [",
+                   "plans CTNormalization (clip [-950.0, 900.0])",
+                   "--allow spacing,normalization")
+    assert not out.exists()
+    res = _export(cache_run, out, "--allow", "spacing", "--allow", "normalization")
+    assert res.exit_code == 0, res.output
+    assert "warning: exported under --allow although the spacing: run" in res.output
+    res = _export(cache_run, tmp_path / "y.pth", "--allow", "spacing,colour")
+    assert_refused(res, "--allow colour: not one of spacing, normalization, strides")
+
+
+def test_export_refuses_plans_with_other_strides_and_equal_shapes(nnunet_run: Path,
+                                                                  tmp_path: Path) -> None:
+    """X15: every tensor has the shape the plans give, but stage 1 downsamples z as well."""
+    plans = json.loads(PLANS.read_text())
+    plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["strides"][1] = [2, 2, 2]
+    other = tmp_path / "nnUNetPlans.json"
+    other.write_text(json.dumps(plans))
+    res = _export(nnunet_run, tmp_path / "x.pth", plans=other)
+    assert_refused(res, "strides: run [[1, 1, 1], [1, 2, 2], [2, 4, 4], [4, 8, 8]], plans "
+                        "[[1, 1, 1], [2, 2, 2], [4, 4, 4], [8, 8, 8]]", "--allow strides")
+    assert _export(nnunet_run, tmp_path / "x.pth", "--allow", "strides",
+                   plans=other).exit_code == 0
+
+
+def test_export_never_replaces_a_file_it_did_not_write(nnunet_run: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """X06, X16 (a user's file; the run's own encoder), X07 (a folder), X12, X17."""
+    mine = tmp_path / "USER_nnunet_checkpoint.pth"
+    mine.write_text("precious")
+    encoder = nnunet_run / "encoder.safetensors"
+    before = encoder.read_bytes()
+    for target in (mine, encoder):
+        assert_refused(_export(nnunet_run, target), f"{target}: exists; pass --overwrite")
+        assert_refused(_export(nnunet_run, target, "--overwrite"),
+                       f"{target}: exists and is not a checkpoint written by `pimpic export "
+                       "nnunet`; refusing to replace it, even with --overwrite")
+    assert mine.read_text() == "precious" and encoder.read_bytes() == before
+    assert_refused(_export(nnunet_run, tmp_path), f"{tmp_path}: is a folder; --out names "
+                                                  "the checkpoint file")
+    out = tmp_path / "x.pth"
+    assert_refused(_export(nnunet_run, out, "--dataset-json", str(tmp_path / "none.json")),
+                   f"{tmp_path / 'none.json'}: --dataset-json file not found")
+    with monkeypatch.context() as m:  # a read-only folder (root ignores chmod)
+        def refuse(suffix: str = "", prefix: str = "", dir: str = "") -> Any:
+            raise PermissionError(errno.EACCES, "Permission denied", f"{dir}/{prefix}1{suffix}")
+
+        m.setattr(tempfile, "mkstemp", refuse)
+        assert_refused(_export(nnunet_run, out), f"error: {out}: permission denied")
+    assert not out.exists()
+    assert _export(nnunet_run, out).exit_code == 0
+    assert _export(nnunet_run, out, "--overwrite").exit_code == 0  # an earlier export: replaced
 
 
 def write_preprocessed(root: Path, n: int = 3, shape: tuple[int, int, int] = (20, 24, 24)

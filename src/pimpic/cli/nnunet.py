@@ -24,12 +24,21 @@ def register(export_app: typer.Typer) -> None:
         dataset_json: Path | None = typer.Option(
             None, "--dataset-json", help="dataset.json for the number of outputs (default: "
             "beside the plans file)."),
+        allow: list[str] = typer.Option(
+            [], "--allow", help="Export although the pretraining differs from the plans in "
+            "this respect: spacing, normalization or strides (repeat, or comma-separate)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it is an "
+                                       "earlier export."),
     ) -> None:
         """Write the full nnU-Net network (pretrained encoder, fresh decoder) for
         `nnUNetv2_train DATASET CONFIGURATION FOLD -pretrained_weights OUT`."""
         from pimpic.nnunet.export import export_nnunet
 
-        summary = export_nnunet(run, plans, configuration, out, dataset_json=dataset_json)
+        names = [n.strip() for a in allow for n in a.split(",") if n.strip()]
+        summary = export_nnunet(run, plans, configuration, out, dataset_json=dataset_json,
+                                allow=names, overwrite=overwrite)
+        for difference in summary["allowed"]:
+            typer.echo(f"warning: exported under --allow although the {difference}", err=True)
         typer.echo(f"wrote {summary['out']}: {summary['encoder_tensors']} pretrained encoder "
                    f"tensors in a {summary['network_tensors']}-tensor "
                    f"{summary['configuration']} network")

@@ -144,14 +144,8 @@ class PreprocessedFolder:
         """``spacing`` (mm, the plan's, transposed axes), ``window`` (HU: the CT clip range of
         channel 0, None for other schemes) and the plan's ``normalization`` schemes."""
         plan = self.plan
-        schemes = list(plan.config.get("normalization_schemes") or [])
-        window = None
-        if schemes[:1] == ["CTNormalization"]:
-            props = plan.plans.get("foreground_intensity_properties_per_channel", {}).get("0", {})
-            if "percentile_00_5" in props and "percentile_99_5" in props:
-                window = [float(props["percentile_00_5"]), float(props["percentile_99_5"])]
-        return {"spacing": plan.spacing, "window": window, "normalization": schemes,
-                "source": FORMAT}
+        return {"spacing": plan.spacing, "window": plan.ct_window,
+                "normalization": plan.normalization, "source": FORMAT}
 
     @cached_property
     def manifest(self) -> dict[str, Any]:

@@ -93,6 +93,22 @@ class NnunetPlan:
             out.append(Level((total[0], total[1], total[2]), width))
         return tuple(out)
 
+    @property
+    def normalization(self) -> list[str]:
+        """The intensity normalisation scheme per channel, e.g. ``["CTNormalization"]``."""
+        return [str(v) for v in self.config.get("normalization_schemes") or []]
+
+    @property
+    def ct_window(self) -> list[float] | None:
+        """The HU range ``CTNormalization`` clips channel 0 to (the foreground's 0.5 and 99.5
+        percentiles), or None for another scheme or plans without those properties."""
+        if self.normalization[:1] != ["CTNormalization"]:
+            return None
+        props = self.plans.get("foreground_intensity_properties_per_channel", {}).get("0", {})
+        if "percentile_00_5" not in props or "percentile_99_5" not in props:
+            return None
+        return [float(props["percentile_00_5"]), float(props["percentile_99_5"])]
+
     def describe(self) -> str:
         return f"{self.path.name}:{self.name}"
 

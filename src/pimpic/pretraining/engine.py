@@ -309,6 +309,8 @@ def _export(run_dir: Path, module: nn.Module, cache: Any, cfg: PretrainConfig,
     save_encoder(run_dir / ENCODER_FILE, module.encoder, {
         "patch_size": plain(cfg.patch_size), "spacing": list(settings["spacing"]),
         "window": list(settings["window"]) if settings.get("window") is not None else None,
+        # a pimpic cache: the HU window scaled to [0, 1]; an nnU-Net folder: its plan's schemes
+        "normalization": settings.get("normalization", ["window"]),
         "method": cfg.method, "steps": cfg.steps,
         "pretrain_cases": ids, "pretrain_hashes": hashes})
 
