@@ -56,9 +56,10 @@ def test_overwrite_removes_only_what_pimpic_wrote(tmp_path: Path) -> None:
     run = tmp_path / "run"
     _run(run)
     (run / ".checkpoint.pt.k2j4.tmp").write_bytes(b"half")  # a write cut by a kill
-    legacy = run / "eval-val"  # an evaluation from before the marker existed
-    (legacy / "pred").mkdir(parents=True)
-    (legacy / "per_case.csv").write_text("case\n")
+    mark_evaluation(run / "eval-val")
+    (run / "eval-val" / "pred").mkdir()
+    (run / "eval-val" / "pred" / "case_1.npy").write_bytes(b"npy")
+    (run / "eval-val" / "per_case.csv").write_text("case\n")
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     (outside / "keep.txt").write_text("mine")
@@ -71,11 +72,12 @@ def test_overwrite_removes_only_what_pimpic_wrote(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("foreign", ["notes.txt", "eval-mine.txt", "eval-plots/fig.png",
-                                     ".DS_Store"])
+                                     ".DS_Store", "eval-mine/summary.json",  # E29
+                                     "eval-test/notes.txt", "eval-test/pred/mine.png"])
 def test_overwrite_refuses_a_run_holding_anything_else(tmp_path: Path, foreign: str) -> None:
     run = tmp_path / "run"
     _run(run)
-    (run / foreign).parent.mkdir(exist_ok=True)
+    (run / foreign).parent.mkdir(parents=True, exist_ok=True)
     (run / foreign).write_text("user data")
     before = _tree(run)
     with pytest.raises(PimpicError) as err:
@@ -84,6 +86,19 @@ def test_overwrite_refuses_a_run_holding_anything_else(tmp_path: Path, foreign: 
     assert msg.startswith(f"{run}: --overwrite removes only what pimpic wrote")
     assert foreign.split("/")[0] in msg and "\n" not in msg
     assert _tree(run) == before
+
+
+def test_a_hand_edited_marker_does_not_make_a_users_file_pimpics(tmp_path: Path) -> None:
+    """E33: the marker names what pimpic wrote; editing it must not widen --overwrite."""
+    run = tmp_path / "run"
+    _run(run).release()
+    marker = json.loads((run / MARKER).read_text())
+    marker["artefacts"].append("thesis.tex")
+    (run / MARKER).write_text(json.dumps(marker))
+    (run / "thesis.tex").write_text("mine")
+    with pytest.raises(PimpicError, match=r"also holds thesis\.tex"):
+        RunFolder(run, "finetune", ARTEFACTS).check(resume=False, overwrite=True)
+    assert (run / "thesis.tex").read_text() == "mine"
 
 
 def test_a_folder_without_the_marker_is_not_a_run(tmp_path: Path) -> None:

@@ -17,10 +17,11 @@ run of this kind      refuse         continue from ``checkpoint.pt``     remove 
 anything else         refuse         refuse                              refuse
 ====================  =============  ==================================  ======================
 
-``--overwrite`` removes only what pimpic wrote: the artefacts the marker lists, the temporary
-files of their atomic writes (left by a killed process), and ``eval-*`` folders that are
-evaluations (marked ``.pimpic-eval``, or holding nothing but evaluation outputs). Anything else
-in the folder (a user's notes, a figure, an ``eval-*`` *file*) makes it refuse, naming what it
+``--overwrite`` removes only what pimpic wrote: the artefacts this kind of run writes (not
+whatever a hand-edited marker lists), the temporary files of their atomic writes (left by a
+killed process), and ``eval-*`` folders that are evaluations (marked ``.pimpic-eval`` and
+holding nothing but evaluation outputs). Anything else in the folder (a user's notes, a figure,
+an ``eval-*`` *file*, a hand-written ``eval-mine/summary.json``) makes it refuse, naming what it
 found: nothing pimpic did not write is deleted, and a restarted run never sits next to results
 of the run it replaced. Nothing outside the folder is touched; a listed name that is a link is
 unlinked, never followed.
@@ -56,6 +57,7 @@ from pimpic.paths import (
     EVAL_MARKER,
     EVAL_OUTPUTS,
     MARKER,
+    PREDICTIONS,
     RUN_INFO,
     RUN_LOCK,
 )
@@ -158,7 +160,9 @@ class RunFolder:
         if not overwrite:
             raise PimpicError(f"{path}: run folder exists and is not empty; pass --resume to "
                               "continue it or --overwrite to start over")
-        listed = {*marker["artefacts"], *self.artefacts}
+        # the names this kind of run writes, not whatever the marker lists: a hand-edited
+        # marker must not make --overwrite delete a user's file
+        listed = set(self.artefacts)
         foreign = [e.name for e in entries if not _owned(e, listed)]
         if foreign:
             raise PimpicError(f"{path}: --overwrite removes only what pimpic wrote, and the "
@@ -299,13 +303,22 @@ def _owned(entry: Path, artefacts: set[str]) -> bool:
 
 
 def _is_evaluation(folder: Path) -> bool:
-    if folder.is_symlink() or not folder.is_dir():
+    """``eval-*`` holding pimpic's marker and nothing but what an evaluation writes (so not a
+    user's folder with a ``summary.json``, nor a marked one a user added a file to)."""
+    if folder.is_symlink() or not folder.is_dir() or not (folder / EVAL_MARKER).is_file():
         return False
-    if (folder / EVAL_MARKER).is_file():
-        return True
-    names = [e.name for e in folder.iterdir()]
-    return bool(names) and all(n in EVAL_OUTPUTS or _is_temporary(n, EVAL_OUTPUTS)
-                               for n in names)
+    for entry in folder.iterdir():
+        name = entry.name
+        if name == EVAL_MARKER or _is_temporary(name, EVAL_OUTPUTS):
+            continue
+        if name not in EVAL_OUTPUTS or entry.is_symlink():
+            return False
+        if name == PREDICTIONS and not (entry.is_dir() and all(
+                p.is_file() and not p.is_symlink()
+                and (p.suffix == ".npy" or (p.name.startswith(".") and p.suffix == ".tmp"))
+                for p in entry.iterdir())):
+            return False
+    return True
 
 
 def _remove(folder: Path, entry: Path) -> None:
