@@ -84,6 +84,7 @@ def test_a_lock_held_by_another_process_is_refused_naming_it(tmp_path: Path) -> 
         acquire_lock(lock, "`pimpic prepare`")
     assert f"x.lock: locked by another `pimpic prepare` (pid {pid}, still running)" in str(err)
     acquire_lock(lock, "`pimpic prepare`").release()  # free once the holder is gone
+    assert lock.read_text() == ""  # released, not died holding it: nothing to report next time
 
 
 def test_a_forked_child_does_not_inherit_the_lock(tmp_path: Path) -> None:

@@ -145,7 +145,7 @@ class HeldLock:
 
     def __init__(self, path: Path, fd: int) -> None:
         self.path = path
-        self._finalizer = weakref.finalize(self, os.close, fd)
+        self._finalizer = weakref.finalize(self, _unlock_fd, fd)
 
     def release(self) -> None:
         """Drop the lock (closing the descriptor releases it); the file is left in place."""
@@ -209,6 +209,17 @@ def exclusive_lock(path: str | os.PathLike[str], what: str) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def _unlock_fd(fd: int) -> None:
+    """Forget the holder's pid (a pid left in the file means its holder died holding it), then
+    close: closing releases the lock."""
+    try:
+        os.ftruncate(fd, 0)
+    except OSError:
+        pass  # read-only or full file system: the pid stays, the lock is released all the same
+    finally:
+        os.close(fd)
 
 
 def _recorded_pid(fd: int) -> int | None:

@@ -127,3 +127,13 @@ def test_running_out_of_memory_is_one_line_and_leaves_no_run_folder(make_cache, 
                               *TINY_PRE])
     assert_refused(res, "error: out of memory (", "1080000000000 bytes", "smaller sizes (width")
     assert not run.exists()
+
+
+def test_a_folder_given_as_a_split_file_is_one_line(tmp_path: Path) -> None:
+    """G11: ``prepare --splits FOLDER`` (was an IsADirectoryError traceback)."""
+    src = tmp_path / "synth"
+    assert runner.invoke(app, ["synth", "--out", str(src), *SYNTH]).exit_code == 0
+    res = runner.invoke(app, ["prepare", str(src), "--out", str(tmp_path / "c"), "--splits",
+                              str(tmp_path), "--no-progress"])
+    assert_refused(res, f"error: {tmp_path}: is a folder, expected a file")
+    assert not (tmp_path / "c").exists()

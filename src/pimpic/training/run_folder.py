@@ -102,18 +102,20 @@ class RunFolder:
         folder's lock first (kept while this object lives, or until :meth:`release`).
 
         The decision touches nothing. The lock (``.pimpic-lock``, created with the folder when
-        it is missing) is taken only after a first decision accepted the folder, and the
-        decision is then made again under it: of two commands given one folder, the second is
-        refused, naming the first — whether it would start, ``--resume`` or ``--overwrite``.
+        it is missing) is taken first where it exists, otherwise only after a first decision
+        accepted the folder, and the decision is made (again) under it: of two commands given
+        one folder, the second is refused, naming the first — whether it would start,
+        ``--resume`` or ``--overwrite``.
         Under DDP only rank 0 locks (``lock=dist.is_main``).
 
         Raises:
             PimpicError: every refusal of the table in the module docstring, and a folder
                 locked by another running command.
         """
-        decision = self._decide(resume, overwrite)
         if not lock or self._release is not None:
-            return decision
+            return self._decide(resume, overwrite)
+        if not (self.path / RUN_LOCK).is_file():  # lock no folder not known to be usable
+            self._decide(resume, overwrite)
         created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         held = acquire_lock(self.path / RUN_LOCK, f"`pimpic {self.kind}`")
