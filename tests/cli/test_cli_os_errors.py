@@ -137,3 +137,24 @@ def test_a_folder_given_as_a_split_file_is_one_line(tmp_path: Path) -> None:
                               str(tmp_path), "--no-progress"])
     assert_refused(res, f"error: {tmp_path}: is a folder, expected a file")
     assert not (tmp_path / "c").exists()
+
+
+def test_a_run_stopped_before_its_first_checkpoint_restarts_with_the_same_command(
+        make_cache, tmp_path: Path, monkeypatch) -> None:
+    """A full disk at the first checkpoint: the retry needs no --overwrite (nothing to keep)."""
+    cache = make_cache(n_cases=4, shape=(20, 20, 18), labelled=False)
+    run = tmp_path / "run"
+    command = ["pretrain", str(cache), "--out", str(run), "--steps", "2", *TINY_PRE]
+
+    def full(obj: Any, f: Any, *a: Any, **kw: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", full)
+        assert_refused(runner.invoke(app, command), f"{run / 'checkpoint.pt'}: no space left")
+    (run / "notes.txt").write_text("mine")  # but never over a user's file
+    assert_refused(runner.invoke(app, command), "run folder exists and is not empty")
+    (run / "notes.txt").unlink()
+    res = runner.invoke(app, command)
+    assert res.exit_code == 0, res.output
+    assert "stopped before its first checkpoint" in res.output

@@ -12,8 +12,10 @@ What a command does with its ``--out`` folder:
 folder                no flag        ``--resume``                        ``--overwrite``
 ====================  =============  ==================================  ======================
 missing or empty      start          refuse: nothing to resume           start
-run of this kind      refuse         continue from ``checkpoint.pt``     remove its artefacts,
-                                     (refuse without one)                start
+run of this kind      refuse (start  continue from ``checkpoint.pt``     remove its artefacts,
+                      again if it    (refuse without one)                start
+                      stopped before
+                      a checkpoint)
 anything else         refuse         refuse                              refuse
 ====================  =============  ==================================  ======================
 
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import weakref
 from collections.abc import Iterable, Mapping
@@ -54,13 +57,18 @@ from pimpic.io import HeldLock, acquire_lock, read_json, write_json
 from pimpic.paths import (
     CHECKPOINT,
     CONFIG,
+    ENV,
     EVAL_MARKER,
     EVAL_OUTPUTS,
     MARKER,
+    METRICS,
     PREDICTIONS,
     RUN_INFO,
     RUN_LOCK,
+    TENSORBOARD,
 )
+
+log = logging.getLogger(__name__)
 
 KINDS = ("pretrain", "finetune")
 
@@ -71,6 +79,9 @@ RUNTIME_KEYS = frozenset({"device", "num_workers", "log_every", "checkpoint_ever
 LENGTH_KEYS = frozenset({"steps", "max_epochs", "max_steps", "patience"})
 #: config keys that may change between a run and its resumption
 RESUMABLE = RUNTIME_KEYS | LENGTH_KEYS
+#: what a run writes as it starts: a folder holding only these (and the marker) stopped before
+#: its first checkpoint, with nothing to keep, and the same command simply starts it again
+STARTED = frozenset({MARKER, CONFIG, RUN_INFO, ENV, METRICS, TENSORBOARD})
 
 
 class RunFolder:
@@ -160,8 +171,11 @@ class RunFolder:
                                   "written yet); pass --overwrite to start over")
             return True
         if not overwrite:
-            raise PimpicError(f"{path}: run folder exists and is not empty; pass --resume to "
-                              "continue it or --overwrite to start over")
+            if not all(e.name in STARTED or _is_temporary(e.name, STARTED) for e in entries):
+                raise PimpicError(f"{path}: run folder exists and is not empty; pass --resume "
+                                  "to continue it or --overwrite to start over")
+            log.warning("%s: the %s run there stopped before its first checkpoint (killed, or "
+                        "a full disk); starting it again", path, self.kind)
         # the names this kind of run writes, not whatever the marker lists: a hand-edited
         # marker must not make --overwrite delete a user's file
         listed = set(self.artefacts)
