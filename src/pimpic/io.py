@@ -145,7 +145,7 @@ class HeldLock:
 
     def __init__(self, path: Path, fd: int) -> None:
         self.path = path
-        self._finalizer = weakref.finalize(self, _unlock_fd, fd)
+        self._finalizer = weakref.finalize(self, _unlock_fd, fd, os.getpid())
 
     def release(self) -> None:
         """Drop the lock (closing the descriptor releases it); the file is left in place."""
@@ -211,11 +211,13 @@ def exclusive_lock(path: str | os.PathLike[str], what: str) -> Iterator[None]:
         lock.release()
 
 
-def _unlock_fd(fd: int) -> None:
+def _unlock_fd(fd: int, owner: int) -> None:
     """Forget the holder's pid (a pid left in the file means its holder died holding it), then
-    close: closing releases the lock."""
+    close: closing releases the lock. A forked child (a data-loading worker) only closes its
+    copy of the descriptor: the lock and the record are its parent's."""
     try:
-        os.ftruncate(fd, 0)
+        if os.getpid() == owner:
+            os.ftruncate(fd, 0)
     except OSError:
         pass  # read-only or full file system: the pid stays, the lock is released all the same
     finally:

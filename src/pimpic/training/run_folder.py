@@ -44,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import weakref
 from collections.abc import Iterable, Mapping
@@ -130,7 +131,7 @@ class RunFolder:
         created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         held = acquire_lock(self.path / RUN_LOCK, f"`pimpic {self.kind}`")
-        self._release = weakref.finalize(self, _unlock, self.path, held, created)
+        self._release = weakref.finalize(self, _unlock, self.path, held, created, os.getpid())
         try:
             return self._decide(resume, overwrite)
         except BaseException:
@@ -281,12 +282,12 @@ def json_sha256(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def _unlock(folder: Path, lock: HeldLock, created: bool) -> None:
+def _unlock(folder: Path, lock: HeldLock, created: bool, owner: int) -> None:
     """Release ``folder``'s lock; when the lock file is all there is (no run started), remove
     it, and the folder if this command ``created`` it — still holding the lock, so no other
-    command is using them."""
+    command is using them. Only the ``owner`` process does that, never a forked worker."""
     try:
-        if [e.name for e in folder.iterdir()] == [RUN_LOCK]:
+        if os.getpid() == owner and [e.name for e in folder.iterdir()] == [RUN_LOCK]:
             (folder / RUN_LOCK).unlink()
             if created:
                 folder.rmdir()
