@@ -267,7 +267,7 @@ def _read_folder(root: Path) -> list[dict[str, Any]]:
     cases = []
     real_root = root.resolve()
     for p in _nifti_files(root):
-        rel, real = p.relative_to(root), p.resolve()
+        rel, real = p.relative_to(root), _resolve(p)
         # a link to a label map is a label map too
         if _is_label_map(rel) or (real.is_relative_to(real_root)
                                   and _is_label_map(real.relative_to(real_root))):
