@@ -215,8 +215,13 @@ def plot_overlays(image: np.ndarray, label: np.ndarray, preds: dict[str, np.ndar
             parts = [f"{s.key if nested else s.name} "
                      f"{f'{100 * v:.0f}' if np.isfinite(v) else 'n/a'} %"
                      for s, v in zip(shown, dice[key], strict=False)]
-            lines = [", ".join(parts[j:j + 2]) for j in range(0, len(parts), 2)]
-            name = f"{name}\nDice " + "\n".join(lines)
+            if nested:
+                name = f"{name}\nDice " + ", ".join(parts)
+            else:  # several structures: their Dice in a box on the panel, two to a line
+                ax.text(0.5, 0.02, "Dice " + "\n".join(", ".join(parts[j:j + 2])
+                                                        for j in range(0, len(parts), 2)),
+                        transform=ax.transAxes, ha="center", va="bottom", fontsize=8,
+                        bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none"})
         elif i == 0:
             name = f"{name}\n(axial slice z={z})"
         ax.set_title(name, fontsize=10)
