@@ -8,8 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from _cli import assert_refused
 from _nifti import kits_tree, msd_tree, organs_phantom, organs_tree, save
+from pimpic.cli import app
 from pimpic.data.cache import Cache
 from pimpic.data.datasets import read_labels
 from pimpic.data.labels import (
@@ -145,3 +148,17 @@ def test_openkbp_cases_are_cached_with_their_five_named_structures(openkbp: Path
                            "mandible")
     assert len(cache.case_ids) == 3
     assert all(set(cache.meta(c)["label_values"]) <= set(range(6)) for c in cache.case_ids)
+
+
+def test_cli_prepare_names_the_labels_and_refuses_an_unnamed_value(tmp_path: Path) -> None:
+    src = organs_tree(tmp_path / "hn", n=3)
+    runner = CliRunner()
+    args = ["prepare", str(src), "--spacing", "3", "--workers", "1", "--no-progress"]
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    assert "labels: 1 brainstem, 2 spinal cord, 3 parotid_left" in res.output
+    _, lab = organs_phantom((18, 12, 8), 2)
+    lab[1, 1, 1] = 9
+    bad = save(src / "labelsTr" / "hn_002.nii.gz", lab, np.diag([1.5, 1.5, 3.0, 1.0]))
+    assert_refused(runner.invoke(app, [*args, "--out", str(tmp_path / "b")]),
+                   str(bad), "label value 9 not named")

@@ -80,7 +80,8 @@ def prepare(
         report ``{"out", "layout", "n_cases", "processed", "skipped", "bad": [{"id", "error"}],
         "redone": {id: why} (finished cases whose inputs changed), "splits": {"train", "val",
         "test"} sizes or None, "split_status": kept/new/recomputed/none, "split_digest",
-        "seconds"}``.
+        "labels" (the named structures, e.g. ``"1 brainstem, 2 spinal_cord"``; None for an
+        unlabelled folder), "seconds"}``.
     """
     t0 = time.perf_counter()
     out = Path(out)
@@ -130,6 +131,7 @@ def prepare(
         "redone": {k: v for k, v in redone.items() if k in finished},
         "splits": {k: len(split[k]) for k in ("train", "val", "test")} if split else None,
         "split_status": status, "split_digest": split_digest(split) if split else None,
+        "labels": labels.names() if labels is not None else None,
         "seconds": round(time.perf_counter() - t0, 2),
     }
 
