@@ -196,8 +196,9 @@ def finetune(
     run_dir = Path(run_dir)
     train_ids, val_ids = _cases(cache, cfg.fraction)
     # the resolved number is what config.yaml records and a resume compares
-    cfg = dataclasses.replace(cfg, num_classes=num_classes(cfg, cache))
-    _check_labels(cache, [*train_ids, *val_ids], num_classes(cfg, cache))
+    classes = num_classes(cfg, cache)
+    cfg = dataclasses.replace(cfg, num_classes=classes)
+    _check_labels(cache, [*train_ids, *val_ids], classes)
     device = resolve_device(cfg.device)
     # validate everything before touching the run folder: a refused setup leaves no trace
     model, enc_meta = build_model(cfg, cache, encoder, allow)

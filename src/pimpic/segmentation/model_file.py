@@ -1,8 +1,8 @@
 """The fine-tuned model file: ``model.safetensors``, the ``SegmentationNet`` state dict with JSON
 metadata in the header (``architecture``, ``num_classes``, ``decoder``, ``patch_size``,
 preprocessing ``settings``, the dataset's ``labels`` (class ``c`` is label value ``c``), the
-``inference`` settings it was validated with, ...). Its bytes
-depend only on what identical runs share: paths and times live in ``run.json``.
+``inference`` settings it was validated with, ...). Its bytes depend only on what identical runs
+share: paths and times live in ``run.json``.
 """
 
 from __future__ import annotations
