@@ -54,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from pimpic.data.labels import structure_key
 from pimpic.errors import PimpicError
 from pimpic.protocol.demo import SIZES, demo_config
 
@@ -287,8 +288,8 @@ def run_check(out: Path, organ_name: str, data: Path | None, threshold: float,
     c = Cache(cache)
     voxels = {p: int(np.count_nonzero(np.asarray(c.label(f"{organ_name}_{p}")) == 1))
               for p in PARTS}
-    base = dataclasses.replace(demo_config(size, cache, "cpu").finetune, fraction=100,
-                               num_classes=2)
+    # two classes (background, the organ): fine-tuning reads them from the dataset's labels
+    base = dataclasses.replace(demo_config(size, cache, "cpu").finetune, fraction=100)
     rows = []
     for variant, aug in (("recipe", False), ("+intensity_aug", True)):
         run = work / "runs" / variant.strip("+")
@@ -296,7 +297,7 @@ def run_check(out: Path, organ_name: str, data: Path | None, threshold: float,
                  overwrite=overwrite, progress=progress, tensorboard=False)
         t1 = time.perf_counter()
         summary = evaluate(run, split="test", device="cpu", progress=False)
-        organ_s = summary["structures"]["organ"]
+        organ_s = summary["structures"][structure_key(organ_name)]
         info = json.loads((run / "run.json").read_text())
         pred = np.load(run / "eval-test" / "pred" / f"{organ_name}_test.npy") == 1
         truth = np.asarray(c.label(f"{organ_name}_test")) == 1

@@ -115,3 +115,42 @@ def folder_tree(root: Path, n: int = 3, shape: tuple[int, int, int] = (10, 10, 8
         save(root / ("sub" if i == 0 else "") / f"vol{i}.nii.gz", img, np.diag([2.0, 2, 2, 1]))
     (root / "._vol0.nii.gz").write_bytes(b"junk")
     return root
+
+
+#: the named labels of :func:`organs_tree` (nnU-Net form, dataset order)
+ORGANS = {"background": 0, "brainstem": 1, "spinal cord": 2, "parotid_left": 3}
+
+
+def organs_phantom(shape: tuple[int, int, int], seed: int = 0,
+                   with_parotid: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """HU image (int16) with three separate boxes labelled 1, 2 and (``with_parotid``) 3."""
+    rng = np.random.default_rng(seed)
+    image = np.full(shape, -1000, np.int16)
+    image[1:-1, 1:-1, 1:-1] = 0
+    label = np.zeros(shape, np.uint8)
+    x, y, z = shape
+    boxes = {1: (slice(2, x // 3), slice(2, y - 2), slice(2, z - 2)),
+             2: (slice(x // 3 + 1, 2 * x // 3), slice(2, y // 2), slice(2, z - 2)),
+             3: (slice(2 * x // 3 + 1, x - 2), slice(y // 2, y - 2), slice(2, z - 2))}
+    for value, box in boxes.items():
+        if value == 3 and not with_parotid:
+            continue
+        label[box] = value
+        image[box] = 40 * value
+    image += rng.integers(-5, 5, shape).astype(np.int16)
+    return image, label
+
+
+def organs_tree(root: Path, n: int = 4, shape: tuple[int, int, int] = (18, 12, 8),
+                labels: dict[str, int] | None = None, prefix: str = "hn") -> Path:
+    """nnU-Net raw tree of :func:`organs_phantom` cases with named labels; case 0 lacks the
+    parotid (a structure absent from some cases)."""
+    aff = np.diag([1.5, 1.5, 3.0, 1.0])
+    for i in range(n):
+        img, lab = organs_phantom(shape, i, with_parotid=i != 0)
+        save(root / "imagesTr" / f"{prefix}_{i:03d}_0000.nii.gz", img, aff)
+        save(root / "labelsTr" / f"{prefix}_{i:03d}.nii.gz", lab, aff)
+    (root / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "CT"}, "labels": labels or ORGANS,
+        "numTraining": n, "file_ending": ".nii.gz"}))
+    return root

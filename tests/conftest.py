@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,3 +86,15 @@ def make_cache(tmp_path: Path) -> Callable[..., Path]:
         return write_cache(tmp_path / f"cache{next(counter)}", **kwargs)  # type: ignore[arg-type]
 
     return make
+
+
+@pytest.fixture
+def openkbp() -> Path:
+    """The OpenKBP head-and-neck CTs (Babier et al., Med. Phys. 48:5549, 2021) in the nnU-Net
+    raw layout: ``$PIMPIC_OPENKBP``, default ``../shared/data/openkbp`` beside the repository;
+    the test is skipped when they are absent (a fresh clone)."""
+    default = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "openkbp"
+    root = Path(os.environ.get("PIMPIC_OPENKBP") or default)
+    if not (root / "dataset.json").is_file():
+        pytest.skip(f"OpenKBP data not found at {root} (set PIMPIC_OPENKBP)")
+    return root

@@ -515,7 +515,9 @@ class FinetuneConfig:
 
     fraction: int = 100
     seed: int = 0
-    num_classes: int = 3
+    #: network outputs; None: one per label value of the cache (its dataset's labels), which
+    #: is what a run records. A number must agree with the labels (a check, not a choice)
+    num_classes: int | None = None
     # used only without an encoder (from scratch); otherwise the encoder's metadata decides
     width: int = 32
     depth: int = 5
@@ -588,7 +590,8 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self, FINETUNE_RULES)
-        if self.class_ratios is not None and len(self.class_ratios) != self.num_classes:
+        if (self.class_ratios is not None and self.num_classes is not None
+                and len(self.class_ratios) != self.num_classes):
             raise ValueError(f"class_ratios: {len(self.class_ratios)} values for num_classes="
                              f"{self.num_classes} (one per class, background first)")
         if self.class_ratios is not None and not any(self.class_ratios):
@@ -598,7 +601,7 @@ class FinetuneConfig:
 
 #: one line per numeric field of :class:`FinetuneConfig` (a new field needs its line here)
 FINETUNE_RULES = {
-    "fraction": PERCENT, "seed": NON_NEGATIVE, "num_classes": Range(2),
+    "fraction": PERCENT, "seed": NON_NEGATIVE, "num_classes": Range(2, optional=True),
     "width": AT_LEAST_1, "depth": AT_LEAST_1, "patch_size": AT_LEAST_1,
     "lr": NON_NEGATIVE, "encoder_lr": Range(0, optional=True),
     "weight_decay": NON_NEGATIVE, "batch_size": AT_LEAST_1, "samples_per_volume": AT_LEAST_1,

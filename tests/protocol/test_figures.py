@@ -63,3 +63,26 @@ def test_write_figures_draws_what_an_experiment_folder_has(make_cache, tmp_path:
     assert set(made) == {"dice_vs_fraction", "pretrain_loss"}  # no predictions: no overlay
     assert all(_is_png(p) for p in made.values())
     assert not cell_dir(exp, "random", 100, 0).exists()  # figures only read
+
+
+def test_figures_of_a_named_label_set(tmp_path: Path) -> None:
+    from pimpic.data.labels import parse_labels
+
+    labels = parse_labels({"background": 0, "brainstem": 1, "spinal cord": 2, "parotid": 3,
+                           "mandible": 4}, "dataset.json", by_name=True)
+    rng = np.random.default_rng(0)
+    rows = [{"method": m, "fraction": f, "n_train_cases": f // 10, "seed": 0, "case": f"c{i}",
+             **{f"dice_{s.key}": float(rng.uniform(0.2, 0.9)) for s in labels.structures}}
+            for m in ("random", "pimpic") for f in (10, 100) for i in range(3)]
+    assert _is_png(figures.plot_dice_vs_fraction(rows, ["random", "pimpic"], [10, 100],
+                                                 tmp_path / "dice.png",
+                                                 structures=labels.structures))
+    label = np.zeros((24, 24, 8), np.uint8)
+    for v in range(1, 5):
+        label[2 + 5 * (v - 1):6 + 5 * (v - 1), 6:18, 2:6] = v
+    image = rng.uniform(0, 1, label.shape).astype(np.float32)
+    dice = {"random": [0.5, math.nan, 0.7, 0.9]}
+    assert [s.key for s in figures.overlay_structures(labels)] == [
+        "brainstem", "spinal_cord", "parotid", "mandible"]
+    assert _is_png(figures.plot_overlays(image, label, {"random": np.roll(label, 1, 0)}, dice,
+                                         tmp_path / "ov.png", "case c0", labels))

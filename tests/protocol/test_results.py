@@ -138,3 +138,52 @@ def test_format_reading_words_follow_the_holm_p_value() -> None:
     assert "+6.0 points" in lines[0] and "a significant gain" in lines[0]
     assert "not significant" in lines[1]  # p < 0.05 uncorrected is not enough
     assert "not testable (fewer than 2 paired cases)" in lines[2]
+
+
+def _named_rows() -> list[dict[str, Any]]:
+    """Four named structures; pimpic ahead on the brainstem only; the parotid absent on c0."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for method, shift in (("random", 0.0), ("pimpic", 0.1)):
+        for i, case in enumerate(CASES):
+            row = {"method": method, "fraction": 5, "n_train_cases": 3, "seed": 0,
+                   "case": case}
+            for k in ("brainstem", "spinal_cord", "parotid_right", "mandible"):
+                v = 0.6 + rng.uniform(0, 0.1) + (shift + 0.01 * i if k == "brainstem" else 0)
+                row[f"dice_{k}"] = math.nan if k == "parotid_right" and i == 0 else v
+            for k in ("brainstem", "spinal_cord", "parotid_right", "mandible"):
+                row[f"hd95_{k}"] = 4.0
+            rows.append(row)
+    return rows
+
+
+def test_any_label_set_gets_a_block_and_a_test_per_structure(tmp_path: Path) -> None:
+    from pimpic.data.labels import parse_labels
+
+    labels = parse_labels({"background": 0, "brainstem": 1, "spinal cord": 2,
+                           "parotid right": 3, "mandible": 4}, "dataset.json", by_name=True)
+    rows = _named_rows()
+    table = results.format_results_table(rows, ["random", "pimpic"], [5],
+                                         structures=labels.structures)
+    blocks = [ln for ln in table.splitlines() if ln.startswith("| **")]
+    assert blocks == ["| **brainstem** | |", "| **spinal cord** | |", "| **parotid right** | |",
+                      "| **mandible** | |"]  # dataset order, the dataset's names
+    assert "2 case-runs in all" in table  # the parotid absent on c0 for both methods
+    tests = statistics.wilcoxon_tests(rows, "random", ["random", "pimpic"], [5],
+                                      structures=labels.structures)
+    assert [t["structure"] for t in tests] == ["brainstem", "spinal_cord", "parotid_right",
+                                               "mandible"]
+    valid = sorted(t["p"] for t in tests if not math.isnan(t["p"]))
+    brainstem = tests[0]
+    # Holm over all the structures' tests: the smallest p times their number
+    assert brainstem["p"] == valid[0] and brainstem["p_holm"] == pytest.approx(
+        min(1.0, len(valid) * valid[0]))
+    text = statistics.format_stats(tests)
+    assert "| spinal cord | 5 % | PiMPiC | 6 |" in text
+    assert "brainstem Dice" in statistics.format_reading(tests, "brainstem")
+    # results.csv keeps every structure's columns, and reads back to the same table
+    results.write_results_csv(rows, tmp_path / "results.csv")
+    back = results.read_results_csv(tmp_path / "results.csv")
+    assert list(back[0]) == list(rows[0]) and math.isnan(back[0]["dice_parotid_right"])
+    assert [s.key for s in results.structures_in(back)] == [
+        "brainstem", "spinal_cord", "parotid_right", "mandible"]

@@ -146,3 +146,17 @@ def test_an_unfinished_run_is_refused_unless_asked_for(make_cache, tmp_path):
     assert res.exit_code == 0, res.output
     assert "UNFINISHED run" in res.output
     assert json.loads((run / "eval-test" / "summary.json").read_text())["unfinished"] is True
+
+
+def test_largest_component_by_class_keeps_every_structure():
+    """Separate organs (a named label set): each keeps its own largest component."""
+    from pimpic.segmentation.inference import largest_component_by_class
+
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[2:8, 2:8, 2:8] = 1
+    labels[12:18, 12:18, 12:18] = 2  # a second organ, not connected to the first
+    noisy = labels.copy()
+    noisy[0, 19, 0] = 1
+    noisy[19, 0, 19] = 2
+    assert np.array_equal(largest_component_by_class(noisy), labels)
+    assert not largest_component(noisy)[12:18, 12:18, 12:18].any()  # the whole-organ rule would

@@ -33,7 +33,8 @@ def _n_params(module: torch.nn.Module) -> int:
 
 def test_paper_network_decoder_has_the_released_parameter_count() -> None:
     cfg = FinetuneConfig()  # the paper configuration: K = 32, depth 5, released decoder
-    net = SegmentationNet(Encoder(1, cfg.width, cfg.depth), cfg.num_classes, cfg.decoder)
+    # 3 classes: the pancreas data set's background, organ, tumour (the labels decide it)
+    net = SegmentationNet(Encoder(1, cfg.width, cfg.depth), 3, cfg.decoder)
     assert round(_n_params(net.decoder) / 1e6, 1) == 21.3
     assert _n_params(net.decoder) == 21_293_603  # the released 3×3×3 head, padding 1
     assert [b.conv1[0].out_channels for b in net.decoder.up_blocks] == [256, 128, 64, 32, 32]

@@ -130,3 +130,75 @@ def test_hd95_prints_no_monai_deprecation_noise():
         warnings.simplefilter("always")
         assert hd95(a, b, (1, 1, 1)) > 0
     assert not [w for w in caught if "always_return_as_numpy" in str(w.message)]
+
+
+# --------------------------------------------------------------- any label set, the metric table
+
+
+def _named():
+    from pimpic.data.labels import parse_labels
+
+    return parse_labels({"background": 0, "brainstem": 1, "spinal cord": 2, "parotid": 3},
+                        "dataset.json", by_name=True)
+
+
+def _three_organs(parotid: bool = True) -> np.ndarray:
+    gt = _cube((16, 12, 10), (1, 1, 1), (5, 6, 6), 1)
+    gt[6:10, 1:6, 1:6] = 2
+    if parotid:
+        gt[11:15, 4:10, 2:8] = 3
+    return gt
+
+
+def test_every_named_structure_is_scored_and_an_absent_one_follows_the_rule():
+    labels = _named()
+    with_parotid, without = _three_organs(), _three_organs(parotid=False)
+    pred = with_parotid.copy()
+    pred[6:8, 1:6, 1:6] = 0  # half the spinal cord missed
+    rows = [{"case": "a", **case_metrics(pred, with_parotid, (1, 1, 1), labels.structures)},
+            # a parotid predicted where the ground truth has none: absent, not a false 0 or 1
+            {"case": "b", **case_metrics(with_parotid, without, (1, 1, 1), labels.structures)}]
+    assert list(rows[0]) == ["case", "dice_brainstem", "hd95_brainstem", "dice_spinal_cord",
+                             "hd95_spinal_cord", "dice_parotid", "hd95_parotid"]
+    assert rows[0]["dice_brainstem"] == 1.0 and rows[0]["hd95_brainstem"] == 0.0
+    assert rows[0]["dice_spinal_cord"] == pytest.approx(2 * 40 / (40 + 80))
+    assert math.isnan(rows[1]["dice_parotid"]) and math.isnan(rows[1]["hd95_parotid"])
+    zero = summarise(rows, structures=labels.structures)  # the released rule: absent scores 0
+    assert list(zero) == ["brainstem", "spinal_cord", "parotid"]
+    assert zero["parotid"]["dice_mean"] == 0.5 and zero["parotid"]["n"] == 2
+    assert zero["parotid"]["n_excluded"] == 1 and zero["parotid"]["hd95_mean"] == 0.0
+    left_out = summarise(rows, absent="nan", structures=labels.structures)
+    assert left_out["parotid"]["dice_mean"] == 1.0 and left_out["parotid"]["n"] == 1
+    assert left_out["spinal_cord"]["dice_mean"] == pytest.approx((2 / 3 + 1) / 2)
+    table = format_table(left_out, {s.key: s.name for s in labels.structures})
+    assert table.splitlines()[2].startswith("spinal cord ")
+
+
+def test_the_organ_tumour_view_scores_what_it_always_did():
+    from pimpic.data.labels import KITS19, parse_labels
+
+    msd = parse_labels({"0": "background", "1": "pancreas", "2": "cancer"}, "d", by_name=False)
+    gt = _cube((12, 12, 12), (2, 2, 2), (8, 8, 8), 1)
+    gt[4:6, 4:6, 4:6] = 2
+    pred = np.roll(gt, 1, axis=0)
+    default = case_metrics(pred, gt, (1, 1, 1))
+    for ls in (msd, KITS19):
+        assert case_metrics(pred, gt, (1, 1, 1), ls.structures) == default
+    assert default["dice_whole"] == pytest.approx(2 * 180 / 432)
+
+
+def test_a_metric_is_one_entry_of_the_metric_table(monkeypatch):
+    from pimpic.segmentation import metrics
+
+    toy = metrics.Metric(lambda p, g, sp: float(p.sum() - g.sum()) * float(np.prod(sp)),
+                         "ΔV (mm³)", (">8.1f", "<6.1f"))
+    monkeypatch.setitem(metrics.METRICS, "dvol", toy)
+    labels = _named()
+    gt = _three_organs()
+    pred = np.where(gt == 3, 0, gt).astype(np.uint8)
+    m = case_metrics(pred, gt, (1, 1, 2), labels.structures)
+    assert m["dvol_parotid"] == -(4 * 6 * 6) * 2 and m["dvol_brainstem"] == 0.0
+    assert "dvol_parotid" in metrics.columns(labels.structures)
+    s = summarise([{"case": "a", **m}], structures=labels.structures)
+    assert s["parotid"]["dvol_mean"] == -288.0
+    assert "ΔV (mm³)" in format_table(s)

@@ -107,6 +107,8 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"prepare: {report['layout']} dataset {src} → {out}: {n_ok}/{report['n_cases']} "
                    f"case(s) cached ({report['processed']} processed, {report['skipped']} already "
                    f"done) in {report['seconds']:.1f} s")
+        if report["labels"]:
+            typer.echo(f"labels: {report['labels']}")
         if report["redone"]:
             typer.echo(f"redone {len(report['redone'])} cached case(s) whose inputs changed: "
                        + ", ".join(f"{k} ({v})" for k, v in report["redone"].items()))

@@ -61,6 +61,12 @@ def register(app: typer.Typer) -> None:
         run: Path = typer.Argument(..., help="Fine-tuning run folder."),
         split: str = typer.Option("test", "--split", help="train, val or test."),
         cache: Path | None = typer.Option(None, "--cache", help="Cache (default: the run's)."),
+        data: Path | None = typer.Option(
+            None, "--data", help="Score every labelled case of this dataset folder instead "
+            "(MSD, KiTS19, nnU-Net raw; preprocessed with the model's settings, labels must be "
+            "the model's); writes RUN/eval-data-<name>/."),
+        layout: str | None = typer.Option(None, "--layout", help="Force --data's layout: msd, "
+                                          "kits19 or nnunet."),
         lcc: bool = typer.Option(False, "--lcc", help="Keep the largest connected component."),
         original_space: bool = typer.Option(
             False, "--original-space", help="Metrics on the original image grid."),
@@ -73,15 +79,18 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
     ) -> None:
-        """Dice and HD95 per structure on held-out cases; writes RUN/eval-<split>/."""
+        """Dice and HD95 per structure on held-out cases; writes RUN/eval-<split>/ (or, with
+        --data, RUN/eval-data-<name>/)."""
         from pimpic.errors import PimpicError
         from pimpic.segmentation.evaluate import describe, evaluate
 
         if absent not in ("zero", "nan"):
             raise PimpicError(f"--absent {absent!r}: choose 'zero' or 'nan'")
-        summary = evaluate(run, split=split, cache=cache, lcc=lcc, original_space=original_space,
-                           device=device, progress=progress, absent=absent,
-                           unfinished=unfinished)
+        if data is not None and cache is not None:
+            raise PimpicError("--data and --cache: give one (a dataset folder or a cache)")
+        summary = evaluate(run, split=split, cache=cache, data=data, layout=layout, lcc=lcc,
+                           original_space=original_space, device=device, progress=progress,
+                           absent=absent, unfinished=unfinished)
         typer.echo(describe(summary))
 
     @app.command("predict")

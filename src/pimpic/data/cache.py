@@ -4,7 +4,8 @@ Layout of ``CACHE/``::
 
     manifest.json            {"format": "pimpic-cache", "version": 1, "pimpic_version": ...,
                               "settings": {...preprocessing settings...}, "source": ...,
-                              "layout": ..., "cases": [ids...]}
+                              "layout": ..., "labels": {...} or null, "cases": [ids...]}
+                             (``labels``: :meth:`pimpic.data.labels.LabelSet.to_json`)
     splits.json              {"seed", "ratios", "train", "val", "test", "fractions": {"5": [...]},
                               ["unlabelled": [...], "unused": [...]]}; written once, then kept
                              (pimpic.data.splits.settle_split)
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from pimpic import __version__
+from pimpic.data.labels import ORGAN_TUMOUR, LabelSet
 from pimpic.errors import PimpicError
 from pimpic.io import read_json, write_json
 
@@ -72,6 +74,26 @@ class Cache:
     def settings(self) -> dict[str, Any]:
         """Preprocessing settings: ``spacing`` (mm, 3 floats), ``window`` (HU, 2 floats), ..."""
         return dict(self.manifest["settings"])
+
+    @property
+    def labels(self) -> LabelSet | None:
+        """The labels of the dataset it was prepared from (None: an unlabelled folder); a cache
+        made before labels were recorded reads as the organ + tumour view it was scored with."""
+        if "labels" not in self.manifest:
+            return ORGAN_TUMOUR
+        data = self.manifest["labels"]
+        try:
+            return LabelSet.from_json(data) if data is not None else None
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise PimpicError(f"{self.root / MANIFEST}: malformed 'labels'") from None
+
+    def require_labels(self) -> LabelSet:
+        """:attr:`labels`, or a one-line error for a cache of unlabelled images."""
+        labels = self.labels
+        if labels is None:
+            raise PimpicError(f"{self.root}: the cache names no labels (prepared from a folder "
+                              "of unlabelled images)")
+        return labels
 
     @property
     def case_ids(self) -> list[str]:
@@ -151,7 +173,7 @@ def check_same_inputs(saved: Any, now: Mapping[str, Mapping[str, Any]] | None, w
 
 
 def write_manifest(root: str | Path, settings: Mapping[str, Any], cases: Sequence[str], *,
-                   source: str, layout: str) -> None:
+                   source: str, layout: str, labels: LabelSet | None = ORGAN_TUMOUR) -> None:
     """Write ``root/manifest.json`` (atomically): the one writer of the cache's manifest.
 
     Args:
@@ -160,7 +182,9 @@ def write_manifest(root: str | Path, settings: Mapping[str, Any], cases: Sequenc
         cases: every finished case, in order.
         source: where the cases came from (the dataset folder).
         layout: the dataset layout it was read as (``msd``, ``kits19``, ...).
+        labels: the labels the dataset names (None: an unlabelled folder).
     """
     write_json(Path(root) / MANIFEST, {
         "format": FORMAT, "version": VERSION, "pimpic_version": __version__,
-        "settings": dict(settings), "source": source, "layout": layout, "cases": list(cases)})
+        "settings": dict(settings), "source": source, "layout": layout,
+        "labels": labels.to_json() if labels is not None else None, "cases": list(cases)})

@@ -26,9 +26,10 @@ hidden names), hold no path separator, control or other character unsafe in a fo
 and stay unique when compared the way case-insensitive file systems do (Unicode NFC,
 case-folded). A bad id is a one-line error naming the file it came from.
 
-Each case dict may also carry ``label_values``: the label values the dataset declares (a
-label volume holding any other value is rejected during preprocessing). Files are not opened
-here; a listed file that is missing is reported when its case is preprocessed, so
+Each case dict may also carry ``label_values``: the label values the dataset names (a label
+volume holding any other value is rejected during preprocessing). The names themselves, and the
+structures scored from them, are :func:`read_labels` (:mod:`pimpic.data.labels`). Files are
+not opened here; a listed file that is missing is reported when its case is preprocessed, so
 ``prepare --skip-bad`` can carry on with the others.
 """
 
@@ -38,12 +39,12 @@ import unicodedata
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pimpic.data.labels import KITS19, LabelSet, parse_labels
 from pimpic.errors import PimpicError
 from pimpic.io import read_json
 
 LAYOUTS = ("msd", "kits19", "nnunet", "folder")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-DEFAULT_LABELS = [0, 1, 2]
 #: characters refused in a case id besides control characters (separators, Windows-reserved)
 UNSAFE_ID_CHARS = frozenset('/\\<>:"|?*')
 MAX_ID_BYTES = 200
@@ -169,21 +170,19 @@ def _dataset_json(root: Path) -> dict[str, Any]:
     return meta
 
 
-def _declared_labels(labels: Any, where: Path, by_name: bool) -> list[int]:
-    """Label values from an MSD ``{"0": "background"}`` or nnU-Net ``{"background": 0}`` map."""
-    if labels is None:
-        return DEFAULT_LABELS
-    if not isinstance(labels, dict):
-        raise PimpicError(f"{where}: 'labels' must be a mapping")
-    raw = labels.values() if by_name else labels.keys()
-    values: set[int] = set()
-    try:
-        for v in raw:
-            # nnU-Net region labels map a name to a list of values
-            values.update(int(x) for x in (v if isinstance(v, list) else [v]))
-    except (TypeError, ValueError):
-        raise PimpicError(f"{where}: 'labels' has a non-integer label value") from None
-    return sorted(values)
+def read_labels(root: str | Path, layout: str) -> LabelSet | None:
+    """The labels dataset ``root`` names (:mod:`pimpic.data.labels`): its ``dataset.json``
+    ``labels`` (MSD, nnU-Net), KiTS19's own, or None for an unlabelled ``folder``."""
+    root = Path(root)
+    if layout in ("msd", "nnunet"):
+        return _labels(_dataset_json(root), root / "dataset.json", layout)
+    return KITS19 if layout == "kits19" else None
+
+
+def _labels(meta: dict[str, Any], path: Path, layout: str) -> LabelSet:
+    if layout == "nnunet" and meta.get("labels") is None:
+        raise PimpicError(f"{path}: no 'labels' (an nnU-Net dataset names its label values)")
+    return parse_labels(meta.get("labels"), path, by_name=layout == "nnunet")
 
 
 def _resolve(path: Path) -> Path:
@@ -201,7 +200,7 @@ def _read_msd(root: Path) -> list[dict[str, Any]]:
     training = meta.get("training")
     if not isinstance(training, list):
         raise PimpicError(f"{path}: malformed dataset.json (no 'training' list)")
-    label_values = _declared_labels(meta.get("labels"), path, by_name=False)
+    label_values = list(_labels(meta, path, "msd").values)
     cases = []
     for n, entry in enumerate(training):
         if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
@@ -231,7 +230,7 @@ def _read_kits19(root: Path) -> list[dict[str, Any]]:
             "image": d / "imaging.nii.gz",
             # KiTS19 test cases (210+) ship without segmentation
             "label": seg if seg.is_file() else None,
-            "label_values": DEFAULT_LABELS,
+            "label_values": list(KITS19.values),
         })
     return cases
 
@@ -242,7 +241,7 @@ def _read_nnunet(root: Path) -> list[dict[str, Any]]:
     ending = meta.get("file_ending", ".nii.gz")
     if not isinstance(ending, str):
         raise PimpicError(f"{path}: malformed dataset.json ('file_ending' must be a string)")
-    label_values = _declared_labels(meta.get("labels"), path, by_name=True)
+    label_values = list(_labels(meta, path, "nnunet").values)
     images = root / "imagesTr"
     if not images.is_dir():
         raise PimpicError(f"{images}: folder not found")

@@ -32,7 +32,8 @@ from typing import Any
 
 from pimpic import __version__
 from pimpic.data.cache import CASES_DIR, LOCK, MANIFEST, SPLITS, Cache, write_manifest
-from pimpic.data.datasets import read_dataset
+from pimpic.data.datasets import read_dataset, read_labels
+from pimpic.data.labels import LabelSet
 from pimpic.data.preprocess import Settings, content_sha256, load_and_preprocess
 from pimpic.data.splits import check_split_request, read_split_file, settle_split, split_digest
 from pimpic.errors import PimpicError
@@ -83,16 +84,18 @@ def prepare(
         report ``{"out", "layout", "n_cases", "processed", "skipped", "bad": [{"id", "error"}],
         "redone": {id: why} (finished cases whose inputs changed), "splits": {"train", "val",
         "test"} sizes or None, "split_status": kept/new/recomputed/none, "split_digest",
-        "seconds"}``.
+        "labels" (the named structures, e.g. ``"1 brainstem, 2 spinal_cord"``; None for an
+        unlabelled folder), "seconds"}``.
     """
     t0 = time.perf_counter()
     out = Path(out)
     layout, cases = read_dataset(src, layout)
+    labels = read_labels(src, layout)
     user = read_split_file(splits_file) if splits_file is not None else None
-    _check_out(out, settings)
+    _check_out(out, settings, labels)
     out.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out / LOCK, "`pimpic prepare`"):
-        _check_out(out, settings)  # again under the lock: another run may have written it
+        _check_out(out, settings, labels)  # again under the lock: another run may have written it
         saved = read_json(out / SPLITS) if (out / SPLITS).is_file() else None
         check_split_request(saved, user, seed, resplit, out / SPLITS)
         cases_dir = out / CASES_DIR
@@ -111,11 +114,12 @@ def prepare(
         # the manifest goes first, so a rerun with other settings is refused even after a crash
         source = str(Path(src).resolve())
         write_manifest(out, settings.to_dict(), [c["id"] for c in cases if c["id"] in finished],
-                       source=source, layout=layout)
+                       source=source, layout=layout, labels=labels)
         todo = [c for c in cases if c["id"] not in finished]
         bad = _run(todo, cases_dir, settings, workers, skip_bad, progress, finished)
         done_ids = [c["id"] for c in cases if c["id"] in finished]
-        write_manifest(out, settings.to_dict(), done_ids, source=source, layout=layout)
+        write_manifest(out, settings.to_dict(), done_ids, source=source, layout=layout,
+                       labels=labels)
         if bad and not skip_bad:
             raise PimpicError(f"{bad[0]['error']} (finished cases are kept; fix it and rerun, "
                               "or pass --skip-bad)")
@@ -131,12 +135,13 @@ def prepare(
         "redone": {k: v for k, v in redone.items() if k in finished},
         "splits": {k: len(split[k]) for k in ("train", "val", "test")} if split else None,
         "split_status": status, "split_digest": split_digest(split) if split else None,
+        "labels": labels.names() if labels is not None else None,
         "seconds": round(time.perf_counter() - t0, 2),
     }
 
 
-def _check_out(out: Path, settings: Settings) -> None:
-    """``out`` must be new, empty, or a cache made with the same settings."""
+def _check_out(out: Path, settings: Settings, labels: LabelSet | None) -> None:
+    """``out`` must be new, empty, or a cache made with the same settings and labels."""
     manifest = out / MANIFEST
     if manifest.is_file():
         data = read_json(manifest)
@@ -150,6 +155,13 @@ def _check_out(out: Path, settings: Settings) -> None:
         if not same:
             raise PimpicError(f"{out}: cache made with other settings ({_fmt(old)}) than "
                               f"requested ({_fmt(settings.to_dict())}); use another --out")
+        had = Cache(out).labels if "labels" in data else labels  # older caches: not recorded
+        differ = (had is None) != (labels is None) or (
+            had is not None and labels is not None and not had.matches(labels))
+        if differ:
+            raise PimpicError(f"{out}: cache made from a dataset with other labels "
+                              f"({had.names() if had else 'none'}, now "
+                              f"{labels.names() if labels else 'none'}); use another --out")
     elif out.exists() and (not out.is_dir() or any(not _ours(p) for p in out.iterdir())):
         raise PimpicError(f"{out}: exists and is not a pimpic cache; choose another --out")
 

@@ -318,7 +318,9 @@ def _check_label_values(label: Any, path: Path, allowed: Sequence[int] | None) -
     bad = [v for v in found if v < 0 or (allowed is not None and v not in allowed)]
     if bad:
         declared = list(allowed) if allowed is not None else "non-negative integers"
-        raise PimpicError(f"{path}: label values {bad[:5]} outside the declared labels {declared}")
+        which = f"value {bad[0]}" if len(bad) == 1 else f"values {bad[:5]}"
+        raise PimpicError(f"{path}: label {which} not named by the dataset (outside the "
+                          f"declared labels {declared})")
 
 
 def to_original_grid(mask: np.ndarray, meta: Mapping[str, Any]) -> np.ndarray:

@@ -60,7 +60,7 @@ from pimpic.pretraining.engine import pretrain
 from pimpic.protocol.grid import BASELINE, GRID_KEYS, ExperimentConfig, load_experiment_config
 from pimpic.protocol.report import write_all
 from pimpic.segmentation.evaluate import evaluate
-from pimpic.segmentation.finetune import finetune
+from pimpic.segmentation.finetune import finetune, num_classes
 from pimpic.training.guard import TrainingDiverged
 from pimpic.training.run_folder import RUNTIME_KEYS
 
@@ -292,6 +292,10 @@ def run_experiment(
     if not cache.has_splits():
         raise PimpicError(f"{cache.root}: no splits.json (run `pimpic prepare`)")
     check_evaluation_split(cfg, cache)
+    # the cache's labels decide the network's outputs; the resolved number is what the
+    # experiment records (and what an experiment made before it was derived recorded)
+    cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(
+        cfg.finetune, num_classes=num_classes(cfg.finetune, cache)))
     exp = Path(out)
     exp.mkdir(parents=True, exist_ok=True)
     lock = acquire_lock(exp / RUN_LOCK, "`pimpic experiment`")  # until this call ends

@@ -16,24 +16,33 @@ from matplotlib.ticker import MaxNLocator
 
 from pimpic import registry
 from pimpic.data.cache import Cache
+from pimpic.data.labels import ORGAN_TUMOUR, ORGAN_TUMOUR_VIEW, LabelSet, Structure
 from pimpic.io import read_jsonl
 from pimpic.paths import FIGURES, METRICS, PREDICTIONS, cell_dir, eval_dir, pretrain_dir
 from pimpic.protocol.grid import BASELINE, ExperimentConfig
 from pimpic.protocol.plotting import pyplot, save_figure
-from pimpic.protocol.results import method_colour, method_name, per_case
-from pimpic.segmentation.metrics import STRUCTURE_NAMES, STRUCTURES
+from pimpic.protocol.results import method_colour, method_name, per_case, structures_in
 
 
 def plot_dice_vs_fraction(rows: Sequence[dict[str, Any]], methods: Sequence[str],
                           fractions: Sequence[int], path: Path, absent: str = "zero",
-                          ddof: int = 0) -> Path:
-    """One panel per structure: mean ± SD Dice (%) over test cases against the label fraction
-    (the table's conventions: ``absent`` rule, SD ``ddof``)."""
+                          ddof: int = 0, structures: Sequence[Structure] | None = None) -> Path:
+    """One panel per structure (``structures``, default those of the rows' columns; three to a
+    row): mean ± SD Dice (%) over test cases against the label fraction (the table's
+    conventions: ``absent`` rule, SD ``ddof``)."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.4), sharex=True)
+    shown = list(structures if structures is not None else structures_in(rows))
+    cols = min(3, len(shown))
+    nrows = math.ceil(len(shown) / cols)
+    fig, grid = plt.subplots(nrows, cols, figsize=(14 * cols / 3, 4.4 * nrows), sharex=True,
+                             squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[len(shown):]:
+        ax.axis("off")
     n_train = {r["fraction"]: r["n_train_cases"] for r in rows}
     fs = sorted(fractions)
-    for ax, structure in zip(axes, STRUCTURES, strict=True):
+    for ax, st in zip(axes, shown, strict=False):
+        structure = st.key
         for k, m in enumerate(methods):
             xs, ys, es = [], [], []
             for f in fs:
@@ -51,7 +60,7 @@ def plot_dice_vs_fraction(rows: Sequence[dict[str, Any]], methods: Sequence[str]
         ax.set_xticks(fs)
         ax.set_xticklabels([f"{f}%\n(n={n_train.get(f, '?')})" for f in fs])
         ax.minorticks_off()
-        ax.set_title(STRUCTURE_NAMES[structure])
+        ax.set_title(st.name)
         ax.set_xlabel("label fraction (labelled training cases)")
         # one Dice scale for every panel: an all-zero structure reads as 0 %, not a zoomed axis
         ax.set_ylim(0, 100)
@@ -128,14 +137,46 @@ def _bbox_crop(mask: np.ndarray, margin: float = 0.6, minimum: int = 24) -> tupl
     return out[0], out[1]
 
 
+def _palette(labels: LabelSet) -> tuple[list[tuple[float, ...]], list[tuple[str, str]]]:
+    """Overlay colours per class value (background transparent) and the legend's (name,
+    colour) per foreground label: green organ and red tumour in the organ + tumour view, a
+    qualitative palette otherwise."""
+    from matplotlib import colormaps
+
+    if labels.view == ORGAN_TUMOUR_VIEW:
+        return ([(0, 0, 0, 0), (0.1, 0.8, 0.2, 0.45), (1.0, 0.15, 0.1, 0.6)],
+                [("organ", "#22dd44"), ("tumour", "#ff3322")])
+    tab: Any = colormaps["tab10"]
+    colours: list[tuple[float, ...]] = [(0, 0, 0, 0)]
+    legend = []
+    for c in range(1, labels.num_classes):
+        rgb = tuple(float(x) for x in tab((c - 1) % 10)[:3])
+        colours.append((*rgb, 0.55))
+        name = next((n for n, vs in labels.labels if vs == (c,)), f"label {c}")
+        legend.append((name, "#{:02x}{:02x}{:02x}".format(*(round(255 * x) for x in rgb))))
+    return colours, legend
+
+
+def overlay_structures(labels: LabelSet) -> list[Structure]:
+    """The structures an overlay's titles give the Dice of: organ and tumour in the organ +
+    tumour view, every structure otherwise."""
+    if labels.view == ORGAN_TUMOUR_VIEW:
+        return [s for s in labels.structures if s.key in ("organ", "tumour")]
+    return list(labels.structures)
+
+
 def plot_overlays(image: np.ndarray, label: np.ndarray, preds: dict[str, np.ndarray],
-                  dice: dict[str, tuple[float, float]], path: Path, title: str) -> Path:
-    """Paper Fig. 2: an axial slice (the one with the most organ voxels), ground truth first,
-    then each method's prediction as translucent masks with contours.
+                  dice: dict[str, Sequence[float]], path: Path, title: str,
+                  labels: LabelSet = ORGAN_TUMOUR) -> Path:
+    """Paper Fig. 2: an axial slice (the one with the most foreground voxels), ground truth
+    first, then each method's prediction as translucent masks (a colour per label) with the
+    ground truth's outlines.
 
     Args:
-        image: ``(X, Y, Z)`` intensities in [0, 1]; label/preds ``(X, Y, Z)`` uint8 (0/1/2).
-        dice: per method ``(organ, tumour)`` Dice of this case (fractions; NaN allowed).
+        image: ``(X, Y, Z)`` intensities in [0, 1]; label/preds ``(X, Y, Z)`` uint8 label values.
+        dice: per method the Dice of each of :func:`overlay_structures` (organ, tumour in the
+            organ + tumour view) on this case (fractions; NaN allowed).
+        labels: the dataset's labels (colours, legend, outlines).
     """
     plt = pyplot()
     z = int(np.argmax((label > 0).sum(axis=(0, 1))))
@@ -148,7 +189,12 @@ def plot_overlays(image: np.ndarray, label: np.ndarray, preds: dict[str, np.ndar
     img, gt = axial(image).astype(np.float32), axial(label)
     rows_sl, cols_sl = _bbox_crop(gt > 0)
     panels = [("Ground truth", gt)] + [(method_name(m), axial(p)) for m, p in preds.items()]
-    cmap = ListedColormap([(0, 0, 0, 0), (0.1, 0.8, 0.2, 0.45), (1.0, 0.15, 0.1, 0.6)])
+    colours, legend = _palette(labels)
+    cmap = ListedColormap(colours)
+    top = len(colours) - 1
+    # outlines: the whole organ and the tumour (nested) in the organ + tumour view, else each label
+    nested = labels.view == ORGAN_TUMOUR_VIEW
+    shown = overlay_structures(labels)
     cols = min(4, len(panels))
     nrows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 3.8 * nrows + 0.6),
@@ -156,17 +202,26 @@ def plot_overlays(image: np.ndarray, label: np.ndarray, preds: dict[str, np.ndar
     gt_crop = gt[rows_sl, cols_sl]
     for i, (ax, (name, seg)) in enumerate(zip(axes.flat, panels, strict=False)):
         ax.imshow(img[rows_sl, cols_sl], cmap="gray", origin="lower", vmin=0, vmax=1)
-        ax.imshow(seg[rows_sl, cols_sl], cmap=cmap, vmin=0, vmax=2, origin="lower",
+        ax.imshow(seg[rows_sl, cols_sl], cmap=cmap, vmin=0, vmax=top, origin="lower",
                   interpolation="nearest")
         if i > 0:  # the ground truth's outline on every prediction, for comparison
-            for lab in (1, 2):
-                if (gt_crop >= lab).any():
-                    ax.contour((gt_crop >= lab).astype(float), levels=[0.5], colors="yellow",
+            for lab in range(1, top + 1):
+                mask = gt_crop >= lab if nested else gt_crop == lab
+                if mask.any():
+                    ax.contour(mask.astype(float), levels=[0.5], colors="yellow",
                                linewidths=0.9, linestyles="--", origin="lower")
         key = next((m for m in preds if method_name(m) == name), None)
         if key is not None and key in dice:
-            org, tum = (f"{100 * v:.0f}" if np.isfinite(v) else "n/a" for v in dice[key])
-            name = f"{name}\nDice organ {org} %, tumour {tum} %"
+            parts = [f"{s.key if nested else s.name} "
+                     f"{f'{100 * v:.0f}' if np.isfinite(v) else 'n/a'} %"
+                     for s, v in zip(shown, dice[key], strict=False)]
+            if nested:
+                name = f"{name}\nDice " + ", ".join(parts)
+            else:  # several structures: their Dice in a box on the panel, two to a line
+                ax.text(0.5, 0.02, "Dice " + "\n".join(", ".join(parts[j:j + 2])
+                                                        for j in range(0, len(parts), 2)),
+                        transform=ax.transAxes, ha="center", va="bottom", fontsize=8,
+                        bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none"})
         elif i == 0:
             name = f"{name}\n(axial slice z={z})"
         ax.set_title(name, fontsize=10)
@@ -174,16 +229,18 @@ def plot_overlays(image: np.ndarray, label: np.ndarray, preds: dict[str, np.ndar
         ax.set_yticks([])
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.legend(handles=[Patch(color="#22dd44", alpha=0.6, label="organ"),
-                        Patch(color="#ff3322", alpha=0.7, label="tumour"),
+    alpha = 0.6 if nested else 0.55
+    handles = [Patch(color=c, alpha=alpha if n != "tumour" else 0.7, label=n)
+               for n, c in legend]
+    fig.legend(handles=[*handles,
                         Line2D([], [], color="yellow", ls="--", label="ground-truth outline")],
-               loc="outside lower center", ncol=3, frameon=False)
+               loc="outside lower center", ncol=len(handles) + 1, frameon=False)
     fig.suptitle(title)
     return save_figure(fig, path)
 
 
 def _overlay_from_experiment(exp: Path, cfg: ExperimentConfig, rows: Sequence[dict[str, Any]],
-                             path: Path) -> Path | None:
+                             path: Path, labels: LabelSet) -> Path | None:
     fraction = cfg.overlay_fraction or min(cfg.fractions)
     seed = cfg.seeds[0]
     cache = Cache(cfg.cache)
@@ -199,30 +256,33 @@ def _overlay_from_experiment(exp: Path, cfg: ExperimentConfig, rows: Sequence[di
         return None
     case, label = max(labelled, key=lambda cl: int((np.asarray(cl[1]) > 0).sum()))
     preds = {m: np.load(d / f"{case}.npy") for m, d in preds_dirs.items()}
-    dice = {}
+    dice: dict[str, Sequence[float]] = {}
     for r in rows:
         if r["case"] == case and r["fraction"] == fraction and r["seed"] == seed:
-            dice[r["method"]] = (r["dice_organ"], r["dice_tumour"])
+            dice[r["method"]] = [r[f"dice_{s.key}"] for s in overlay_structures(labels)]
     n_train = next((r["n_train_cases"] for r in rows if r["fraction"] == fraction), "?")
     title = f"Test case {case}: {fraction} % labels (n={n_train}), seed {seed}"
     return plot_overlays(np.asarray(cache.image(case), dtype=np.float32), np.asarray(label),
-                         preds, dice, path, title)
+                         preds, dice, path, title, labels)
 
 
-def write_figures(exp: Path, cfg: ExperimentConfig,
-                  rows: Sequence[dict[str, Any]]) -> dict[str, Path]:
-    """All experiment figures under ``exp/figures/``; missing inputs skip a figure."""
+def write_figures(exp: Path, cfg: ExperimentConfig, rows: Sequence[dict[str, Any]],
+                  labels: LabelSet | None = None) -> dict[str, Path]:
+    """All experiment figures under ``exp/figures/`` for the structures of ``labels`` (default:
+    the cache's); missing inputs skip a figure."""
+    labels = labels or Cache(cfg.cache).require_labels()
     out: dict[str, Path] = {}
     figdir = exp / FIGURES
     if rows:
         out["dice_vs_fraction"] = plot_dice_vs_fraction(rows, cfg.methods, cfg.fractions,
                                                         figdir / "dice_vs_fraction.png",
-                                                        cfg.absent, cfg.sd_ddof)
+                                                        cfg.absent, cfg.sd_ddof,
+                                                        labels.structures)
     runs = {m: pretrain_dir(exp, m) for m in cfg.methods if m != BASELINE}
     loss = plot_pretrain_losses(runs, figdir / "pretrain_loss.png")
     if loss:
         out["pretrain_loss"] = loss
-    overlay = _overlay_from_experiment(exp, cfg, rows, figdir / "overlays.png")
+    overlay = _overlay_from_experiment(exp, cfg, rows, figdir / "overlays.png", labels)
     if overlay:
         out["overlays"] = overlay
     return out

@@ -11,6 +11,7 @@ import yaml
 
 from pimpic.config import to_dict
 from pimpic.data.cache import Cache
+from pimpic.data.labels import ORGAN_TUMOUR_VIEW
 from pimpic.data.splits import fraction_cases
 from pimpic.envinfo import machine
 from pimpic.errors import PimpicError
@@ -44,21 +45,27 @@ EXTRA_FIGURES = ("embedding_similarity", "overlap_check")
 def write_all(exp: str | Path, cfg: ExperimentConfig) -> dict[str, Path]:
     """Write results.csv, table.md, stats.md, the figures and report.md into ``exp``."""
     exp = Path(exp)
+    labels = Cache(cfg.cache).require_labels()
     rows = collect_results(exp, cfg)
     write_results_csv(rows, exp / RESULTS)
-    table = (format_results_table(rows, cfg.methods, cfg.fractions, cfg.absent, cfg.sd_ddof)
-             if rows else "No results yet.\n")
-    tests = wilcoxon_tests(rows, BASELINE, cfg.methods, cfg.fractions, cfg.absent) \
-        if BASELINE in cfg.methods and rows else []
+    table = (format_results_table(rows, cfg.methods, cfg.fractions, cfg.absent, cfg.sd_ddof,
+                                  labels.structures) if rows else "No results yet.\n")
+    tests = wilcoxon_tests(rows, BASELINE, cfg.methods, cfg.fractions, cfg.absent,
+                           labels.structures) if BASELINE in cfg.methods and rows else []
     stats = format_stats(tests)
-    reading = format_reading(tests)
-    if reading:
-        stats = f"{stats}\nIn words (organ Dice):\n\n{reading}"
+    # in words: the organ in the organ + tumour view, every structure otherwise
+    described = ([s for s in labels.structures if s.key == "organ"]
+                 if labels.view == ORGAN_TUMOUR_VIEW else list(labels.structures))
+    for st in described:
+        reading = format_reading(tests, st.key)
+        if reading:
+            name = st.name.lower() if labels.view == ORGAN_TUMOUR_VIEW else st.name
+            stats = f"{stats}\nIn words ({name} Dice):\n\n{reading}"
     with atomic_open(exp / TABLE) as fh:
         fh.write(table)
     with atomic_open(exp / STATS) as fh:
         fh.write(stats)
-    figures = write_figures(exp, cfg, rows)
+    figures = write_figures(exp, cfg, rows, labels)
     # figures made outside the grid (`pimpic visualize embeddings --out EXP/figures`, the demo)
     for key in EXTRA_FIGURES:
         if (exp / FIGURES / f"{key}.png").is_file():

@@ -1,5 +1,10 @@
 """Results of an experiment grid: ``results.csv`` and the paper's Table 1 layout.
 
+The structures are the cache's (:class:`~pimpic.data.labels.LabelSet`): ``results.csv`` has a
+``<metric>_<structure>`` column per entry of the metric table and structure, and the table one
+block per structure, in the dataset's order (organ, tumour, whole organ for the organ + tumour
+view). Rows read back without their cache name their structures by their columns.
+
 All statistics start from one row per (method, fraction, seed, test case). With several seeds a
 case's Dice is first averaged over the seeds, so every test case counts once: the table's mean ±
 SD and the paired tests (:mod:`.statistics`) are over test cases, as in the paper. Two
@@ -22,19 +27,20 @@ import numpy as np
 
 from pimpic import registry
 from pimpic.data.cache import Cache
+from pimpic.data.labels import Structure, structures_of
 from pimpic.data.splits import fraction_cases
 from pimpic.errors import PimpicError
 from pimpic.io import atomic_open
 from pimpic.paths import PER_CASE, cell_dir, eval_dir
 from pimpic.protocol.grid import BASELINE, ExperimentConfig
 from pimpic.segmentation.metrics import COLUMNS as METRICS_COLUMNS
-from pimpic.segmentation.metrics import STRUCTURE_NAMES, STRUCTURES, mean_sd
+from pimpic.segmentation.metrics import columns, mean_sd
 
 #: the cell a row of ``results.csv`` belongs to
 CELL_COLUMNS = ("method", "fraction", "n_train_cases", "seed")
 #: ``results.csv``: the cell, then the per-case columns of an evaluation
 COLUMNS = (*CELL_COLUMNS, *METRICS_COLUMNS)
-#: the metric columns (floats; NaN where undefined)
+#: the metric columns of the organ + tumour view (floats; NaN where undefined)
 METRIC_COLUMNS = METRICS_COLUMNS[1:]
 #: how the from-scratch baseline is shown (the pretraining methods say it themselves)
 BASELINE_NAME = "Random + Aug"
@@ -63,8 +69,11 @@ def _float(value: Any) -> float:
 
 
 def collect_results(exp: Path, cfg: ExperimentConfig) -> list[dict[str, Any]]:
-    """One row per test case × finished cell, read from each cell's ``per_case.csv``."""
-    splits = Cache(cfg.cache).splits()
+    """One row per test case × finished cell, read from each cell's ``per_case.csv``; a metric
+    column per structure of the cache's labels."""
+    cache = Cache(cfg.cache)
+    splits = cache.splits()
+    metric_columns = columns(cache.require_labels().structures)[1:]
     rows: list[dict[str, Any]] = []
     for method in cfg.methods:
         for fraction in cfg.fractions:
@@ -78,16 +87,31 @@ def collect_results(exp: Path, cfg: ExperimentConfig) -> list[dict[str, Any]]:
                         row: dict[str, Any] = {"method": method, "fraction": fraction,
                                                "n_train_cases": n_train, "seed": seed,
                                                "case": rec["case"]}
-                        for col in METRIC_COLUMNS:
+                        for col in metric_columns:
                             row[col] = _float(rec.get(col))
                         rows.append(row)
     return rows
 
 
-def write_results_csv(rows: Iterable[dict[str, Any]], path: str | Path) -> None:
-    """``results.csv``: one row per test case × cell, :data:`COLUMNS` (NaN where undefined)."""
+def metric_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The metric columns of ``rows`` in their order (the organ + tumour view's without rows)."""
+    if not rows:
+        return list(METRIC_COLUMNS)
+    return [k for k in rows[0] if k not in CELL_COLUMNS and k != "case"]
+
+
+def structures_in(rows: Sequence[dict[str, Any]]) -> tuple[Structure, ...]:
+    """The structures ``rows`` hold a Dice column of, in column order."""
+    return structures_of([c[len("dice_"):] for c in metric_columns(rows)
+                          if c.startswith("dice_")])
+
+
+def write_results_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """``results.csv``: one row per test case × cell: the cell, the case and the metric columns
+    of the rows (NaN where undefined; :data:`COLUMNS` for the organ + tumour view)."""
+    fields = [*CELL_COLUMNS, "case", *metric_columns(rows)]
     with atomic_open(path, "w") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(COLUMNS), extrasaction="ignore")
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow(row)
@@ -100,12 +124,14 @@ def read_results_csv(path: str | Path) -> list[dict[str, Any]]:
         raise PimpicError(f"{path}: results file not found")
     out = []
     with open(path, newline="") as fh:
-        for rec in csv.DictReader(fh):
+        reader = csv.DictReader(fh)
+        metrics = [c for c in reader.fieldnames or () if c not in CELL_COLUMNS and c != "case"]
+        for rec in reader:
             row: dict[str, Any] = {"method": rec["method"]}
             for col in ("fraction", "n_train_cases", "seed"):
                 row[col] = int(rec[col])
             row["case"] = rec["case"]
-            for col in METRIC_COLUMNS:
+            for col in metrics:
                 row[col] = _float(rec.get(col))
             out.append(row)
     return out
@@ -152,17 +178,19 @@ def grid_axes(rows: Sequence[dict[str, Any]], methods: Sequence[str] | None,
 
 def format_results_table(rows: Sequence[dict[str, Any]], methods: Sequence[str] | None = None,
                  fractions: Sequence[int] | None = None, absent: str = "zero",
-                 ddof: int = 0) -> str:
-    """The paper's Table 1: rows = methods grouped by structure, columns = label fractions with
-    their training-case counts; cells mean ± SD Dice (%) over test cases; best mean in bold;
-    the footnote states the conventions (``absent`` rule, SD ``ddof``)."""
+                 ddof: int = 0, structures: Sequence[Structure] | None = None) -> str:
+    """The paper's Table 1: rows = methods grouped by structure (``structures``, default those
+    of the rows' columns), columns = label fractions with their training-case counts; cells
+    mean ± SD Dice (%) over test cases; best mean in bold; the footnote states the conventions
+    (``absent`` rule, SD ``ddof``)."""
     ms, fs = grid_axes(rows, methods, fractions)
     n_train = {r["fraction"]: r["n_train_cases"] for r in rows}
     header = ["Method / labels", *(f"{f} % (n={n_train.get(f, '?')})" for f in fs)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     n_excl = 0
-    for structure in STRUCTURES:
-        lines.append(f"| **{STRUCTURE_NAMES[structure]}** |" + " |" * len(fs))
+    for st in structures if structures is not None else structures_in(rows):
+        structure = st.key
+        lines.append(f"| **{st.name}** |" + " |" * len(fs))
         stats = {(m, f): summarise_cell(rows, m, f, structure, absent, ddof)
                  for m in ms for f in fs}
         best = {}

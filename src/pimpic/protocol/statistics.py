@@ -1,6 +1,7 @@
 """Did pretraining help? Paired Wilcoxon signed-rank tests of each method against the baseline
-per label fraction and structure, over test cases (seed-averaged), Holm-corrected, as a table
-(``stats.md``) and in plain sentences."""
+per label fraction and structure (every structure the dataset names), over test cases
+(seed-averaged), Holm-corrected over all of them, as a table (``stats.md``) and in plain
+sentences."""
 
 from __future__ import annotations
 
@@ -12,22 +13,27 @@ from typing import Any
 import numpy as np
 from scipy.stats import wilcoxon
 
+from pimpic.data.labels import Structure
 from pimpic.protocol.grid import BASELINE
-from pimpic.protocol.results import grid_axes, method_name, per_case
-from pimpic.segmentation.metrics import STRUCTURE_NAMES, STRUCTURES
+from pimpic.protocol.results import grid_axes, method_name, per_case, structures_in
+from pimpic.segmentation.metrics import STRUCTURE_NAMES
 
 
 def wilcoxon_tests(rows: Sequence[dict[str, Any]], baseline: str = BASELINE,
                    methods: Sequence[str] | None = None,
                    fractions: Sequence[int] | None = None,
-                   absent: str = "zero") -> list[dict[str, Any]]:
+                   absent: str = "zero",
+                   structures: Sequence[Structure] | None = None) -> list[dict[str, Any]]:
     """Wilcoxon signed-rank test of each method against ``baseline`` per fraction and
-    structure, paired by test case (seed-averaged). Each result has ``method``, ``fraction``,
-    ``structure``, ``n`` (pairs), ``mean_diff`` (percentage points, method − baseline),
-    ``statistic``, ``p`` (two-sided; NaN when not computable) and ``reason`` (why not)."""
+    structure (``structures``, default those of the rows' columns), paired by test case
+    (seed-averaged). Each result has ``method``, ``fraction``, ``structure`` (its key),
+    ``structure_name``, ``n`` (pairs), ``mean_diff`` (percentage points, method − baseline),
+    ``statistic``, ``p`` (two-sided; NaN when not computable), ``reason`` (why not) and
+    ``p_holm`` (Holm over every test returned)."""
     ms, fs = grid_axes(rows, methods, fractions)
     out = []
-    for structure in STRUCTURES:
+    for st in structures if structures is not None else structures_in(rows):
+        structure = st.key
         for f in fs:
             base, _ = per_case(rows, baseline, f, structure, absent)
             for m in ms:
@@ -38,7 +44,8 @@ def wilcoxon_tests(rows: Sequence[dict[str, Any]], baseline: str = BASELINE,
                 a = np.array([other[c] for c in common]) * 100
                 b = np.array([base[c] for c in common]) * 100
                 res: dict[str, Any] = {"method": m, "fraction": f, "structure": structure,
-                                       "n": len(common), "statistic": math.nan, "p": math.nan,
+                                       "structure_name": st.name, "n": len(common),
+                                       "statistic": math.nan, "p": math.nan,
                                        "mean_diff": float((a - b).mean()) if len(a) else math.nan,
                                        "reason": ""}
                 if not base:
@@ -78,9 +85,15 @@ def format_reading(tests: Sequence[dict[str, Any]], structure: str = "organ",
         else:
             verdict = f"not significant (p = {t['p']:.3g}, Holm {p_holm:.3g})"
         lines.append(f"- {method_name(t['method'])} at {t['fraction']} % labels: "
-                     f"{t['mean_diff']:+.1f} points {STRUCTURE_NAMES[structure].lower()} Dice "
+                     f"{t['mean_diff']:+.1f} points {_name(t).lower()} Dice "
                      f"vs {method_name(BASELINE)} over {t['n']} test cases — {verdict}.")
     return "\n".join(lines) + "\n" if lines else ""
+
+
+def _name(test: dict[str, Any]) -> str:
+    """How a test's structure is shown (tests made by hand may carry only its key)."""
+    return str(test.get("structure_name") or STRUCTURE_NAMES.get(test["structure"],
+                                                                 test["structure"]))
 
 
 def holm_adjust(tests: list[dict[str, Any]]) -> None:
@@ -109,7 +122,7 @@ def format_stats(tests: Sequence[dict[str, Any]], baseline: str = BASELINE) -> s
             p, ph = f"{t['p']:.3g}", f"{t['p_holm']:.3g}"
             if t["p"] < 0.05:
                 p = f"**{p}**"
-        lines.append(f"| {STRUCTURE_NAMES[t['structure']]} | {t['fraction']} % | "
+        lines.append(f"| {_name(t)} | {t['fraction']} % | "
                      f"{method_name(t['method'])} | {t['n']} | {diff} | {p} | {ph} |")
     lines += ["", "Two-sided Wilcoxon signed-rank test over test cases (paired by case, Dice "
               "averaged over seeds first; zero differences dropped, scipy's default). Δ = mean "

@@ -88,7 +88,27 @@ def build_model(cfg: FinetuneConfig, cache: Cache, encoder: str | Path | None,
     else:
         enc = Encoder(1, cfg.width, cfg.depth)
     check_patch(cfg.patch_size, enc.depth)
-    return SegmentationNet(enc, cfg.num_classes, cfg.decoder), meta
+    return SegmentationNet(enc, num_classes(cfg, cache), cfg.decoder), meta
+
+
+def num_classes(cfg: FinetuneConfig, cache: Cache) -> int:
+    """One network output per label value the cache's dataset names; a ``num_classes`` set in
+    the config must agree (so must ``class_ratios``, one per class)."""
+    labels = cache.require_labels()
+    n = labels.num_classes
+    if cfg.num_classes is not None and cfg.num_classes < n:
+        raise PimpicError(f"{cache.root}: label value {n - 1} does not fit "
+                          f"num_classes={cfg.num_classes} (the labels {labels.names()} need {n} "
+                          "classes); leave num_classes unset: it follows the labels")
+    if cfg.num_classes is not None and cfg.num_classes != n:
+        raise PimpicError(f"{cache.root}: num_classes={cfg.num_classes} differs from the "
+                          f"{n} classes of the labels {labels.names()}; leave num_classes "
+                          "unset: it follows the labels")
+    if cfg.class_ratios is not None and len(cfg.class_ratios) != n:
+        raise PimpicError(f"{cache.root}: class_ratios has {len(cfg.class_ratios)} values for "
+                          f"the {n} classes of the labels {labels.names()} (one per class, "
+                          "background first)")
+    return n
 
 
 def check_patch(patch_size: int, depth: int) -> None:
@@ -121,8 +141,9 @@ def _check_labels(cache: Cache, case_ids: list[str], num_classes: int) -> None:
             top = int(np.max(label)) if label is not None and label.size else 0
         if top >= num_classes:
             raise PimpicError(f"{cache.case_dir(cid)}: label value {top} does not fit "
-                              f"num_classes={num_classes} (labels 0…{num_classes - 1}); set "
-                              f"num_classes={top + 1}")
+                              f"num_classes={num_classes} (labels 0…{num_classes - 1}); the "
+                              "cache predates recorded labels: prepare the dataset again into "
+                              "a new cache")
 
 
 def _cases(cache: Cache, fraction: float) -> tuple[list[str], list[str]]:
@@ -174,7 +195,10 @@ def finetune(
     cache = cache if isinstance(cache, Cache) else Cache(cache)
     run_dir = Path(run_dir)
     train_ids, val_ids = _cases(cache, cfg.fraction)
-    _check_labels(cache, [*train_ids, *val_ids], cfg.num_classes)
+    # the resolved number is what config.yaml records and a resume compares
+    classes = num_classes(cfg, cache)
+    cfg = dataclasses.replace(cfg, num_classes=classes)
+    _check_labels(cache, [*train_ids, *val_ids], classes)
     device = resolve_device(cfg.device)
     # validate everything before touching the run folder: a refused setup leaves no trace
     model, enc_meta = build_model(cfg, cache, encoder, allow)
@@ -200,9 +224,10 @@ def finetune(
             cache=str(cache.root.resolve()), fraction=cfg.fraction, **identity,
             case_inputs=inputs,
             encoder=str(Path(encoder).resolve()) if encoder is not None else None,
-            encoder_meta=enc_meta, patch_size=cfg.patch_size, num_classes=cfg.num_classes,
+            encoder_meta=enc_meta, patch_size=cfg.patch_size, num_classes=model.num_classes,
             architecture=model.encoder.architecture(),
-            started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            labels=cache.require_labels().to_json())
         write_json(run_dir / RUN_INFO, info.to_json())
         write_json(run_dir / ENV, collect(device))
     with flush_denormals(device):
@@ -395,7 +420,7 @@ def _model_meta(info: FinetuneRun, cfg: FinetuneConfig, epoch: int) -> dict[str,
     """What the model file says about itself: only what identical runs share (no paths or
     times — those live in ``run.json``), so equal runs write equal files."""
     enc = info.encoder_meta or {}
-    return {"patch_size": info.patch_size, "settings": info.settings,
+    return {"patch_size": info.patch_size, "settings": info.settings, "labels": info.labels,
             "fraction": info.fraction, "epoch": epoch,
             "inference": {"overlap": cfg.sw_overlap, "mode": cfg.sw_mode,
                           "crop_foreground": cfg.crop_foreground, "cpu_bf16": cfg.cpu_bf16,

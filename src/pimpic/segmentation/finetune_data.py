@@ -92,7 +92,7 @@ def train_transform(cfg: FinetuneConfig, patch_size: int) -> Any:
     else:
         crop = RandCropByLabelClassesd(
             keys=("image", "label"), label_key="label", spatial_size=size,
-            ratios=list(cfg.class_ratios), num_classes=cfg.num_classes,
+            ratios=list(cfg.class_ratios), num_classes=len(cfg.class_ratios),
             num_samples=cfg.samples_per_volume, allow_smaller=True, warn=False, image_key=body,
             image_threshold=0.0)
     chain += [crop, SpatialPadd(keys=("image", "label"), spatial_size=size)]

@@ -97,8 +97,10 @@ def predict_labels(
     amp: bool = True,
     cpu_bf16: bool = False,
     lcc: bool = False,
+    lcc_by_class: bool = False,
 ) -> np.ndarray:
-    """Sliding-window logits → argmax → optional :func:`largest_component`; ``(X, Y, Z)`` uint8.
+    """Sliding-window logits → argmax → optional :func:`largest_component` (of the whole
+    foreground, or with ``lcc_by_class`` of each class); ``(X, Y, Z)`` uint8.
 
     With ``crop_foreground`` the network sees only :func:`foreground_box` (as in training) and
     everything outside it is background.
@@ -108,7 +110,22 @@ def predict_labels(
                               device=device, amp=amp, cpu_bf16=cpu_bf16)
     labels = np.zeros(np.shape(image), dtype=np.uint8)
     labels[box] = logits.argmax(0).to(torch.uint8).cpu().numpy()
-    return largest_component(labels) if lcc else labels
+    if not lcc:
+        return labels
+    return largest_component_by_class(labels) if lcc_by_class else largest_component(labels)
+
+
+def largest_component_by_class(labels: np.ndarray) -> np.ndarray:
+    """:func:`largest_component` of each class on its own: for a dataset of separate
+    structures (organs at risk), where the whole foreground is several objects.
+
+    ``(X, Y, Z)`` integer labels → same shape and dtype.
+    """
+    out: np.ndarray = labels.copy()
+    for value in np.unique(labels):
+        if value:
+            out[(labels == value) & (largest_component(labels == value) == 0)] = 0
+    return out
 
 
 def largest_component(labels: np.ndarray) -> np.ndarray:

@@ -1,10 +1,17 @@
-"""Per-case segmentation metrics (docs/method.md §8): Dice and HD95 per structure, with NaN rules.
+"""Per-case segmentation metrics (docs/method.md §8): a metric table, scored per structure.
 
-Structures, from a label map with 0 background, 1 organ, 2 tumour:
+The structures come from the dataset's labels (:class:`~pimpic.data.labels.LabelSet`): one per
+named label or region, or — for MSD Task07, KiTS19 and the synthetic cohort — the organ +
+tumour view:
 
 * ``organ``  — label 1
 * ``tumour`` — label 2
 * ``whole``  — labels 1 ∪ 2 (the whole organ, tumour included)
+
+:data:`METRICS` is the metric table: name → :class:`Metric`, a function of one structure's
+predicted and ground-truth masks (the structure's one-hot channel) and the voxel spacing. Every
+entry becomes a ``<name>_<structure>`` column of ``per_case.csv`` and ``results.csv`` and a
+mean ± SD in the summary; adding a metric is one entry.
 
 Edge cases are reported, never hidden:
 
@@ -19,19 +26,20 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from monai.metrics import compute_hausdorff_distance
 
-#: structure name → the label values it covers
-STRUCTURES: dict[str, tuple[int, ...]] = {"organ": (1,), "tumour": (2,), "whole": (1, 2)}
-#: structure name → how tables and figures name it
-STRUCTURE_NAMES = {"organ": "Organ", "tumour": "Tumour", "whole": "Whole organ"}
-#: per-case CSV columns, in order
-COLUMNS = ("case", *(f"dice_{s}" for s in STRUCTURES), *(f"hd95_{s}" for s in STRUCTURES))
+from pimpic.data.labels import ORGAN_TUMOUR, Structure
+
+#: structure name → the label values it covers (the organ + tumour view)
+STRUCTURES: dict[str, tuple[int, ...]] = {s.key: s.values for s in ORGAN_TUMOUR.structures}
+#: structure name → how tables and figures name it (the organ + tumour view)
+STRUCTURE_NAMES = {s.key: s.name for s in ORGAN_TUMOUR.structures}
 
 
 def dice(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -64,13 +72,50 @@ def hd95(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> float:
     return float(value.reshape(-1)[0])
 
 
-def case_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
-    """Dice and HD95 (mm) of every structure for one case.
+@dataclass(frozen=True)
+class Metric:
+    """One entry of the metric table.
 
     Args:
-        pred: predicted labels ``(X, Y, Z)`` (0/1/2).
+        fn: ``fn(pred, gt, spacing) → float`` on boolean ``(X, Y, Z)`` masks of one structure
+            and the voxel size in mm; NaN where undefined.
+        title: its column title in :func:`format_table`.
+        cell: format specs of the mean and the SD in :func:`format_table`.
+        absent_score: what a case whose ground truth lacks the structure scores under
+            ``absent="zero"`` (None: it stays out of the mean, like any undefined value).
+    """
+
+    fn: Callable[[np.ndarray, np.ndarray, Sequence[float]], float]
+    title: str
+    cell: tuple[str, str]
+    absent_score: float | None = None
+
+
+#: the metric table: name → metric, in column order
+METRICS: dict[str, Metric] = {
+    "dice": Metric(lambda p, g, _: dice(p, g), "Dice", (">8.4f", "<6.4f"), absent_score=0.0),
+    "hd95": Metric(hd95, "HD95 (mm)", (">9.2f", "<7.2f")),
+}
+
+
+def columns(structures: Sequence[Structure] = ORGAN_TUMOUR.structures) -> tuple[str, ...]:
+    """Per-case CSV columns: ``case``, then ``<metric>_<structure>`` metric by metric."""
+    return ("case", *(f"{m}_{s.key}" for m in METRICS for s in structures))
+
+
+#: per-case CSV columns of the organ + tumour view, in order
+COLUMNS = columns()
+
+
+def case_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
+                 structures: Sequence[Structure] = ORGAN_TUMOUR.structures) -> dict[str, float]:
+    """Every metric of :data:`METRICS` for every structure of one case.
+
+    Args:
+        pred: predicted labels ``(X, Y, Z)`` (the dataset's label values).
         gt: ground-truth labels, same shape.
         spacing: voxel size in mm per axis.
+        structures: what to score (default: organ, tumour, whole organ).
 
     Returns:
         ``{"dice_organ", "dice_tumour", "dice_whole", "hd95_organ", ...}`` (NaN rules above).
@@ -78,11 +123,11 @@ def case_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> 
     if pred.shape != gt.shape:
         raise ValueError(f"prediction shape {pred.shape} != ground-truth shape {gt.shape}")
     out: dict[str, float] = {}
-    for name, labels in STRUCTURES.items():
-        p = np.isin(pred, labels)
-        g = np.isin(gt, labels)
-        out[f"dice_{name}"] = dice(p, g)
-        out[f"hd95_{name}"] = hd95(p, g, spacing)
+    for s in structures:
+        p = np.isin(pred, s.values)
+        g = np.isin(gt, s.values)
+        for name, metric in METRICS.items():
+            out[f"{name}_{s.key}"] = metric.fn(p, g, spacing)
     return out
 
 
@@ -96,8 +141,9 @@ def mean_sd(values: np.ndarray, ddof: int = 0,
     return float(values.mean()), sd
 
 
-def summarise(rows: Sequence[Mapping[str, Any]], absent: str = "zero",
-              ddof: int = 0) -> dict[str, dict[str, float | int]]:
+def summarise(rows: Sequence[Mapping[str, Any]], absent: str = "zero", ddof: int = 0,
+              structures: Sequence[Structure] = ORGAN_TUMOUR.structures,
+              ) -> dict[str, dict[str, float | int]]:
     """Mean ± SD (``ddof`` 0: population, the released convention) per structure over cases.
 
     Args:
@@ -105,35 +151,48 @@ def summarise(rows: Sequence[Mapping[str, Any]], absent: str = "zero",
         absent: a structure absent from a case's ground truth (Dice NaN) scores 0 (``zero``,
             released) or is left out of the mean (``nan``); counted in ``n_excluded`` either way.
         ddof: delta degrees of freedom of the SD.
+        structures: the structures scored in ``rows``.
 
-    Returns per structure ``{"dice_mean", "dice_sd", "hd95_mean", "hd95_sd", "n", "n_excluded",
-    "n_missed"}``: ``n`` cases enter the Dice mean, ``n_excluded`` had an empty ground truth,
-    ``n_missed`` had a ground truth but an empty prediction (Dice 0, HD95 NaN). HD95 is always
-    averaged over the cases where it is defined.
+    Returns per structure key ``{"dice_mean", "dice_sd", "hd95_mean", "hd95_sd", ..., "n",
+    "n_excluded", "n_missed"}`` (a mean and SD per entry of :data:`METRICS`): ``n`` cases enter
+    the Dice mean, ``n_excluded`` had an empty ground truth, ``n_missed`` had a ground truth but
+    an empty prediction (Dice 0, HD95 NaN). HD95 is always averaged over the cases where it is
+    defined.
     """
     out: dict[str, dict[str, float | int]] = {}
-    for name in STRUCTURES:
-        d = np.array([float(r[f"dice_{name}"]) for r in rows], dtype=np.float64)
-        h = np.array([float(r[f"hd95_{name}"]) for r in rows], dtype=np.float64)
-        scored = np.nan_to_num(d, nan=0.0) if absent == "zero" else d[~np.isnan(d)]
-        dm, ds = mean_sd(scored, ddof)
-        hm, hs = mean_sd(h[~np.isnan(h)], ddof)
-        out[name] = {
-            "dice_mean": dm, "dice_sd": ds, "hd95_mean": hm, "hd95_sd": hs,
-            "n": int(scored.size),
-            "n_excluded": int(np.isnan(d).sum()),
-            "n_missed": int(((d == 0) & np.isnan(h)).sum()),
-        }
+    for s in structures:
+        d = np.array([float(r[f"dice_{s.key}"]) for r in rows], dtype=np.float64)
+        h = np.array([float(r[f"hd95_{s.key}"]) for r in rows], dtype=np.float64)
+        entry: dict[str, float | int] = {}
+        for name, metric in METRICS.items():
+            v = np.array([float(r[f"{name}_{s.key}"]) for r in rows], dtype=np.float64)
+            if metric.absent_score is not None and absent == "zero":
+                v = np.where(np.isnan(d), metric.absent_score, v)
+            entry[f"{name}_mean"], entry[f"{name}_sd"] = mean_sd(v[~np.isnan(v)], ddof)
+        entry["n"] = int(d.size if absent == "zero" else (~np.isnan(d)).sum())
+        entry["n_excluded"] = int(np.isnan(d).sum())
+        entry["n_missed"] = int(((d == 0) & np.isnan(h)).sum())
+        out[s.key] = entry
     return out
 
 
-def format_table(summary: Mapping[str, Mapping[str, float | int]]) -> str:
-    """A short plain-text table: one row per structure, mean ± SD and the counts."""
-    lines = [f"{'structure':<10} {'Dice':>17} {'HD95 (mm)':>19} {'n':>4} {'excl':>5} {'miss':>5}"]
-    for name, s in summary.items():
+def format_table(summary: Mapping[str, Mapping[str, float | int]],
+                 names: Mapping[str, str] | None = None) -> str:
+    """A short plain-text table: one row per structure (``names`` maps keys to what is shown;
+    default the keys), mean ± SD of every metric and the counts."""
+    names = names or {}
+    shown = {k: names.get(k, k) for k in summary}
+    width = max(10, *(len(v) for v in shown.values())) if shown else 10
+    cells = {m: len(format(0.0, metric.cell[0])) + 3 + len(format(0.0, metric.cell[1]))
+             for m, metric in METRICS.items()}
+    lines = [f"{'structure':<{width}} "
+             + " ".join(f"{metric.title:>{cells[m]}}" for m, metric in METRICS.items())
+             + f" {'n':>4} {'excl':>5} {'miss':>5}"]
+    for key, s in summary.items():
         lines.append(
-            f"{name:<10} {s['dice_mean']:>8.4f} ± {s['dice_sd']:<6.4f} "
-            f"{s['hd95_mean']:>9.2f} ± {s['hd95_sd']:<7.2f} "
-            f"{s['n']:>4} {s['n_excluded']:>5} {s.get('n_missed', 0):>5}"
+            f"{shown[key]:<{width}} "
+            + " ".join(f"{s[f'{m}_mean']:{metric.cell[0]}} ± {s[f'{m}_sd']:{metric.cell[1]}}"
+                       for m, metric in METRICS.items())
+            + f" {s['n']:>4} {s['n_excluded']:>5} {s.get('n_missed', 0):>5}"
         )
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """The fine-tuned model file: ``model.safetensors``, the ``SegmentationNet`` state dict with JSON
 metadata in the header (``architecture``, ``num_classes``, ``decoder``, ``patch_size``,
-preprocessing ``settings``, the ``inference`` settings it was validated with, ...). Its bytes
-depend only on what identical runs share: paths and times live in ``run.json``.
+preprocessing ``settings``, the dataset's ``labels`` (class ``c`` is label value ``c``), the
+``inference`` settings it was validated with, ...). Its bytes depend only on what identical runs
+share: paths and times live in ``run.json``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from pimpic import __version__
+from pimpic.data.labels import LabelSet, class_names
 from pimpic.errors import PimpicError
 from pimpic.io import read_json, save_safetensors
 from pimpic.models.unet import Encoder, SegmentationNet
@@ -73,6 +75,9 @@ class ModelInfo:
     #: the preprocessing settings of its cache (``spacing``, ``window``, ...)
     settings: dict[str, Any]
     inference: InferenceSettings
+    #: the labels it was trained on (a file written before labels were recorded: the organ +
+    #: tumour view for 3 classes, ``label_<c>`` otherwise)
+    labels: LabelSet
     #: the run's cache folder (None: no run.json, or it names none)
     cache: str | None = None
     #: cases it was fine-tuned on, and cases its encoder was pretrained on
@@ -89,10 +94,14 @@ class ModelInfo:
         """``run`` (``run.json``) wins over ``meta`` (the model file) where both say something."""
         both = {**meta, **run}
         encoder = run.get("encoder_meta") or {}
+        num_classes = int(both["num_classes"])
+        saved = meta.get("labels") or run.get("labels")
+        labels = LabelSet.from_json(saved) if saved else class_names(num_classes)
         return cls(architecture=dict(both["architecture"]),
-                   num_classes=int(both["num_classes"]), patch_size=int(both["patch_size"]),
+                   num_classes=num_classes, patch_size=int(both["patch_size"]),
                    settings=dict(both.get("settings") or {}),
                    inference=InferenceSettings.from_meta(meta.get("inference")),
+                   labels=labels,
                    cache=str(run["cache"]) if run.get("cache") else None,
                    train_cases=tuple(run.get("train_cases") or ()),
                    pretrain_cases=tuple(encoder.get("pretrain_cases") or ()),

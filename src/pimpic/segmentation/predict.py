@@ -3,7 +3,9 @@
 Each image is preprocessed exactly like the training data (the run's settings: RAS, spacing,
 HU window, crop), segmented by sliding-window inference, and the mask is mapped back onto the
 input's own voxel grid (nearest neighbour), so ``<name>_seg.nii.gz`` has the input's shape and
-affine whatever its orientation and spacing. Labels: 0 background, 1 organ, 2 tumour (uint8).
+affine whatever its orientation and spacing. Labels: the values of the dataset the model was
+trained on (uint8; class ``c`` is label value ``c``, the values being consecutive — e.g. 0
+background, 1 organ, 2 tumour), named in the model file (``ModelInfo.labels``).
 """
 
 from __future__ import annotations

@@ -40,6 +40,9 @@ class FinetuneRun:
     #: the SHA-256 of each training and validation case's input files (``Cache.input_sha256``):
     #: a resume after ``prepare`` redid a case with other inputs is refused
     case_inputs: dict[str, Any] | None = None
+    #: the cache's labels (:meth:`pimpic.data.labels.LabelSet.to_json`; None: run made before
+    #: labels were recorded)
+    labels: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -27,7 +27,7 @@ def validate(model: nn.Module, cache: Cache, case_ids: list[str], cfg: FinetuneC
     """
     loss_fn = DiceLoss(to_onehot_y=True, softmax=True)
     model.eval()
-    per_class: list[list[float]] = [[] for _ in range(cfg.num_classes - 1)]
+    per_class: dict[int, list[float]] = {}
     case_dice, losses = [], []
     for cid in case_ids:
         label = np.asarray(cache.label(cid), dtype=np.int64)
@@ -40,15 +40,15 @@ def validate(model: nn.Module, cache: Cache, case_ids: list[str], cfg: FinetuneC
         losses.append(float(loss_fn(logits[None], y)))
         pred = np.zeros_like(label)
         pred[box] = logits.argmax(0).cpu().numpy()
-        ds = [dice(pred == c, label == c) for c in range(1, cfg.num_classes)]
-        for c, d in enumerate(ds):
-            per_class[c].append(d)
+        ds = [dice(pred == c, label == c) for c in range(1, logits.shape[0])]
+        for c, d in enumerate(ds, start=1):
+            per_class.setdefault(c, []).append(d)
         if not all(math.isnan(d) for d in ds):
             case_dice.append(float(np.nanmean(ds)))
     model.train()
     out = {"val_dice": float(np.mean(case_dice)) if case_dice else math.nan,
            "val_dice_loss": float(np.mean(losses))}
-    for c, values in enumerate(per_class, start=1):
+    for c, values in per_class.items():
         finite = [v for v in values if not math.isnan(v)]
         out[f"val_dice_{c}"] = float(np.mean(finite)) if finite else math.nan
     return out
