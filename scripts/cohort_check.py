@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pimpic.config import FinetuneConfig, build_config, to_dict
+from pimpic.config import build_config, to_dict
 from pimpic.data import synthetic_style
 from pimpic.data.prepare import prepare
 from pimpic.data.preprocess import Settings
@@ -42,6 +42,7 @@ from pimpic.io import read_json
 from pimpic.paths import cell_dir, eval_dir
 from pimpic.protocol.demo import SIZES, demo_config
 from pimpic.protocol.experiment import run_experiment
+from pimpic.segmentation.config import FinetuneConfig
 
 ORGAN_GAP = 15.0  # Dice points, criterion 1
 TUMOUR_MIN = 20.0  # Dice points, criterion 2

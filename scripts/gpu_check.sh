@@ -92,7 +92,7 @@ from pathlib import Path
 
 import torch
 
-from pimpic.config import PretrainConfig
+from pimpic.pretraining.config import PretrainConfig
 from pimpic.pretraining.engine import pretrain
 from pimpic.io import read_json, read_jsonl, write_json
 from pimpic.models import Encoder

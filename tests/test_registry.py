@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 import pimpic.pretraining.methods
 from pimpic import registry
 from pimpic.cli import app
-from pimpic.config import PretrainConfig
 from pimpic.errors import PimpicError
+from pimpic.pretraining.config import PretrainConfig
 from pimpic.protocol import figures
 from pimpic.protocol.grid import ExperimentConfig
 from pimpic.protocol.results import format_results_table, method_colour, method_name
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pimpic.config import PretrainConfig
+from pimpic.pretraining.config import PretrainConfig
 from pimpic.models import Encoder
 from pimpic.registry import MethodSpec, register
 

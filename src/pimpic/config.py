@@ -1,9 +1,14 @@
-"""Configuration as data: frozen dataclasses are the schema.
+"""Configuration as data: frozen dataclasses are the schema, this module reads and writes them.
 
-Each stage (pretraining, fine-tuning, experiment) has a frozen dataclass whose defaults
-reproduce the paper. A config is built from defaults, then an optional YAML file, then
-``--set key=value`` overrides (dotted keys reach nested dataclasses), validated here at the
-boundary, and saved with every run (``config.yaml`` in the run folder).
+Each stage declares its own schema beside its code (:mod:`pimpic.pretraining.config`,
+:mod:`pimpic.segmentation.config`, :mod:`pimpic.protocol.grid`; a pretext task's options in its
+method module), with defaults that reproduce the paper. A config is built from defaults, then an
+optional YAML file, then ``--set key=value`` overrides (dotted keys reach nested dataclasses),
+validated at the boundary, and saved with every run (``config.yaml`` in the run folder).
+
+A numeric field carries the values it may take (:func:`ranged`, checked by
+:func:`check_ranges`); a field made with :func:`sections` holds sub-configs whose schemas are
+known only at run time (each method's options), written as keys of their own.
 """
 
 from __future__ import annotations
@@ -12,13 +17,12 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
-from pimpic import registry
 from pimpic.errors import PimpicError
 from pimpic.io import atomic_open
 
@@ -26,8 +30,15 @@ T = TypeVar("T")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """A plain, YAML-able dict of a (nested) config dataclass; tuples become lists."""
-    out: dict[str, Any] = plain(dataclasses.asdict(cfg))
+    """A plain, YAML-able dict of a (nested) config dataclass; tuples become lists, and each
+    of a :func:`sections` field's sections is a key of its own where the field stands."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if SECTIONS in f.metadata:
+            out.update({key: to_dict(section) for key, section in value.items()})
+        else:
+            out[f.name] = to_dict(value) if dataclasses.is_dataclass(value) else plain(value)
     return out
 
 
@@ -70,16 +81,24 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T
     if not isinstance(data, Mapping):
         raise PimpicError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
+    all_fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    fields = {f.name for f in all_fields if SECTIONS not in f.metadata}
+    sections = {key: (f.name, schema) for f in all_fields if SECTIONS in f.metadata
+                for key, schema in f.metadata[SECTIONS]().items()}
+    unknown = sorted(set(data) - fields - set(sections))
     if unknown:
-        raise PimpicError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}"
-        )
-    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+        raise PimpicError(f"{where}: unknown key(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(sorted(fields | set(sections)))}")
+    kwargs: dict[str, Any] = {}
+    for k, v in data.items():
+        if k in fields:
+            kwargs[k] = _coerce(hints[k], v, f"{where}.{k}")
+        else:
+            name, schema = sections[k]
+            kwargs.setdefault(name, {})[k] = _coerce(schema, v, f"{where}.{k}")
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, PimpicError) as err:
         raise PimpicError(f"{where}: {err}") from None
 
 
@@ -244,8 +263,8 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Range checks: each schema lists its numeric fields with the values they may take, so a bad
-# value is refused when the config is built — before any run folder exists.
+# Range checks: each numeric field carries the values it may take, so a bad value is refused
+# when the config is built — before any run folder exists.
 # --------------------------------------------------------------------------------------------
 
 
@@ -302,317 +321,60 @@ PERCENT = Range(0, 100, low_open=True)
 FINITE = Range()
 
 
-def check_ranges(cfg: Any, rules: Mapping[str, Range]) -> None:
-    """Raise ValueError naming the first field of ``cfg`` whose value ``rules`` refuses."""
-    for name, rule in rules.items():
-        value = getattr(cfg, name)
-        if not rule.admits(value):
+def ranged(default: T, rule: Range) -> T:
+    """A dataclass field defaulting to ``default`` whose values ``rule`` admits, e.g.
+    ``lr: float = ranged(1e-5, NON_NEGATIVE)`` (checked by :func:`check_ranges`)."""
+    out: T = dataclasses.field(default=default, metadata={RANGE: rule})
+    return out
+
+
+def check_ranges(cfg: Any) -> None:
+    """Raise ValueError naming the first field of ``cfg`` whose value its range refuses."""
+    for f in dataclasses.fields(cfg):
+        rule = f.metadata.get(RANGE)
+        value = getattr(cfg, f.name)
+        if rule is not None and not rule.admits(value):
             many = isinstance(value, (tuple, list))
-            raise ValueError(f"{'each of ' if many else ''}{name} must be {rule.describe()}"
+            raise ValueError(f"{'each of ' if many else ''}{f.name} must be {rule.describe()}"
                              f"{' (or null)' if rule.optional else ''}, "
                              f"got {list(value) if many else value!r}")
 
 
 # --------------------------------------------------------------------------------------------
-# The schemas. Defaults reproduce the paper and the released code (docs/method.md §2–§8);
-# every deviation is a named option.
+# Sections: sub-configs named at run time (a method's options, from the registry).
 # --------------------------------------------------------------------------------------------
 
-#: a pretraining crop: one edge (a cube) or three edges (a box), in voxels
-PatchSize = int | tuple[int, int, int]
+#: field metadata keys
+RANGE, SECTIONS = "range", "sections"
 
 
-def patch_shape(patch_size: PatchSize | Sequence[int] | str) -> tuple[int, int, int]:
-    """``64`` → ``(64, 64, 64)``; three edges stay three edges. ``plan`` has no shape until the
-    nnU-Net plan is read (:func:`pimpic.pretraining.backbones.resolve_patch`)."""
-    if isinstance(patch_size, str):
-        raise PimpicError(f"patch_size {patch_size!r} must be resolved to voxels first (the "
-                          "pretraining engine reads it from the nnU-Net plan)")
-    if isinstance(patch_size, int):
-        return (patch_size,) * 3
-    edges = tuple(int(p) for p in patch_size)
-    if len(edges) != 3:
-        raise PimpicError(f"patch_size must be one edge or 3 edges, got {list(edges)}")
-    return edges[0], edges[1], edges[2]
+def sections(schemas: Callable[[], Mapping[str, type]]) -> Any:
+    """A field holding sub-configs whose schemas ``schemas()`` names only at run time, as
+    ``{key: schema}``. In YAML, ``--set`` and :func:`to_dict` each section is a key of the
+    enclosing config, as a nested dataclass field would be (``voco: {grid: [2, 2]}``,
+    ``--set voco.grid=[2,2]``); in Python the field is a dict ``{key: instance}``, completed
+    by :func:`fill_sections`."""
+    return dataclasses.field(default_factory=dict, hash=False, metadata={SECTIONS: schemas})
 
 
-def patch_text(patch_size: Any) -> str:
-    """A patch size as the user writes it: ``64`` or ``[32, 64, 64]``."""
-    return str(list(patch_size)) if isinstance(patch_size, (tuple, list)) else str(patch_size)
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplerConfig:
-    """Overlapping-patch sampler (docs/method.md §2). Defaults = the reference sampler."""
-
-    #: ``uniform``: anchor start ~ U{0, dim − p − 1} (reference); ``foreground``: anchor centred
-    #: on a random voxel above ``foreground_threshold`` (no patches of pure air).
-    anchor: typing.Literal["uniform", "foreground"] = "uniform"
-    foreground_threshold: float = 0.05
-    #: jitter half-width m = floor(overlap_margin · p); reference (4p)//5 ⇔ 0.8. Smaller → more
-    #: overlap, larger → more non-overlapping pairs.
-    overlap_margin: float = 0.8
-    #: per-patch random intensity scale/shift/noise so overlapping voxels differ (option)
-    intensity_aug: bool = False
-    #: Gaussian noise added to the whole volume before cropping, with this probability per
-    #: volume (released code: 0.9, std 0.01; overlapping voxels get the same noise)
-    volume_noise_prob: float = 0.0
-    volume_noise_std: float = 0.01
-    #: value used to pad volumes smaller than the patch (0 = the bottom of the HU window)
-    pad_value: float = 0.0
-
-    def __post_init__(self) -> None:
-        check_ranges(self, SAMPLER_RULES)
-
-
-SAMPLER_RULES = {"foreground_threshold": PROBABILITY, "overlap_margin": NON_NEGATIVE,
-                 "pad_value": FINITE, "volume_noise_prob": PROBABILITY,
-                 "volume_noise_std": NON_NEGATIVE}
-
-
-@dataclasses.dataclass(frozen=True)
-class VoCoConfig:
-    """VoCo baseline (docs/method.md §7): base-crop grid and random crops per volume."""
-
-    grid: tuple[int, int] = (4, 4)
-    #: random crops per volume (each compared against all bases)
-    num_random: int = 4
-    #: projector width (3-layer MLP on global-average-pooled deepest features)
-    proj_dim: int = 2048
-    #: weight of the base-orthogonality regulariser
-    reg_weight: float = 1.0
-    #: momentum of the teacher for ``voco-ema``
-    ema_momentum: float = 0.996
-
-    def __post_init__(self) -> None:
-        check_ranges(self, VOCO_RULES)
-
-
-VOCO_RULES = {"grid": AT_LEAST_1, "num_random": AT_LEAST_1, "proj_dim": AT_LEAST_1,
-              "reg_weight": NON_NEGATIVE, "ema_momentum": PROBABILITY}
-
-
-@dataclasses.dataclass(frozen=True)
-class Vox2VecConfig:
-    """vox2vec baseline (docs/method.md §7): voxel-level contrast over an FPN of features."""
-
-    proj_dim: int = 128
-    #: positive voxels sampled per crop pair
-    num_voxels: int = 1024
-    tau: float = 0.1
-
-    def __post_init__(self) -> None:
-        check_ranges(self, VOX2VEC_RULES)
-
-
-VOX2VEC_RULES = {"proj_dim": AT_LEAST_1, "num_voxels": AT_LEAST_1, "tau": POSITIVE}
-
-
-@dataclasses.dataclass(frozen=True)
-class PretrainConfig:
-    """Self-supervised pretraining. Defaults = the paper (K=32, d=128, 64³, N=32, Adam 1e-5)."""
-
-    #: a registered method (:mod:`pimpic.registry`; ``pimpic methods`` lists them)
-    method: str = "pimpic"
-    # encoder: ``unet`` is the paper's (``width``, ``depth``); ``nnunet`` is the encoder nnU-Net
-    # builds from ``nnunet_plans`` (a plans JSON; empty: the plans of the nnU-Net preprocessed
-    # folder pretrained on) and ``nnunet_configuration`` (width and depth come from the plan)
-    backbone: typing.Literal["unet", "nnunet"] = "unet"
-    nnunet_plans: str = ""
-    nnunet_configuration: str = "3d_fullres"
-    in_channels: int = 1
-    width: int = 32
-    depth: int = 5
-    #: pretraining crop in voxels: an edge ``p`` (a ``p³`` cube, the paper's 64), three edges
-    #: ``[d, h, w]`` in the volume's axis order (an anisotropic box, e.g. ``[32, 64, 64]``), or
-    #: ``plan`` (backbone nnunet: the plan's own patch size, e.g. ``[40, 224, 192]`` — several
-    #: times a 64³ crop's voxels, memory and step time)
-    patch_size: int | tuple[int, int, int] | typing.Literal["plan"] = 64
-    # batch: ``patches`` patches from each of ``volumes`` volumes per step and rank
-    patches: int = 32
-    volumes: int = 1
-    # heads and losses
-    proj_dim: int = 128
-    tau: float = 1.0
-    pim_weight: float = 1.0
-    pic_weight: float = 1.0
-    pim_reduction: typing.Literal["all", "lower"] = "all"
-    pic_variant: typing.Literal["reference", "paper"] = "reference"
-    min_overlap: float = 0.01
-    sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
-    voco: VoCoConfig = dataclasses.field(default_factory=VoCoConfig)
-    vox2vec: Vox2VecConfig = dataclasses.field(default_factory=Vox2VecConfig)
-    # optimisation
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    steps: int = 20000
-    seed: int = 0
-    # engine
-    device: str = "auto"
-    amp: bool = True
-    #: channels-last 3D layout (≈2× faster steps on CPU; a layout, the computation is the same)
-    channels_last: bool = True
-    compile: bool = False
-    num_workers: int = 2
-    checkpoint_every: int = 500
-    log_every: int = 10
-
-    def __post_init__(self) -> None:
-        known = registry.method_names()
-        if self.method not in known:
-            raise ValueError(f"method {self.method!r} is not one of {', '.join(known)} "
-                             "(the methods in pimpic/pretraining/methods/)")
-        if isinstance(self.patch_size, list):  # built in Python from a list: the YAML form
-            object.__setattr__(self, "patch_size", tuple(self.patch_size))
-        if isinstance(self.patch_size, tuple) and len(self.patch_size) != 3:
-            raise ValueError(f"patch_size must be one edge or 3 edges, got "
-                             f"{list(self.patch_size)}")
-        check_ranges(self, PRETRAIN_RULES)
-        if self.backbone == "nnunet":
-            # nnunet_plans may stay empty when pretraining on an nnU-Net preprocessed folder:
-            # the engine takes the folder's plans (and, for patch_size plan, their patch size)
-            if not self.nnunet_configuration:
-                raise ValueError("backbone nnunet needs nnunet_configuration (e.g. 3d_fullres)")
-        elif self.patch_size == "plan":
-            raise ValueError("patch_size plan takes the patch of an nnU-Net plan; it needs "
-                             "backbone nnunet")
-        elif any(p % 2**self.depth for p in self.patch_shape):
-            raise ValueError(f"patch_size {patch_text(self.patch_size)} must be divisible by "
-                             f"2^depth = {2**self.depth}"
-                             f"{' on every axis' if self.anisotropic else ''}")
-
-    @property
-    def patch_shape(self) -> tuple[int, int, int]:
-        """The pretraining crop's edge on each axis (a cube's edge three times)."""
-        return patch_shape(self.patch_size)
-
-    @property
-    def anisotropic(self) -> bool:
-        """Is the crop a box rather than a cube?"""
-        return len(set(self.patch_shape)) > 1
-
-
-#: one line per numeric field of :class:`PretrainConfig` (a new field needs its line here)
-PRETRAIN_RULES = {
-    "in_channels": AT_LEAST_1, "width": AT_LEAST_1, "depth": AT_LEAST_1,
-    "patch_size": Range(1, words=("plan",)), "patches": AT_LEAST_1, "volumes": AT_LEAST_1,
-    "proj_dim": AT_LEAST_1, "tau": POSITIVE, "pim_weight": NON_NEGATIVE,
-    "pic_weight": NON_NEGATIVE, "min_overlap": PROBABILITY, "lr": NON_NEGATIVE,
-    "weight_decay": NON_NEGATIVE, "steps": AT_LEAST_1, "seed": NON_NEGATIVE,
-    "num_workers": NON_NEGATIVE, "checkpoint_every": AT_LEAST_1, "log_every": AT_LEAST_1,
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class FinetuneConfig:
-    """Supervised fine-tuning (docs/method.md §6.2). Defaults = the authors' released recipe.
-
-    Per step ``batch_size`` volumes × ``samples_per_volume`` label-balanced crops (2 × 16 = 32),
-    an epoch = one pass over the labelled volumes, Dice loss, Adam 1e-5, light augmentation on
-    the whole (foreground-cropped) volume before cropping, model selection and early stopping
-    (patience 15 epochs) on the validation Dice loss. pimpic's own choices are named options.
-    """
-
-    fraction: int = 100
-    seed: int = 0
-    #: network outputs; None: one per label value of the cache (its dataset's labels), which
-    #: is what a run records. A number must agree with the labels (a check, not a choice)
-    num_classes: int | None = None
-    # used only without an encoder (from scratch); otherwise the encoder's metadata decides
-    width: int = 32
-    depth: int = 5
-    patch_size: int = 64
-    #: ``released``: up-blocks 8K, 4K, 2K, K, K, align_corners=True, 1×1×1 head (21.3 M
-    #: parameters at K = 32); ``symmetric``: up-blocks 16K … K, 3×3×3 head (47.1 M)
-    decoder: typing.Literal["released", "symmetric"] = "released"
-    loss: typing.Literal["dice", "dicece"] = "dice"
-    #: Dice over the whole batch (one Dice per class over all crops, as nnU-Net's batch Dice)
-    #: instead of one per crop: a structure absent from most crops (a tumour) is then not
-    #: punished into never being predicted; not in the released recipe
-    dice_batch: bool = False
-    lr: float = 1e-5
-    #: the encoder's own learning rate (None: ``lr``), e.g. lower to keep pretrained features;
-    #: the schedule scales both alike; not in the released recipe
-    encoder_lr: float | None = None
-    lr_schedule: typing.Literal["constant", "cosine"] = "constant"
-    weight_decay: float = 0.0
-    #: volumes per batch; each gives ``samples_per_volume`` label-balanced crops
-    batch_size: int = 2
-    samples_per_volume: int = 16
-    #: positive : negative crop ratio (RandCropByPosNegLabeld)
-    pos_ratio: float = 1.0
-    #: crop centres drawn per class (background, organ, tumour, …) in these proportions
-    #: (MONAI ``RandCropByLabelClassesd``; a class absent from a volume is skipped there), as
-    #: nnU-Net oversamples small foreground classes; None: ``pos_ratio`` crops on any foreground
-    #: voxel (released)
-    class_ratios: tuple[float, ...] | None = None
-    #: crop every volume (train, validation, test) to its body (image > 0) and draw negative
-    #: crops inside it, as the released code; False: negative crops may be centred in air
-    crop_foreground: bool = True
-    #: an epoch = this many optimiser steps (None: one pass over the training cases)
-    steps_per_epoch: int | None = None
-    #: the released code's epoch cap
-    max_epochs: int = 500
-    max_steps: int | None = None
-    patience: int = 15
-    freeze_encoder_epochs: int = 0
-    val_criterion: typing.Literal["dice_loss", "dice"] = "dice_loss"
-    val_every: int = 1
-    #: the "Random + Aug" augmentation; ``aug_stage=volume`` applies it to the whole volume
-    #: before cropping (released), ``patch`` to every crop
-    augment: bool = True
-    aug_stage: typing.Literal["volume", "patch"] = "volume"
-    affine_prob: float = 0.1
-    rotate_rad: float = 0.1
-    scale: float = 0.1
-    shift_vox: float = 0.0
-    noise_prob: float = 0.2
-    noise_std: float = 0.01
-    #: nnU-Net-style intensity augmentation of every crop (brightness, contrast, gamma,
-    #: low-resolution simulation): for cohorts that mix contrast phases; not in the paper
-    intensity_aug: bool = False
-    #: sliding window: validation overlap, test overlap (evaluation), blending
-    val_sw_overlap: float = 0.25
-    sw_overlap: float = 0.5
-    sw_mode: typing.Literal["constant", "gaussian"] = "constant"
-    sw_batch_size: int = 4
-    device: str = "auto"
-    #: bf16 autocast on CUDA
-    amp: bool = True
-    #: bf16 autocast on CPU as well: lower precision, not run-to-run reproducible and NaN-prone
-    #: on some CPUs (docs/reproducibility.md), so off; faster only on some CPUs
-    cpu_bf16: bool = False
-    #: channels-last 3D memory layout for training and inference (≈2× faster on CPU; a layout,
-    #: not a change of the computation)
-    channels_last: bool = True
-    num_workers: int = 2
-    log_every: int = 10
-
-    def __post_init__(self) -> None:
-        check_ranges(self, FINETUNE_RULES)
-        if (self.class_ratios is not None and self.num_classes is not None
-                and len(self.class_ratios) != self.num_classes):
-            raise ValueError(f"class_ratios: {len(self.class_ratios)} values for num_classes="
-                             f"{self.num_classes} (one per class, background first)")
-        if self.class_ratios is not None and not any(self.class_ratios):
-            raise ValueError("class_ratios: all zero, so no class would ever be sampled; give "
-                             "at least one class a positive ratio")
-
-
-#: one line per numeric field of :class:`FinetuneConfig` (a new field needs its line here)
-FINETUNE_RULES = {
-    "fraction": PERCENT, "seed": NON_NEGATIVE, "num_classes": Range(2, optional=True),
-    "width": AT_LEAST_1, "depth": AT_LEAST_1, "patch_size": AT_LEAST_1,
-    "lr": NON_NEGATIVE, "encoder_lr": Range(0, optional=True),
-    "weight_decay": NON_NEGATIVE, "batch_size": AT_LEAST_1, "samples_per_volume": AT_LEAST_1,
-    "pos_ratio": NON_NEGATIVE,
-    "class_ratios": Range(0, optional=True),
-    "steps_per_epoch": Range(1, optional=True), "max_epochs": AT_LEAST_1,
-    "max_steps": Range(1, optional=True), "patience": AT_LEAST_1,
-    "freeze_encoder_epochs": NON_NEGATIVE, "val_every": AT_LEAST_1,
-    "affine_prob": PROBABILITY, "rotate_rad": Range(0, math.pi),
-    "scale": Range(0, 1, high_open=True), "shift_vox": NON_NEGATIVE,
-    "noise_prob": PROBABILITY, "noise_std": NON_NEGATIVE,
-    "val_sw_overlap": Range(0, 1, high_open=True), "sw_overlap": Range(0, 1, high_open=True),
-    "sw_batch_size": AT_LEAST_1, "num_workers": NON_NEGATIVE, "log_every": AT_LEAST_1,
-}
+def fill_sections(cfg: Any) -> None:
+    """Complete ``cfg``'s :func:`sections` fields: every section its schemas name, at its
+    defaults unless given; an unknown key or a value of another type is a ValueError."""
+    names = {f.name for f in dataclasses.fields(cfg)}
+    for f in dataclasses.fields(cfg):
+        if SECTIONS not in f.metadata:
+            continue
+        given, schemas = dict(getattr(cfg, f.name)), f.metadata[SECTIONS]()
+        unknown = sorted(set(given) - set(schemas))
+        if unknown:
+            raise ValueError(f"{f.name}: unknown section(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(schemas)}")
+        clash = sorted(names & set(schemas))
+        if clash:
+            raise ValueError(f"{f.name}: section(s) {', '.join(clash)} named like a field")
+        for key, schema in schemas.items():
+            if key in given and not isinstance(given[key], schema):
+                raise ValueError(f"{key}: expected a {schema.__name__}, got "
+                                 f"{type(given[key]).__name__}")
+        object.__setattr__(cfg, f.name, {key: given[key] if key in given else schema()
+                                         for key, schema in schemas.items()})

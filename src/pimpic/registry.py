@@ -26,6 +26,14 @@ A pretext task is two pieces, kept apart because they run in different processes
 Optionally a module may define ``after_step()`` (e.g. VoCo-EMA's teacher update), called by the
 engine after each optimiser step.
 
+A method's own hyperparameters are a frozen dataclass in its module (its fields' ranges written
+on them, :func:`pimpic.config.ranged`), named by ``MethodSpec(options=..., options_key=...)``.
+Each becomes a section of the pretraining config (``voco: {grid: [2, 2]}`` in YAML,
+``--set voco.grid=[2,2]``), validated when the config is built, listed by ``pimpic methods``
+and read by the method's builders with ``cfg.options(VoCoConfig)``. Method modules import
+:mod:`pimpic.pretraining.config` only for type checking: discovery never imports a config
+schema, so building a config (which looks the methods up here) never re-enters itself.
+
 This module imports nothing heavy; the method modules (torch) are imported on the first
 look-up.
 """
@@ -36,15 +44,15 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pimpic.errors import PimpicError
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from pimpic.config import PretrainConfig
     from pimpic.data.loader import Sampler
+    from pimpic.pretraining.config import PretrainConfig
 
 #: the package whose modules declare the methods
 METHODS_PACKAGE = "pimpic.pretraining.methods"
@@ -68,6 +76,10 @@ class MethodSpec:
         description: one line for ``pimpic methods``.
         crops_per_volume: encoder inputs one volume contributes to a step — what
             ``patches_per_s`` counts; None means ``cfg.patches``.
+        options: the method's own options, a frozen dataclass whose defaults are the method's
+            (None: it has none).
+        options_key: the options' key in a pretraining config (default: ``name``); methods
+            sharing options (``voco`` and ``voco-ema``) share the key.
     """
 
     name: str
@@ -78,10 +90,14 @@ class MethodSpec:
     loss_names: tuple[str, ...] = ()
     description: str = ""
     crops_per_volume: Callable[[PretrainConfig], int] | None = None
+    options: type[Any] | None = None
+    options_key: str = ""
 
     def __post_init__(self) -> None:
         if not self.display_name:
             object.__setattr__(self, "display_name", self.name)
+        if self.options is not None and not self.options_key:
+            object.__setattr__(self, "options_key", self.name)
 
     def crops(self, cfg: PretrainConfig) -> int:
         """Crops per volume and step under ``cfg``."""
@@ -93,10 +109,15 @@ _discovered = False
 
 
 def register(spec: MethodSpec) -> MethodSpec:
-    """Add ``spec``; a second, different method under the same name is an error."""
+    """Add ``spec``; a second, different method under the same name is an error, and so are
+    two different option schemas under one options key."""
     known = _REGISTRY.get(spec.name)
     if known is not None and known.build_module is not spec.build_module:
         raise ValueError(f"method {spec.name!r} is registered twice")
+    shared = _options().get(spec.options_key)
+    if spec.options is not None and shared is not None and shared is not spec.options:
+        raise ValueError(f"method {spec.name!r}: options key {spec.options_key!r} already names "
+                         f"{shared.__name__}")
     _REGISTRY[spec.name] = spec
     return spec
 
@@ -136,3 +157,14 @@ def get_method(name: str) -> MethodSpec:
     if name not in _REGISTRY:
         raise PimpicError(f"unknown method {name!r}; choose one of {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
+
+
+def method_options() -> dict[str, type[Any]]:
+    """Every method's options schema by its options key, in registration order."""
+    discover()
+    return _options()
+
+
+def _options() -> dict[str, type[Any]]:
+    return {spec.options_key: spec.options for spec in _REGISTRY.values()
+            if spec.options is not None}

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from _nifti import msd_tree, phantom, save
-from pimpic.config import FinetuneConfig
 from pimpic.data.cache import Cache
 from pimpic.data.leakage import check_encoder_pool, pool_overlap, pool_record
 from pimpic.data.prepare import prepare
@@ -25,6 +24,7 @@ from pimpic.errors import PimpicError
 from pimpic.io import write_json
 from pimpic.models.export import read_encoder_metadata, save_encoder
 from pimpic.models.unet import Encoder
+from pimpic.segmentation.config import FinetuneConfig
 from pimpic.segmentation.finetune import finetune
 
 PLANS = Path(__file__).parents[1] / "nnunet" / "nnunet_plans.json"
@@ -165,7 +165,7 @@ def test_pretraining_records_the_pool_s_hashes(task_and_pool: tuple[Path, Path, 
                                                tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     import _pretrain_dummy as dummy
-    from pimpic.config import PretrainConfig
+    from pimpic.pretraining.config import PretrainConfig
     from pimpic.pretraining.engine import pretrain
 
     _, pool, _ = task_and_pool

@@ -25,13 +25,14 @@ from typer.testing import CliRunner
 
 from _cli import assert_refused
 from pimpic.cli import app
-from pimpic.config import PretrainConfig, from_dict, load_yaml
+from pimpic.config import from_dict, load_yaml
 from pimpic.errors import PimpicError
 from pimpic.io import read_json
 from pimpic.models import Encoder
 from pimpic.models.backbone import pic_levels, pim_levels
 from pimpic.models.export import read_encoder_metadata, save_encoder
 from pimpic.pretraining.backbones import build_backbone, resolve_patch
+from pimpic.pretraining.config import PretrainConfig
 from pimpic.pretraining.engine import pretrain
 from pimpic.registry import get_method
 

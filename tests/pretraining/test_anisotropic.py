@@ -15,10 +15,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pimpic.config import PretrainConfig, SamplerConfig, build_config, from_dict
+from pimpic.config import build_config, from_dict
 from pimpic.errors import PimpicError
 from pimpic.models.backbone import Level, check_patch
 from pimpic.pretraining.backbones import build_backbone
+from pimpic.pretraining.config import PretrainConfig, SamplerConfig
 from pimpic.pretraining.geometry import intersection_pairs, overlap_matrix, scale_boxes
 from pimpic.pretraining.losses import region_means
 from pimpic.pretraining.samplers.overlap import (

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from pimpic.config import PretrainConfig
+from pimpic.pretraining.config import PretrainConfig
 
 WORLD = 2
 CFG = PretrainConfig(width=2, depth=3, patch_size=16, patches=2, steps=2, log_every=1,

@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 import _pretrain_dummy as dummy
-from pimpic.config import PretrainConfig
 from pimpic.data.cache import Cache
 from pimpic.errors import PimpicError
 from pimpic.io import read_json, read_jsonl
 from pimpic.models.export import load_encoder, read_encoder_metadata
+from pimpic.pretraining.config import PretrainConfig
 from pimpic.pretraining.engine import load_pretext_module, pretrain
 from pimpic.training.guard import TrainingDiverged
 

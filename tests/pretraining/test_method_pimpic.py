@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pimpic.config import PretrainConfig
 from pimpic.models import Encoder
+from pimpic.pretraining.config import PretrainConfig
 from pimpic.pretraining.losses import pic_loss, pim_loss
 from pimpic.pretraining.methods.pimpic import PiMPiC, descriptor_dim
 from pimpic.pretraining.samplers.overlap import OverlapPatchSampler

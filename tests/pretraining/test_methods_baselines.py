@@ -11,10 +11,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pimpic.config import PretrainConfig, VoCoConfig, Vox2VecConfig
 from pimpic.models import Encoder
+from pimpic.pretraining.config import PretrainConfig
 from pimpic.pretraining.geometry import box_overlaps
-from pimpic.pretraining.methods.vox2vec import pyramid_voxel_features
+from pimpic.pretraining.methods.voco import VoCoConfig
+from pimpic.pretraining.methods.vox2vec import Vox2VecConfig, pyramid_voxel_features
 from pimpic.pretraining.samplers.voco import VoCoSampler
 from pimpic.pretraining.samplers.vox2vec import Vox2VecSampler
 from pimpic.registry import get_method
@@ -220,7 +221,7 @@ def test_plain_voco_has_no_teacher_and_after_step_is_a_noop() -> None:
 
 
 def test_crops_per_volume_counts_what_the_encoder_sees() -> None:
-    from pimpic.config import PretrainConfig
+    from pimpic.pretraining.config import PretrainConfig
     from pimpic.registry import get_method
 
     cfg = PretrainConfig()

@@ -7,8 +7,8 @@ import pickle
 import numpy as np
 import pytest
 
-from pimpic.config import SamplerConfig
 from pimpic.errors import PimpicError
+from pimpic.pretraining.config import SamplerConfig
 from pimpic.pretraining.geometry import overlap_matrix
 from pimpic.pretraining.samplers.overlap import (
     OverlapPatchSampler,

@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 
 from _lock import held_elsewhere
-from pimpic.config import FinetuneConfig, PretrainConfig
 from pimpic.data.cache import Cache
 from pimpic.errors import PimpicError
 from pimpic.paths import cell_dir, eval_dir
+from pimpic.pretraining.config import PretrainConfig
 from pimpic.protocol import experiment
 from pimpic.protocol.experiment import run_experiment
 from pimpic.protocol.grid import ExperimentConfig, load_experiment_config
+from pimpic.segmentation.config import FinetuneConfig
 
 
 class Stubs:

@@ -100,7 +100,7 @@ def test_experiment_refuses_a_pool_holding_a_test_case(make_cache: Any, tmp_path
 
 def test_experiment_refuses_an_nnunet_backbone_for_pimpic_fine_tuning(make_cache: Any) -> None:
     task = make_cache(n_cases=10, shape=(24, 24, 24))
-    from pimpic.config import PretrainConfig
+    from pimpic.pretraining.config import PretrainConfig
 
     with pytest.raises(ValueError, match="export nnunet"):
         _cfg(task, pretrain=PretrainConfig(backbone="nnunet", nnunet_plans="x.json"))

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pimpic.config import PretrainConfig
+from pimpic.pretraining.config import PretrainConfig
 from pimpic.protocol.visualize import grid_starts
 
 

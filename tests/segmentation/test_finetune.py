@@ -11,12 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pimpic.config import FinetuneConfig
 from pimpic.data.cache import Cache
 from pimpic.errors import PimpicError
 from pimpic.io import read_json, read_jsonl
 from pimpic.models.export import save_encoder
 from pimpic.models.unet import Encoder
+from pimpic.segmentation.config import FinetuneConfig
 from pimpic.segmentation.finetune import finetune
 from pimpic.segmentation.finetune_data import train_transform
 from pimpic.segmentation.model_file import load_model

@@ -17,8 +17,8 @@ from monai.transforms import (
 )
 from safetensors.torch import load_file
 
-from pimpic.config import FinetuneConfig
 from pimpic.models.unet import Encoder, SegmentationNet
+from pimpic.segmentation.config import FinetuneConfig
 from pimpic.segmentation.finetune import finetune
 from pimpic.segmentation.finetune_data import train_transform
 from pimpic.segmentation.inference import foreground_box, predict_labels
@@ -150,7 +150,7 @@ def test_safetensors_files_are_reproducible(tmp_path: Path) -> None:
 def test_same_experiment_twice_gives_identical_results(make_cache, tmp_path: Path) -> None:
     """A real (tiny) experiment — pretraining, fine-tuning, evaluation — run twice into two
     folders: results.csv, table.md and every weight file are byte-identical."""
-    from pimpic.config import PretrainConfig
+    from pimpic.pretraining.config import PretrainConfig
     from pimpic.protocol.experiment import run_experiment
     from pimpic.protocol.grid import ExperimentConfig
     from pimpic.protocol.report import write_all

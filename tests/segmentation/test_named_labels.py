@@ -15,12 +15,13 @@ from typer.testing import CliRunner
 from _cli import assert_refused
 from _nifti import organs_tree
 from pimpic.cli import app
-from pimpic.config import FinetuneConfig, load_yaml
+from pimpic.config import load_yaml
 from pimpic.data.cache import Cache
 from pimpic.data.prepare import prepare
 from pimpic.data.preprocess import Settings
 from pimpic.errors import PimpicError
 from pimpic.io import read_json
+from pimpic.segmentation.config import FinetuneConfig
 from pimpic.segmentation.evaluate import describe, evaluate
 from pimpic.segmentation.finetune import finetune
 from pimpic.segmentation.model_file import load_model

@@ -15,12 +15,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pimpic.config import FinetuneConfig
 from pimpic.errors import PimpicError
 from pimpic.io import read_json
 from pimpic.models.export import save_encoder
 from pimpic.models.unet import Encoder
 from pimpic.segmentation import finetune as finetune_module
+from pimpic.segmentation.config import FinetuneConfig
 from pimpic.segmentation.finetune import finetune
 from pimpic.segmentation.model_file import load_model
 from pimpic.training.guard import TrainingDiverged, check_finite, step_values

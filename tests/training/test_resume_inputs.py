@@ -13,13 +13,14 @@ import pytest
 
 import _pretrain_dummy as dummy
 from _nifti import msd_tree, save
-from pimpic.config import FinetuneConfig, PretrainConfig
 from pimpic.data.cache import Cache
 from pimpic.data.prepare import prepare
 from pimpic.data.preprocess import Settings
 from pimpic.errors import PimpicError
 from pimpic.io import read_json
+from pimpic.pretraining.config import PretrainConfig
 from pimpic.pretraining.engine import pretrain
+from pimpic.segmentation.config import FinetuneConfig
 from pimpic.segmentation.finetune import finetune
 
 SETTINGS = Settings(spacing=(1.5, 1.5, 3.0))

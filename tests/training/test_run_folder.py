@@ -188,7 +188,7 @@ def test_one_list_of_resumable_keys() -> None:
 
 def test_the_experiment_restart_keeps_a_folder_that_is_not_a_run(make_cache,
                                                                  tmp_path: Path) -> None:
-    from pimpic.config import PretrainConfig
+    from pimpic.pretraining.config import PretrainConfig
     from pimpic.protocol.experiment import run_experiment
     from pimpic.protocol.grid import ExperimentConfig
 

@@ -30,10 +30,10 @@ import torch
 from monai.data import list_data_collate
 from monai.losses import DiceCELoss
 
-from pimpic.config import FinetuneConfig
 from pimpic.data.cache import Cache
 from pimpic.errors import PimpicError
 from pimpic.models.unet import Encoder, SegmentationNet
+from pimpic.segmentation.config import FinetuneConfig
 from pimpic.segmentation.finetune_data import PatchDataset, train_transform
 from pimpic.segmentation.inference import predict_labels
 from pimpic.training.device import autocast, flush_denormals

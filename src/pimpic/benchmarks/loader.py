@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pimpic.config import PretrainConfig
 from pimpic.data.cache import Cache
 from pimpic.data.loader import VolumeStream, make_loader
 from pimpic.errors import PimpicError
+from pimpic.pretraining.config import PretrainConfig
 from pimpic.registry import get_method
 
 

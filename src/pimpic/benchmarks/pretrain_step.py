@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pimpic.config import PretrainConfig, from_dict, plain
+from pimpic.config import from_dict, plain
 from pimpic.pretraining.backbones import build_backbone, resolve_patch
+from pimpic.pretraining.config import PretrainConfig
 from pimpic.pretraining.losses import pic_loss
 from pimpic.pretraining.methods.pimpic import PiMPiC
 from pimpic.pretraining.samplers.overlap import reference_boxes

@@ -37,8 +37,9 @@ def register(app: typer.Typer) -> None:
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
     ) -> None:
         """Fine-tune a segmentation network (pretrained or random encoder + new decoder)."""
-        from pimpic.config import FinetuneConfig, build_config
+        from pimpic.config import build_config
         from pimpic.errors import PimpicError
+        from pimpic.segmentation.config import FinetuneConfig
         from pimpic.segmentation.finetune import finetune
         from pimpic.training.run_folder import saved_config
 

@@ -47,7 +47,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Pretrain a 3D U-Net encoder on the cache's training images and write
         RUN/encoder.safetensors. Multi-GPU: torchrun --nproc_per_node=G $(which pimpic)
         pretrain ..."""
-        from pimpic.config import PretrainConfig, build_config
+        from pimpic.config import build_config
+        from pimpic.pretraining.config import PretrainConfig
         from pimpic.pretraining.engine import pretrain
         from pimpic.training.run_folder import saved_config
 

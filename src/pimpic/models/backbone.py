@@ -20,13 +20,12 @@ A level's *nominal* stride is its largest per-axis stride, so an in-plane-only d
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pimpic.config import patch_shape, patch_text
 from pimpic.errors import PimpicError
+from pimpic.patch import patch_shape
 
 #: the nominal strides whose levels PiC reads (f1, f2, f3 of the paper's U-Net)
 PIC_STRIDES = (1, 2, 4)
@@ -86,26 +85,3 @@ def grid_size(level: Level, patch_size: int | Sequence[int]) -> tuple[int, int, 
     """Cells of ``level`` for a patch of ``patch_size`` voxels (an int: a cube)."""
     d, h, w = patch_shape(patch_size)
     return d // level.stride[0], h // level.stride[1], w // level.stride[2]
-
-
-def total_stride(levels: Sequence[Level]) -> tuple[int, int, int]:
-    """Per axis, the smallest edge every level's stride divides (the deepest level's stride
-    for a pyramid whose strides accumulate)."""
-    d, h, w = (math.lcm(*(level.stride[a] for level in levels)) for a in range(3))
-    return d, h, w
-
-
-def check_patch(levels: Sequence[Level], patch_size: int | Sequence[int],
-                what: str = "backbone") -> None:
-    """Every level's stride must divide the patch on its axis (a cube's edge on every axis): a
-    one-line error naming the level, the axis and the multiple to use otherwise."""
-    edges = patch_shape(patch_size)
-    for i, level in enumerate(levels):
-        bad = [a for a in range(3) if edges[a] % level.stride[a]]
-        if bad:
-            total = total_stride(levels)
-            need = (f"a multiple of {math.lcm(*total)}" if isinstance(patch_size, int)
-                    else f"multiples of {list(total)} (the total stride per axis)")
-            raise PimpicError(f"patch_size {patch_text(patch_size)} is not divisible by the stride "
-                              f"{list(level.stride)} of {what} level {i + 1} on axis "
-                              f"{bad[0]}; use {need}")

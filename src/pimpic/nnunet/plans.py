@@ -25,7 +25,7 @@ from typing import Any
 
 from pimpic.errors import PimpicError
 from pimpic.models.backbone import PIC_STRIDES, PIM_DEPTH, Level, levels_at
-from pimpic.models.backbone import total_stride as backbone_total_stride
+from pimpic.patch import total_stride as backbone_total_stride
 
 #: the architectures pimpic can pretrain (their encoders return one feature map per stage)
 SUPPORTED = ("PlainConvUNet", "ResidualEncoderUNet")

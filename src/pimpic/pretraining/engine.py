@@ -47,7 +47,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pimpic import envinfo, registry
-from pimpic.config import PretrainConfig, build_config, plain, save_config, to_dict
+from pimpic.config import build_config, plain, save_config, to_dict
 from pimpic.data.cache import check_same_inputs
 from pimpic.data.leakage import pool_record
 from pimpic.data.loader import VolumeStream, make_loader
@@ -68,6 +68,7 @@ from pimpic.paths import (
     TENSORBOARD,
 )
 from pimpic.pretraining.backbones import build_backbone, resolve_patch
+from pimpic.pretraining.config import PretrainConfig
 from pimpic.registry import MethodSpec
 from pimpic.training import checkpoint as ckpt
 from pimpic.training.device import autocast, flush_denormals

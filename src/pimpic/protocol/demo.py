@@ -24,17 +24,18 @@ from pathlib import Path
 
 import torch
 
-from pimpic.config import FinetuneConfig, PretrainConfig, SamplerConfig
 from pimpic.data.cache import Cache
 from pimpic.data.prepare import prepare
 from pimpic.data.preprocess import Settings
 from pimpic.data.synthetic import generate_cohort
 from pimpic.errors import PimpicError
 from pimpic.paths import FIGURES, REPORT, TABLE, pretrain_dir
+from pimpic.pretraining.config import PretrainConfig, SamplerConfig
 from pimpic.protocol.experiment import run_experiment
 from pimpic.protocol.grid import BASELINE, ExperimentConfig
 from pimpic.protocol.report import write_all
 from pimpic.protocol.visualize import embedding_figures
+from pimpic.segmentation.config import FinetuneConfig
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pimpic.config import FinetuneConfig, PretrainConfig, flatten, load_yaml, save_config, to_dict
+from pimpic.config import flatten, load_yaml, save_config, to_dict
 from pimpic.data.cache import Cache, check_same_inputs
 from pimpic.data.leakage import check_pool
 from pimpic.data.splits import fraction_cases, split_digest
@@ -56,9 +56,11 @@ from pimpic.paths import (
     eval_dir,
     pretrain_dir,
 )
+from pimpic.pretraining.config import PretrainConfig
 from pimpic.pretraining.engine import pretrain
 from pimpic.protocol.grid import BASELINE, GRID_KEYS, ExperimentConfig, load_experiment_config
 from pimpic.protocol.report import write_all
+from pimpic.segmentation.config import FinetuneConfig
 from pimpic.segmentation.evaluate import evaluate
 from pimpic.segmentation.finetune import finetune, num_classes
 from pimpic.training.guard import TrainingDiverged

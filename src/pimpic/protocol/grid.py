@@ -12,16 +12,17 @@ from pimpic import registry
 from pimpic.config import (
     NON_NEGATIVE,
     PERCENT,
-    FinetuneConfig,
-    PretrainConfig,
     Range,
     build_config,
     check_ranges,
     from_dict,
     merge,
+    ranged,
     to_dict,
 )
 from pimpic.errors import PimpicError
+from pimpic.pretraining.config import PretrainConfig
+from pimpic.segmentation.config import FinetuneConfig
 
 #: the from-scratch baseline of every grid ("Random + Aug"): fine-tuning without an encoder
 BASELINE = "random"
@@ -41,8 +42,8 @@ class ExperimentConfig:
     #: the task's test cases, by case id or by content (:mod:`pimpic.data.leakage`)
     pretrain_cache: str = ""
     methods: tuple[str, ...] = ("random", "voco", "vox2vec", "pim", "pic", "pimpic")
-    fractions: tuple[int, ...] = (5, 10, 20, 50, 100)
-    seeds: tuple[int, ...] = (0,)
+    fractions: tuple[int, ...] = ranged((5, 10, 20, 50, 100), PERCENT)
+    seeds: tuple[int, ...] = ranged((0,), NON_NEGATIVE)
     #: shared pretraining settings; ``method`` is set per row of the grid
     pretrain: PretrainConfig = dataclasses.field(default_factory=PretrainConfig)
     #: per-method pretraining overrides, e.g. ``{"voco": {"lr": 1e-4}}`` (baselines' own recipes)
@@ -54,9 +55,9 @@ class ExperimentConfig:
     #: a structure absent from a test case's ground truth: Dice 0 (released) or left out
     absent: typing.Literal["zero", "nan"] = "zero"
     #: the table's SD: population (0, released) or sample (1)
-    sd_ddof: int = 0
+    sd_ddof: int = ranged(0, Range(0, 1))
     #: the fraction shown in the overlay figure (None: the smallest, where pretraining matters)
-    overlay_fraction: int | None = None
+    overlay_fraction: int | None = ranged(None, Range(0, 100, low_open=True, optional=True))
     #: the test case shown in the overlay figure (None: the one with the largest organ)
     overlay_case: str | None = None
 
@@ -73,7 +74,7 @@ class ExperimentConfig:
             raise ValueError("fractions: need percentages in (0, 100]")
         if not self.seeds:
             raise ValueError("seeds: at least one seed is needed")
-        check_ranges(self, EXPERIMENT_RULES)
+        check_ranges(self)
         unknown = sorted(set(self.pretrain_overrides) - set(registry.method_names()))
         if unknown:
             raise ValueError(f"pretrain_overrides: unknown method(s) {', '.join(unknown)}")
@@ -93,11 +94,6 @@ class ExperimentConfig:
 
     def finetune_config(self, fraction: int, seed: int) -> FinetuneConfig:
         return dataclasses.replace(self.finetune, fraction=fraction, seed=seed)
-
-
-EXPERIMENT_RULES = {"fractions": PERCENT, "seeds": NON_NEGATIVE,
-                    "overlay_fraction": Range(0, 100, low_open=True, optional=True),
-                    "sd_ddof": Range(0, 1)}
 
 
 def load_experiment_config(

@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from matplotlib.patches import Rectangle
 from torch import Tensor, nn
 
-from pimpic.config import patch_text
 from pimpic.data.cache import Cache
 from pimpic.errors import PimpicError
 from pimpic.io import read_json
+from pimpic.patch import patch_text
 from pimpic.paths import FIGURES, RUN_INFO
 from pimpic.pretraining.engine import load_pretext_module
 from pimpic.pretraining.geometry import overlap_matrix

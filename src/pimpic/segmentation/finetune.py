@@ -5,9 +5,9 @@ Adam lr 1e-5, 2 volumes × 16 label-balanced 64³ crops per step from foreground
 light whole-volume augmentation ("Random + Aug"), validation by sliding-window inference
 (overlap 0.25, constant blending) on the foreground-cropped validation volumes, the model with
 the lowest validation Dice loss (background included) kept, early stopping after ``patience``
-epochs without improvement. Options (:class:`~pimpic.config.FinetuneConfig`): the symmetric
-decoder, DiceCE loss, cosine schedule, a frozen encoder for the first epochs, mean foreground
-Dice as the criterion, per-crop or intensity augmentation, epoch/step caps.
+epochs without improvement. Options (:class:`~pimpic.segmentation.config.FinetuneConfig`):
+the symmetric decoder, DiceCE loss, cosine schedule, a frozen encoder for the first epochs, mean
+foreground Dice as the criterion, per-crop or intensity augmentation, epoch/step caps.
 
 Launch::
 
@@ -38,7 +38,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from pimpic.config import FinetuneConfig, save_config, to_dict
+from pimpic.config import save_config, to_dict
 from pimpic.data.cache import Cache, check_same_inputs
 from pimpic.data.leakage import check_encoder_pool
 from pimpic.data.splits import fraction_cases
@@ -48,6 +48,7 @@ from pimpic.errors import PimpicError
 from pimpic.io import append_jsonl, read_json, write_json
 from pimpic.models.export import load_encoder
 from pimpic.models.unet import Encoder, SegmentationNet
+from pimpic.patch import check_unet_patch
 from pimpic.paths import (
     CHECKPOINT,
     CONFIG,
@@ -58,6 +59,7 @@ from pimpic.paths import (
     RUN_INFO,
     TENSORBOARD,
 )
+from pimpic.segmentation.config import FinetuneConfig
 from pimpic.segmentation.finetune_data import epoch_loader, train_transform
 from pimpic.segmentation.model_file import save_model
 from pimpic.segmentation.run_info import FinetuneRun, Progress
@@ -87,7 +89,7 @@ def build_model(cfg: FinetuneConfig, cache: Cache, encoder: str | Path | None,
         enc, meta = load_encoder(encoder, expected=expected, allow=allow)
     else:
         enc = Encoder(1, cfg.width, cfg.depth)
-    check_patch(cfg.patch_size, enc.depth)
+    check_unet_patch(cfg.patch_size, enc.depth, min_cells=2)  # InstanceNorm needs > 1 voxel
     return SegmentationNet(enc, num_classes(cfg, cache), cfg.decoder), meta
 
 
@@ -109,14 +111,6 @@ def num_classes(cfg: FinetuneConfig, cache: Cache) -> int:
                           f"the {n} classes of the labels {labels.names()} (one per class, "
                           "background first)")
     return n
-
-
-def check_patch(patch_size: int, depth: int) -> None:
-    """The bottleneck sits at ``patch / 2^depth`` and needs > 1 voxel for InstanceNorm."""
-    unit = 2**depth
-    if patch_size % unit or patch_size < 2 * unit:
-        raise PimpicError(f"patch_size {patch_size} must be a multiple of 2^depth = {unit} and at "
-                          f"least {2 * unit} (the depth-{depth} bottleneck needs ≥ 2 voxels)")
 
 
 # ------------------------------------------------------------------------------- run folder

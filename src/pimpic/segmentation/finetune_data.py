@@ -47,8 +47,8 @@ from monai.transforms import (
 )
 from torch.utils.data import Dataset
 
-from pimpic.config import FinetuneConfig
 from pimpic.data.cache import Cache
+from pimpic.segmentation.config import FinetuneConfig
 
 
 def _affine_and_noise(cfg: FinetuneConfig, size: tuple[int, int, int] | None) -> list[Any]:

@@ -10,8 +10,8 @@ import torch
 from monai.losses import DiceLoss
 from torch import nn
 
-from pimpic.config import FinetuneConfig
 from pimpic.data.cache import Cache
+from pimpic.segmentation.config import FinetuneConfig
 from pimpic.segmentation.inference import body_logits
 from pimpic.segmentation.metrics import dice
 

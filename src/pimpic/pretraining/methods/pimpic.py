@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from pimpic.config import PretrainConfig
 from pimpic.models import ProjectionHead
 from pimpic.models.backbone import (
     Level,
@@ -36,6 +36,9 @@ from pimpic.pretraining.geometry import intersection_pairs, overlap_matrix
 from pimpic.pretraining.losses import pic_loss, pim_descriptor, pim_loss, region_means
 from pimpic.pretraining.samplers.overlap import OverlapPatchSampler
 from pimpic.registry import MethodSpec, register
+
+if TYPE_CHECKING:
+    from pimpic.pretraining.config import PretrainConfig
 
 
 def descriptor_dim(patch_size: int | Sequence[int],

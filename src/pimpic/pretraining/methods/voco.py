@@ -24,16 +24,40 @@ independently; the CVPR paper does not describe it).
 from __future__ import annotations
 
 import copy
+import dataclasses
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from pimpic.config import PretrainConfig
+from pimpic.config import AT_LEAST_1, NON_NEGATIVE, PROBABILITY, check_ranges, ranged
 from pimpic.models.backbone import levels_of
 from pimpic.pretraining.losses.voco import voco_loss
 from pimpic.pretraining.methods._shared import embedding_std
 from pimpic.pretraining.samplers.voco import VoCoSampler
 from pimpic.registry import MethodSpec, register
+
+if TYPE_CHECKING:
+    from pimpic.pretraining.config import PretrainConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class VoCoConfig:
+    """VoCo's options (``voco:`` in a pretraining config, shared by ``voco`` and ``voco-ema``):
+    base-crop grid and random crops per volume."""
+
+    grid: tuple[int, int] = ranged((4, 4), AT_LEAST_1)
+    #: random crops per volume (each compared against all bases)
+    num_random: int = ranged(4, AT_LEAST_1)
+    #: projector width (3-layer MLP on global-average-pooled deepest features)
+    proj_dim: int = ranged(2048, AT_LEAST_1)
+    #: weight of the base-orthogonality regulariser
+    reg_weight: float = ranged(1.0, NON_NEGATIVE)
+    #: momentum of the teacher for ``voco-ema``
+    ema_momentum: float = ranged(0.996, PROBABILITY)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 class VoCoProjector(nn.Module):
@@ -135,31 +159,35 @@ class VoCoModule(nn.Module):
 
 
 def build_sampler(cfg: PretrainConfig) -> VoCoSampler:
-    return VoCoSampler(cfg.patch_shape, cfg.voco.grid, cfg.voco.num_random,
-                       cfg.sampler.pad_value)
+    voco = cfg.options(VoCoConfig)
+    return VoCoSampler(cfg.patch_shape, voco.grid, voco.num_random, cfg.sampler.pad_value)
 
 
 def build_voco(encoder: nn.Module, cfg: PretrainConfig) -> VoCoModule:
-    return VoCoModule(encoder, cfg.voco.proj_dim, cfg.voco.reg_weight)
+    voco = cfg.options(VoCoConfig)
+    return VoCoModule(encoder, voco.proj_dim, voco.reg_weight)
 
 
 def build_voco_ema(encoder: nn.Module, cfg: PretrainConfig) -> VoCoModule:
-    return VoCoModule(encoder, cfg.voco.proj_dim, cfg.voco.reg_weight, cfg.voco.ema_momentum)
+    voco = cfg.options(VoCoConfig)
+    return VoCoModule(encoder, voco.proj_dim, voco.reg_weight, voco.ema_momentum)
 
 
 def _crops(cfg: PretrainConfig) -> int:
     """Base crops plus random crops per volume."""
-    return cfg.voco.grid[0] * cfg.voco.grid[1] + cfg.voco.num_random
+    voco = cfg.options(VoCoConfig)
+    return voco.grid[0] * voco.grid[1] + voco.num_random
 
 
 #: the parts of :func:`~pimpic.pretraining.losses.voco.voco_loss`
 LOSS_NAMES = ("pred", "pos", "neg", "reg")
 
 register(MethodSpec("voco", build_sampler, build_voco, display_name="VoCo", colour="#ff7f0e",
-                    loss_names=LOSS_NAMES, crops_per_volume=_crops,
+                    loss_names=LOSS_NAMES, crops_per_volume=_crops, options=VoCoConfig,
                     description="VoCo (CVPR 2024): predict a random crop's overlap with grid "
                     "base crops"))
 register(MethodSpec("voco-ema", build_sampler, build_voco_ema, display_name="VoCo-EMA",
                     colour="#bcbd22", loss_names=LOSS_NAMES, crops_per_volume=_crops,
+                    options=VoCoConfig, options_key="voco",
                     description="VoCo with the public repository's momentum (EMA) teacher for "
                     "the bases"))

@@ -29,18 +29,37 @@ PiMPiC step.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from pimpic.config import PretrainConfig
+from pimpic.config import AT_LEAST_1, POSITIVE, check_ranges, ranged
 from pimpic.models import ProjectionHead
 from pimpic.models.backbone import levels_of
 from pimpic.pretraining.losses.vox2vec import vox2vec_infonce
 from pimpic.pretraining.methods._shared import embedding_std
 from pimpic.pretraining.samplers.vox2vec import Vox2VecSampler
 from pimpic.registry import MethodSpec, register
+
+if TYPE_CHECKING:
+    from pimpic.pretraining.config import PretrainConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Vox2VecConfig:
+    """vox2vec's options (``vox2vec:`` in a pretraining config): voxel-level contrast over
+    the feature pyramid."""
+
+    proj_dim: int = ranged(128, AT_LEAST_1)
+    #: positive voxels sampled per crop pair
+    num_voxels: int = ranged(1024, AT_LEAST_1)
+    tau: float = ranged(0.1, POSITIVE)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 def pyramid_voxel_features(pyramid: list[Tensor], voxels: Tensor,
@@ -110,15 +129,18 @@ class Vox2VecModule(nn.Module):
 
 
 def build_sampler(cfg: PretrainConfig) -> Vox2VecSampler:
-    return Vox2VecSampler(cfg.patch_shape, max(1, cfg.patches // 2), cfg.vox2vec.num_voxels,
+    return Vox2VecSampler(cfg.patch_shape, max(1, cfg.patches // 2),
+                          cfg.options(Vox2VecConfig).num_voxels,
                           cfg.sampler.foreground_threshold, cfg.sampler.pad_value)
 
 
 def build_module(encoder: nn.Module, cfg: PretrainConfig) -> Vox2VecModule:
-    return Vox2VecModule(encoder, cfg.vox2vec.proj_dim, cfg.vox2vec.tau)
+    vox2vec = cfg.options(Vox2VecConfig)
+    return Vox2VecModule(encoder, vox2vec.proj_dim, vox2vec.tau)
 
 
 register(MethodSpec("vox2vec", build_sampler, build_module, display_name="vox2vec",
                     colour="#9467bd", crops_per_volume=lambda cfg: 2 * max(1, cfg.patches // 2),
+                    options=Vox2VecConfig,
                     description="vox2vec (MICCAI 2023): voxel-level InfoNCE over the feature "
                     "pyramid"))

@@ -56,15 +56,19 @@ per seed, rank and worker.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pimpic.config import PatchSize, SamplerConfig, patch_shape, patch_text, plain
+from pimpic.config import plain
 from pimpic.errors import PimpicError
+from pimpic.patch import PatchSize, patch_shape, patch_text
 from pimpic.pretraining.samplers.common import crop
+
+if TYPE_CHECKING:
+    from pimpic.pretraining.config import SamplerConfig
 
 #: per-patch intensity augmentation: scale ~ U(1 ± 0.1), shift ~ U(± 0.1), noise σ = 0.02
 #: (intensities are in [0, 1] after the HU window)
@@ -140,7 +144,8 @@ class OverlapPatchSampler:
     Args:
         patch_size: cubic patch edge ``p``, or the three edges of a box (voxels).
         num_patches: patches per volume ``N`` (paper: 32).
-        cfg: :class:`~pimpic.config.SamplerConfig` (defaults = the reference sampler).
+        cfg: :class:`~pimpic.pretraining.config.SamplerConfig` (its defaults are the reference
+            sampler).
 
     Boxes are in the voxel coordinates of the (virtually) padded volume, which equals the
     volume itself unless an axis is shorter than the patch; see the module docstring.
@@ -148,7 +153,7 @@ class OverlapPatchSampler:
 
     patch_size: PatchSize
     num_patches: int
-    cfg: SamplerConfig = field(default_factory=SamplerConfig)
+    cfg: SamplerConfig
 
     def __post_init__(self) -> None:
         if min(patch_shape(self.patch_size)) < 1 or self.num_patches < 1:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pimpic.config import PatchSize, patch_shape
+from pimpic.patch import PatchSize, patch_shape
 from pimpic.pretraining.geometry import box_overlaps
 from pimpic.pretraining.samplers.common import crop, random_start
 

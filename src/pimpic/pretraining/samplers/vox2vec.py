@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from pimpic.config import PatchSize, patch_shape
+from pimpic.patch import PatchSize, patch_shape
 from pimpic.pretraining.samplers.common import crop, random_start
 
 
