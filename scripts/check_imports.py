@@ -4,6 +4,11 @@ Reads every module with :mod:`ast` (nothing is imported or run) and records each
 pimpic...`` / ``from pimpic... import ...``, wherever it stands — at the top of a module or
 inside a function — except under ``if TYPE_CHECKING:`` (annotations only, never executed).
 
+One import no statement shows: the registry imports every method module by name when it first
+looks a method up. So no module the method modules load (transitively) may use the registry
+itself — discovery would come back to it, a cycle through that hidden import (as when the
+config schema, which looks the methods up, was imported by the methods).
+
 Usage::
 
     python scripts/check_imports.py            # report; exit 1 on a cycle or an upward import
@@ -23,7 +28,8 @@ from pathlib import Path
 PACKAGE = "pimpic"
 #: the flow of the package, bottom first; a module's layer is the longest matching prefix
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("pimpic", "pimpic.errors", "pimpic.paths", "pimpic.io", "pimpic.envinfo", "pimpic.energy"),
+    ("pimpic", "pimpic.errors", "pimpic.paths", "pimpic.io", "pimpic.envinfo", "pimpic.energy",
+     "pimpic.patch"),
     ("pimpic.registry",),
     ("pimpic.config",),
     ("pimpic.models", "pimpic.training"),
@@ -35,6 +41,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("pimpic.benchmarks",),
     ("pimpic.cli", "pimpic.__main__"),
 )
+
+#: the registry, and the package whose modules it imports by name (``registry.discover``)
+REGISTRY = "pimpic.registry"
+DISCOVERED = "pimpic.pretraining.methods"
 
 __doc__ = (__doc__ or "") + "\n".join(
     f"    {i}. {', '.join(names)}" for i, names in enumerate(LAYERS)) + "\n"
@@ -160,11 +170,25 @@ def upward(g: dict[str, set[str]]) -> list[tuple[str, str]]:
                   if b != PACKAGE and layer(b) > layer(a))
 
 
+def reentries(g: dict[str, set[str]]) -> list[str]:
+    """Modules outside the methods package that its modules load, directly or not, and that
+    import the registry: discovery loads them and they look the methods up again."""
+    discovered = [m for m in g if m == DISCOVERED or m.startswith(f"{DISCOVERED}.")]
+    seen, stack = set(discovered), list(discovered)
+    while stack:
+        for dep in g[stack.pop()] - seen:
+            seen.add(dep)
+            stack.append(dep)
+    return sorted(m for m in seen - set(discovered) if REGISTRY in g[m])
+
+
 def problems(src: Path) -> list[str]:
     g = graph(src)
     out = [f"cycle: {' ↔ '.join(c)}" for c in cycles(g)]
     out += [f"upward import: {a} (layer {layer(a)}) imports {b} (layer {layer(b)})"
             for a, b in upward(g)]
+    out += [f"discovery re-enters: {m} imports {REGISTRY} and is loaded by {DISCOVERED}"
+            for m in reentries(g)]
     return out
 
 

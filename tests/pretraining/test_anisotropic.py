@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from pimpic.config import build_config, from_dict
 from pimpic.errors import PimpicError
-from pimpic.models.backbone import Level, check_patch
+from pimpic.models.backbone import Level
+from pimpic.patch import check_strides
 from pimpic.pretraining.backbones import build_backbone
 from pimpic.pretraining.config import PretrainConfig, SamplerConfig
 from pimpic.pretraining.geometry import intersection_pairs, overlap_matrix, scale_boxes
@@ -139,8 +140,8 @@ def test_one_edge_and_three_equal_edges_draw_the_same_bits() -> None:
         b = OverlapPatchSampler((16, 16, 16), 6, cfg)(image, np.random.default_rng(3))
         assert all(np.array_equal(a[k], b[k]) for k in a)
     small = image[:10, :12]  # padded virtually on two axes
-    a = OverlapPatchSampler(16, 4)(small, np.random.default_rng(1))
-    b = OverlapPatchSampler((16, 16, 16), 4)(small, np.random.default_rng(1))
+    a = OverlapPatchSampler(16, 4, SamplerConfig())(small, np.random.default_rng(1))
+    b = OverlapPatchSampler((16, 16, 16), 4, SamplerConfig())(small, np.random.default_rng(1))
     assert all(np.array_equal(a[k], b[k]) for k in a)
     for cls, kw in ((VoCoSampler, {"grid": (2, 2), "num_random": 3}),
                     (Vox2VecSampler, {"num_pairs": 2, "num_voxels": 16})):
@@ -222,15 +223,15 @@ def test_bad_patch_sizes_are_one_line_errors(override: str, match: str) -> None:
     assert "\n" not in str(err.value)
 
 
-def test_check_patch_names_the_axis_and_the_total_stride() -> None:
+def test_check_strides_names_the_axis_and_the_total_stride() -> None:
     levels = (Level((1, 1, 1), 4), Level((1, 2, 2), 8), Level((2, 4, 4), 16))
-    check_patch(levels, (6, 8, 12))
+    check_strides(levels, (6, 8, 12))
     with pytest.raises(PimpicError, match=r"patch_size \[6, 10, 12\] is not divisible by the "
                        r"stride \[2, 4, 4\] of backbone level 3 on axis 1; use multiples of "
                        r"\[2, 4, 4\]"):
-        check_patch(levels, (6, 10, 12))
+        check_strides(levels, (6, 10, 12))
     with pytest.raises(PimpicError, match=r"use a multiple of 4$"):
-        check_patch(levels, 6)
+        check_strides(levels, 6)
 
 
 def _cfg(method: str, patch: object) -> PretrainConfig:

@@ -30,8 +30,9 @@ def _volume(shape=(40, 44, 24), seed=0) -> np.ndarray:
 def _cfg(method: str, **kw) -> PretrainConfig:
     return PretrainConfig(
         method=method, width=2, depth=3, patch_size=P, patches=4,
-        voco=VoCoConfig(grid=(2, 3), num_random=3, proj_dim=16, ema_momentum=0.9),
-        vox2vec=Vox2VecConfig(proj_dim=8, num_voxels=48), **kw)
+        method_options={
+            "voco": VoCoConfig(grid=(2, 3), num_random=3, proj_dim=16, ema_momentum=0.9),
+            "vox2vec": Vox2VecConfig(proj_dim=8, num_voxels=48)}, **kw)
 
 
 def _batch(method: str, image: np.ndarray, volumes: int = 2) -> dict[str, torch.Tensor]:
@@ -204,7 +205,7 @@ def test_voco_ema_teacher_gets_no_grad_and_follows_momentum() -> None:
             s.add_(torch.randn_like(s))
     old = [t.detach().clone() for t in tparams]
     module.after_step()
-    m = cfg.voco.ema_momentum
+    m = cfg.options(VoCoConfig).ema_momentum
     for s, t, t0 in zip(student, tparams, old, strict=True):
         assert torch.allclose(t, m * t0 + (1 - m) * s, atol=1e-6)
     # the student is untouched and the method's state (saved by the engine) holds the teacher

@@ -203,6 +203,6 @@ def test_volume_noise_is_added_before_cropping() -> None:
 
 def test_bad_input_is_a_friendly_error() -> None:
     with pytest.raises(PimpicError):
-        OverlapPatchSampler(16, 4)(np.zeros((4, 4)), np.random.default_rng(0))
+        OverlapPatchSampler(16, 4, SamplerConfig())(np.zeros((4, 4)), np.random.default_rng(0))
     with pytest.raises(PimpicError):
         reference_boxes((8, 8, 8), 16, 2, np.random.default_rng(0))

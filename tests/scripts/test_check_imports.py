@@ -35,3 +35,25 @@ def test_a_cycle_and_an_upward_import_are_reported(tmp_path: Path) -> None:
     assert check.problems(tmp_path) == [
         "cycle: pimpic.data.a ↔ pimpic.protocol.b",
         f"upward import: pimpic.data.a (layer {low}) imports pimpic.protocol.b (layer {high})"]
+
+
+def test_a_method_module_loading_a_registry_user_is_reported(tmp_path: Path) -> None:
+    """The registry imports the method modules by name (no import statement shows it): a config
+    that looks the methods up must not be loaded by them, except for type checking."""
+    pkg = tmp_path / "pimpic"
+    methods = pkg / "pretraining" / "methods"
+    methods.mkdir(parents=True)
+    for init in (pkg, pkg / "pretraining", methods):
+        (init / "__init__.py").write_text("")
+    (pkg / "registry.py").write_text("def discover():\n    pass\n")
+    (pkg / "pretraining" / "config.py").write_text("from pimpic import registry\n")
+    (pkg / "pretraining" / "helper.py").write_text("from pimpic.pretraining import config\n")
+    (methods / "typed.py").write_text(
+        "from typing import TYPE_CHECKING\nfrom pimpic.registry import discover\n"
+        "if TYPE_CHECKING:\n    from pimpic.pretraining.config import x\n")
+    check = load_script("check_imports")
+    assert check.problems(tmp_path) == []
+    (methods / "bad.py").write_text("from pimpic.pretraining.helper import y\n")
+    assert check.problems(tmp_path) == [
+        "discovery re-enters: pimpic.pretraining.config imports pimpic.registry and is loaded "
+        "by pimpic.pretraining.methods"]
