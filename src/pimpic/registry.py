@@ -128,14 +128,24 @@ def unregister(name: str) -> None:
 
 
 def discover() -> None:
-    """Import every method module of :data:`METHODS_PACKAGE` once (they register themselves)."""
+    """Import every method module of :data:`METHODS_PACKAGE` once (they register themselves).
+
+    The methods are then in the package's module order, however the modules were imported
+    before (a module imported first must not move its methods, or its options' section in a
+    saved config, ahead); methods registered from elsewhere come last."""
     global _discovered
     if _discovered:
         return
     package = importlib.import_module(METHODS_PACKAGE)
-    for info in pkgutil.iter_modules(package.__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{METHODS_PACKAGE}.{info.name}")
+    modules = [f"{METHODS_PACKAGE}.{info.name}" for info in pkgutil.iter_modules(package.__path__)
+               if not info.name.startswith("_")]
+    for module in modules:
+        importlib.import_module(module)
+    rank = {module: i for i, module in enumerate(modules)}
+    specs = sorted(_REGISTRY.values(),
+                   key=lambda spec: rank.get(spec.build_module.__module__, len(rank)))
+    _REGISTRY.clear()
+    _REGISTRY.update((spec.name, spec) for spec in specs)
     _discovered = True
 
 
