@@ -1,9 +1,9 @@
 """Dataset readers: turn a dataset root into a list of cases ``{"id", "image", "label"}``.
 
-:data:`LAYOUTS` is the table of layouts: name → :class:`Layout`, a reader with ``detect``
-(does a folder look like this layout?), ``read`` (its cases) and ``labels`` (the labels it
-names). A layout is detected in table order, or forced with ``layout=``; a new layout is one
-entry (its reader in its own file when it is long). Four are understood:
+:data:`LAYOUTS` is the table of layouts: name → :class:`LayoutReader`, an object with
+``detect`` (does a folder look like this layout?), ``read`` (its cases) and ``labels`` (the
+labels it names). A layout is detected in table order, or forced with ``layout=``; a new layout
+is its reader (a class, in its own file) and one entry. Four are understood:
 
 ``msd``
     Medical Segmentation Decathlon: ``dataset.json`` with a ``training`` list of
@@ -43,7 +43,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 
 from pimpic.data.labels import KITS19, LabelSet, parse_labels
 from pimpic.errors import PimpicError
@@ -137,7 +137,7 @@ def detect_layout(root: Path) -> str:
                       "or NIfTI files")
 
 
-def _layout(name: str) -> Layout:
+def _layout(name: str) -> LayoutReader:
     if name not in LAYOUTS:
         raise PimpicError(f"unknown layout {name!r}; choose one of {', '.join(LAYOUTS)}")
     return LAYOUTS[name]
@@ -285,16 +285,26 @@ def _read_folder(root: Path) -> list[dict[str, Any]]:
     return cases
 
 
+class LayoutReader(Protocol):
+    """An entry of :data:`LAYOUTS`: how to recognise and read one dataset layout."""
+
+    def detect(self, root: Path) -> bool:
+        """Does ``root`` look like this layout? (cheap; may read a ``dataset.json``)"""
+        ...
+
+    def read(self, root: Path) -> list[dict[str, Any]]:
+        """The cases ``{"id", "image", "label", "label_values"}`` in any order
+        (:func:`read_dataset` sorts them and checks their ids)."""
+        ...
+
+    def labels(self, root: Path) -> LabelSet | None:
+        """The labels the dataset names (None: unlabelled images)."""
+        ...
+
+
 @dataclass(frozen=True)
 class Layout:
-    """One entry of :data:`LAYOUTS`: how to recognise and read a dataset layout.
-
-    Args:
-        detect: does the folder look like this layout? (cheap; may read a ``dataset.json``)
-        read: the folder → its cases ``{"id", "image", "label", "label_values"}``, any order
-            (:func:`read_dataset` sorts them and checks the ids).
-        labels: the folder → the labels it names (None: unlabelled images).
-    """
+    """A :class:`LayoutReader` made of three functions (the built-in layouts)."""
 
     detect: Callable[[Path], bool]
     read: Callable[[Path], list[dict[str, Any]]]
@@ -306,7 +316,7 @@ def _dataset_labels(layout: str) -> Callable[[Path], LabelSet]:
 
 
 #: the layout table, in detection order (``folder`` accepts any NIfTI file: keep it last)
-LAYOUTS: dict[str, Layout] = {
+LAYOUTS: dict[str, LayoutReader] = {
     "nnunet": Layout(_is_nnunet, _read_nnunet, _dataset_labels("nnunet")),
     "msd": Layout(lambda root: (root / "dataset.json").is_file(), _read_msd,
                   _dataset_labels("msd")),
