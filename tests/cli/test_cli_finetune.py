@@ -90,7 +90,7 @@ def test_a_run_that_kept_no_model_says_so(make_cache, tmp_path):
     from pimpic.data.cache import Cache
 
     cache = make_cache(n_cases=5, shape=(16, 16, 16))
-    for cid in Cache(cache).splits()["val"]:
+    for cid in Cache(cache).split().val:
         np.save(cache / "cases" / cid / "label.npy", np.zeros((16, 16, 16), np.uint8))
     run = tmp_path / "run"
     res = CliRunner().invoke(app, ["finetune", str(cache), "--out", str(run), *TINY,

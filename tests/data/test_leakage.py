@@ -42,7 +42,7 @@ def task_and_pool(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path,
     src = msd_tree(root / "task", n=4, shape=(16, 16, 12))
     task = root / "task_cache"
     prepare(src, task, TASK, workers=1, progress=False)
-    test_id = Cache(task).splits()["test"][0]
+    test_id = Cache(task).split().test[0]
     pool_src = root / "pool"
     for i in range(3):
         save(pool_src / f"other_{i}.nii.gz", phantom((16, 16, 12), 10 + i)[0])
@@ -69,7 +69,7 @@ def test_the_same_scan_is_found_by_content_across_name_type_and_settings(
     task, pool, test_id = task_and_pool
     t, p = Cache(task), Cache(pool)
     assert t.image(test_id).shape != p.image("renamed_scan").shape  # nothing else in common
-    test = t.splits()["test"]
+    test = list(t.split().test)
     assert pool_overlap(t, test, p, p.case_ids) == [f"{test_id} = renamed_scan (same voxels)"]
 
 
@@ -111,7 +111,7 @@ def test_an_encoder_without_hashes_is_checked_by_id_and_says_so(
     task, _, test_id = task_and_pool
     old = {"pretrain_cases": ["renamed_scan", "other_0"]}  # an encoder made before the guard
     with caplog.at_level(logging.WARNING, logger="pimpic"):
-        check_encoder_pool("enc", old, Cache(task), Cache(task).splits()["test"])
+        check_encoder_pool("enc", old, Cache(task), list(Cache(task).split().test))
     assert "2 of 2 pretraining case(s) have no content hash" in caplog.text
     with pytest.raises(PimpicError, match=rf"{test_id} = {test_id} \(by id\)"):
         check_encoder_pool("enc", {"pretrain_cases": [test_id]}, Cache(task), [test_id])
@@ -150,7 +150,7 @@ def test_an_nnunet_pool_is_compared_through_its_raw_images(
     src = Path(str(Cache(task).meta(test_id)["source_image"]))
     folder = _nnunet_pool(tmp_path, src, "la_001")
     pool = PreprocessedFolder(folder)
-    test = Cache(task).splits()["test"]
+    test = list(Cache(task).split().test)
     monkeypatch.delenv("nnUNet_raw", raising=False)
     with caplog.at_level(logging.WARNING, logger="pimpic"):
         assert pool_overlap(Cache(task), test, pool, pool.case_ids) == []

@@ -40,9 +40,9 @@ def test_cache_layout_and_resume(tmp_path: Path) -> None:
     assert image.dtype == np.float16 and label is not None and label.dtype == np.uint8
     assert image.shape == label.shape == tuple(meta["shape"])
     assert set(meta) >= META_KEYS
-    splits = cache.splits()
-    assert sorted(splits["train"] + splits["val"] + splits["test"]) == cache.case_ids
-    assert splits["fractions"]["100"] == splits["train"]
+    split = cache.split()
+    assert sorted(split.train + split.val + split.test) == cache.case_ids
+    assert split.fractions["100"] == split.train
 
     mtime = (out / "cases" / cid / "image.npy").stat().st_mtime_ns
     again = prepare(src, out, workers=1, progress=False)
@@ -106,15 +106,15 @@ def test_user_splits(tmp_path: Path) -> None:
                                 "test": ["pan_003"]}))
     out = tmp_path / "cache"
     prepare(src, out, workers=1, progress=False, splits_file=good)
-    assert Cache(out).splits()["train"] == ["pan_000", "pan_001"]
-    assert Cache(out).splits()["fractions"]["5"] == ["pan_000"]
+    assert Cache(out).split().train == ("pan_000", "pan_001")
+    assert Cache(out).split().fractions["5"] == ("pan_000",)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"train": ["pan_000", "pan_009"], "val": [], "test": []}))
     with pytest.raises(PimpicError, match=r"splits.json: the cache already has another split"):
         prepare(src, out, workers=1, progress=False, splits_file=bad)
     with pytest.raises(PimpicError, match=r"bad.json: 'train' names unknown"):
         prepare(src, out, workers=1, progress=False, splits_file=bad, resplit=True)
-    assert Cache(out).splits()["train"] == ["pan_000", "pan_001"]
+    assert Cache(out).split().train == ("pan_000", "pan_001")
 
 
 def _break_two(src: Path) -> None:
@@ -261,10 +261,10 @@ def test_released_split_file(tmp_path: Path) -> None:
     path.write_text(json.dumps(released))
     report = prepare(src, out, workers=1, progress=False, splits_file=path)
     assert report["splits"] == {"train": 4, "val": 1, "test": 1}
-    splits = Cache(out).splits()
-    assert splits["train"] == ["pan_003", "pan_000", "pan_002", "pan_001"]  # order as given
-    assert splits["fractions"]["2"] == ["pan_002"] and splits["fractions"]["50"] == [
-        "pan_000", "pan_002"]
+    split = Cache(out).split()
+    assert split.train == ("pan_003", "pan_000", "pan_002", "pan_001")  # order as given
+    assert split.fractions["2"] == ("pan_002",) and split.fractions["50"] == (
+        "pan_000", "pan_002")
 
 
 def _listed(src: Path, image: str) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pimpic.data.splits import (
+    Split,
     check_split_request,
     fraction_cases,
     make_splits,
@@ -132,6 +133,31 @@ def test_split_digest_follows_the_lists() -> None:
     assert split_digest(s) == split_digest(json.loads(json.dumps(s)))
     t = dict(s, test=s["test"][1:], val=[*s["val"], s["test"][0]])
     assert split_digest(t) != split_digest(s)
+
+
+def test_a_saved_split_reads_as_a_split_with_the_same_lists_and_digest(tmp_path: Path) -> None:
+    saved = make_splits(IDS[:20], seed=4)
+    saved["unlabelled"] = ["x1"]
+    split = Split.from_json(json.loads(json.dumps(saved)), "s.json")
+    assert split.train == tuple(saved["train"]) and split.part("test") == tuple(saved["test"])
+    assert (split.seed, split.ratios, split.unlabelled) == (4, (0.7, 0.1, 0.2), ("x1",))
+    assert split.digest == split_digest(saved)
+    assert [split.fraction(p) for p in (2, 5, 100)] == [
+        fraction_cases(saved, p) for p in (2, 5, 100)]
+    stored = read_split_file(_write(tmp_path / "r.json", _released(IDS[:7], IDS[7:8],
+                                                                   IDS[8:10])))
+    released = Split.from_json(stored, "r.json")
+    assert released.seed is None and released.fraction(2) == stored["fractions"]["2"]
+    assert released.digest == split_digest(stored)
+    with pytest.raises(PimpicError, match="not one of train, val, test"):
+        split.part("validation")
+    with pytest.raises(PimpicError, match=r"s.json: 'val' must be a list of case ids"):
+        Split.from_json({**saved, "val": "c001"}, "s.json")
+
+
+def _write(path: Path, data: object) -> Path:
+    path.write_text(json.dumps(data))
+    return path
 
 
 def test_experiment_refuses_a_moved_split(make_cache, tmp_path: Path, monkeypatch) -> None:

@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from pimpic.errors import PimpicError
 from pimpic.models.export import load_encoder, read_encoder_metadata, save_encoder
 from pimpic.models.unet import Encoder
+from pimpic.pretraining.backbones import build_encoder
 
 META = {"patch_size": 16, "spacing": [1.5, 1.5, 1.5], "window": [-200.0, 400.0],
         "method": "pimpic", "steps": 7, "pretrain_cases": ["a", "b"]}
@@ -29,7 +30,7 @@ def exported(tmp_path):
 
 def test_round_trip_identical_weights_and_metadata(exported):
     enc, path = exported
-    loaded, meta = load_encoder(path, expected=SETUP)
+    loaded, meta = load_encoder(path, build_encoder, expected=SETUP)
     for (k, a), (k2, b) in zip(enc.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(a, b)
     assert meta["architecture"] == enc.architecture()
@@ -50,14 +51,14 @@ def test_mismatch_lists_every_difference_and_allow_accepts(exported):
     _, path = exported
     setup = {**SETUP, "spacing": (1.0, 1.0, 1.0), "patch_size": 32}
     with pytest.raises(PimpicError) as err:
-        load_encoder(path, expected=setup)
+        load_encoder(path, build_encoder, expected=setup)
     msg = str(err.value)
     assert "spacing" in msg and "patch_size" in msg and "\n" not in msg
     with pytest.raises(PimpicError, match="spacing"):
-        load_encoder(path, expected=setup, allow=["patch_size"])
-    load_encoder(path, expected=setup, allow=["patch_size", "spacing"])
+        load_encoder(path, build_encoder, expected=setup, allow=["patch_size"])
+    load_encoder(path, build_encoder, expected=setup, allow=["patch_size", "spacing"])
     with pytest.raises(PimpicError, match="--allow"):
-        load_encoder(path, expected=SETUP, allow=["colour"])
+        load_encoder(path, build_encoder, expected=SETUP, allow=["colour"])
 
 
 def test_corrupt_and_foreign_files_raise(tmp_path, exported):
@@ -70,7 +71,7 @@ def test_corrupt_and_foreign_files_raise(tmp_path, exported):
     save_file({"w": torch.zeros(2)}, str(foreign))
     for bad in (truncated, garbage, foreign, tmp_path / "missing.safetensors"):
         with pytest.raises(PimpicError):
-            load_encoder(bad, expected=SETUP)
+            load_encoder(bad, build_encoder, expected=SETUP)
     with pytest.raises(PimpicError, match="not a pimpic encoder"):
         read_encoder_metadata(foreign)
 
@@ -83,7 +84,7 @@ def test_missing_tensor_key_is_an_error(tmp_path, exported):
     bad = tmp_path / "partial.safetensors"
     save_file(state, str(bad), metadata=header)
     with pytest.raises(PimpicError, match="missing"):
-        load_encoder(bad, expected=SETUP)
+        load_encoder(bad, build_encoder, expected=SETUP)
 
 
 @pytest.mark.parametrize("arch", [
@@ -101,7 +102,7 @@ def test_absurd_declared_architecture_is_refused_before_allocation(tmp_path, exp
     save_file(load_file(str(path)), str(bad),
               metadata={"format": "pimpic-encoder", "pimpic": json.dumps(meta)})
     with pytest.raises(PimpicError) as err:
-        load_encoder(bad)
+        load_encoder(bad, build_encoder)
     assert str(err.value).startswith(str(bad)) and "\n" not in str(err.value)
 
 
@@ -113,4 +114,4 @@ def test_shapes_that_do_not_fit_the_declared_width_are_named(tmp_path, exported)
     bad = tmp_path / "narrow.safetensors"
     save_file(other.state_dict(), str(bad), metadata=header)
     with pytest.raises(PimpicError, match=r"tensor shapes differ .*width 4, depth 3"):
-        load_encoder(bad, expected=SETUP)
+        load_encoder(bad, build_encoder, expected=SETUP)

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from pimpic.models import Encoder, SegmentationNet
+from pimpic.models.backbone import check_backbone
+from pimpic.pretraining.backbones import build_encoder
 
 
 @pytest.mark.parametrize(("width", "depth", "patch"), [(2, 3, 16), (2, 4, 16), (1, 5, 32)])
@@ -23,6 +25,17 @@ def test_encoder_takes_several_channels_and_describes_itself() -> None:
     assert enc(torch.zeros(1, 3, 8, 8, 8))[0].shape == (1, 2, 8, 8, 8)
     arch = enc.architecture()
     assert (arch["in_channels"], arch["width"], arch["depth"]) == (3, 2, 3)
+    check_backbone(enc, (8, 16, 12))
+    torch.manual_seed(0)
+    again = build_encoder(arch)
+    assert isinstance(again, Encoder) and again.architecture() == arch
+
+
+@pytest.mark.parametrize("arch", [{"width": 0}, {"depth": 2.0}, {"in_channels": True},
+                                  {"width": 2**15, "depth": 3}, {"depth": 10**18}])
+def test_an_absurd_architecture_is_refused_before_building(arch: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        Encoder.from_architecture({**Encoder(1, 2, 3).architecture(), **arch})
 
 
 @pytest.mark.parametrize("decoder", ["released", "symmetric"])

@@ -29,7 +29,7 @@ from pimpic.config import from_dict, load_yaml
 from pimpic.errors import PimpicError
 from pimpic.io import read_json
 from pimpic.models import Encoder
-from pimpic.models.backbone import pic_levels, pim_levels
+from pimpic.models.backbone import check_backbone, pic_levels, pim_levels
 from pimpic.models.export import read_encoder_metadata, save_encoder
 from pimpic.pretraining.backbones import build_backbone, resolve_patch
 from pimpic.pretraining.config import PretrainConfig
@@ -68,6 +68,7 @@ def test_encoder_pyramid_follows_the_plan(configuration: str) -> None:
     enc = build_backbone(_cfg(nnunet_configuration=configuration))
     strides = [lv.stride for lv in enc.levels]
     assert strides == [(1, 1, 1), (1, 2, 2), (2, 4, 4), (4, 8, 8)]
+    check_backbone(enc, (8, 16, 24))
     feats = enc(torch.rand(2, 1, 16, 16, 16))
     assert [tuple(f.shape[1:]) for f in feats] == [
         (4, 16, 16, 16), (8, 16, 8, 8), (16, 8, 4, 4), (32, 4, 2, 2)]

@@ -14,6 +14,7 @@ from pimpic.data.cache import Cache
 from pimpic.errors import PimpicError
 from pimpic.io import read_json, read_jsonl
 from pimpic.models.export import load_encoder, read_encoder_metadata
+from pimpic.pretraining.backbones import build_encoder
 from pimpic.pretraining.config import PretrainConfig
 from pimpic.pretraining.engine import load_pretext_module, pretrain
 from pimpic.training.guard import TrainingDiverged
@@ -50,7 +51,8 @@ def test_run_folder_and_artifacts(finished: tuple[Path, Path],
     assert meta["pretrain_cases"] == train
     assert meta["patch_size"] == 16 and meta["steps"] == 4 and meta["method"] == "pimpic"
     assert meta["spacing"] == [1.5, 1.5, 1.5] and meta["window"] == [-200.0, 400.0]
-    encoder, _ = load_encoder(run / "encoder.safetensors", {"width": 2, "depth": 3})
+    encoder, _ = load_encoder(run / "encoder.safetensors", build_encoder,
+                              {"width": 2, "depth": 3})
     energy = read_json(run / "energy.json")
     assert energy["source"] in ("nvml", "rapl", "estimate") and energy["joules"] > 0
     env = read_json(run / "env.json")

@@ -71,7 +71,7 @@ class Stubs:
             w = csv.writer(fh)
             w.writerow(["case", "dice_organ", "dice_tumour", "dice_whole",
                         "hd95_organ", "hd95_tumour", "hd95_whole"])
-            for i, case in enumerate(c.splits()[split]):
+            for i, case in enumerate(c.split().part(split)):
                 lab = np.asarray(c.label(case))
                 pred = lab.copy()
                 pred[: 2 + i] = 0  # a slightly different prediction per case
@@ -177,7 +177,7 @@ def test_grid_runs_and_resumes(make_cache: Any, tmp_path: Path, stubs: Stubs,
         assert (exp / name).is_file() and (exp / name).stat().st_size > 0, name
     with open(exp / "results.csv") as fh:
         rows = list(csv.DictReader(fh))
-    n_test = len(Cache(cache).splits()["test"])
+    n_test = len(Cache(cache).split().test)
     assert len(rows) == 3 * 2 * n_test
     assert {r["n_train_cases"] for r in rows if r["fraction"] == "100"} == {"7"}
     report = (exp / "report.md").read_text()
@@ -262,7 +262,7 @@ def test_end_to_end_real_stages(make_cache: Any, tmp_path: Path) -> None:
     exp = run_experiment(cfg, tmp_path / "exp", progress=False, on_stage=None)
     with open(exp / "results.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 6 * len(Cache(cache).splits()["test"])
+    assert len(rows) == 6 * len(Cache(cache).split().test)
     assert (exp / "figures" / "overlays.png").stat().st_size > 0
     assert "PiMPiC" in (exp / "table.md").read_text()
 

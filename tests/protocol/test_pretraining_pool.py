@@ -63,7 +63,7 @@ def stubs(monkeypatch: pytest.MonkeyPatch) -> Stubs:
 def test_overlap_by_id_by_input_hash_and_by_array(make_cache: Any) -> None:
     task = make_cache(n_cases=10, shape=(24, 24, 24))
     pool = _pool(make_cache)
-    test = Cache(task).splits()["test"]
+    test = list(Cache(task).split().test)
     assert pool_overlap(Cache(task), test, Cache(pool), Cache(pool).case_ids) == []
     _add_case(pool, task, test[0], "renamed_scan")  # same array, other name
     _set_source_sha(task, test[1], "ab" * 32)  # same input file, other array (other settings)
@@ -90,7 +90,7 @@ def test_experiment_refuses_a_pool_holding_a_test_case(make_cache: Any, tmp_path
                                                        stubs: Stubs) -> None:
     task = make_cache(n_cases=10, shape=(24, 24, 24))
     pool = _pool(make_cache)
-    test = Cache(task).splits()["test"]
+    test = list(Cache(task).split().test)
     _add_case(pool, task, test[0], "same_scan_elsewhere")
     cfg = _cfg(task, pretrain_cache=str(pool), methods=("random", "pimpic"), fractions=(100,))
     with pytest.raises(PimpicError, match="same_scan_elsewhere") as err:
@@ -112,7 +112,7 @@ def test_experiment_refuses_a_pool_holding_a_test_scan_prepared_otherwise(
     the same scan; the content hash (source voxels, before any setting) still matches."""
     task = make_cache(n_cases=10, shape=(24, 24, 24))
     pool = _pool(make_cache)
-    test = Cache(task).splits()["test"]
+    test = list(Cache(task).split().test)
     for cache, cid in ((task, test[1]), (pool, "pool_002")):
         meta_path = cache / "cases" / cid / "meta.json"
         write_json(meta_path, {**read_json(meta_path), "content_sha256": "cd" * 32})

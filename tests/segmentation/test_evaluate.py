@@ -32,7 +32,7 @@ def make_run(run_dir, cache_root, pretrain_cases=(), train_cases=None):
     write_json(run_dir / "run.json", {
         "cache": str(cache_root), "fraction": 100, "patch_size": 16, "num_classes": 3,
         "train_cases": list(train_cases if train_cases is not None else cache.train_ids()),
-        "val_cases": cache.splits()["val"], "settings": cache.settings, "encoder": None,
+        "val_cases": list(cache.split().val), "settings": cache.settings, "encoder": None,
         "encoder_meta": {"pretrain_cases": list(pretrain_cases)} if pretrain_cases else None,
     })
     return run_dir
@@ -45,7 +45,7 @@ def test_evaluate_writes_outputs(make_cache, tmp_path, capsys):
     assert capsys.readouterr().out == ""  # the CLI prints the table, not the library
     assert "organ" in describe(summary) and str(run) in describe(summary)
     out = run / "eval-test"
-    test_ids = Cache(cache).splits()["test"]
+    test_ids = list(Cache(cache).split().test)
     with open(out / "per_case.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert tuple(rows[0]) == COLUMNS and [r["case"] for r in rows] == test_ids
@@ -66,8 +66,8 @@ def test_refuses_seen_cases(make_cache, tmp_path):
     run = make_run(tmp_path / "run", cache)
     with pytest.raises(PimpicError, match="fine-tuning set"):
         evaluate(run, split="train", progress=False)
-    run2 = make_run(tmp_path / "run2", cache, pretrain_cases=c.splits()["test"][:1])
-    with pytest.raises(PimpicError, match=f"pretraining pool.*{c.splits()['test'][0]}"):
+    run2 = make_run(tmp_path / "run2", cache, pretrain_cases=c.split().test[:1])
+    with pytest.raises(PimpicError, match=f"pretraining pool.*{c.split().test[0]}"):
         evaluate(run2, split="test", progress=False)
     with pytest.raises(PimpicError, match=r"no model\.safetensors"):
         evaluate(tmp_path, progress=False)
@@ -113,7 +113,7 @@ def test_largest_component_keeps_organ_with_tumour():
 
 def test_original_space_matches_identity_grid(make_cache, tmp_path):
     cache = Cache(make_cache(n_cases=6, shape=(16, 16, 16)))
-    for cid in cache.splits()["test"]:
+    for cid in cache.split().test:
         meta = cache.meta(cid)
         img = nib.Nifti1Image(np.asarray(cache.label(cid)), np.asarray(meta["original_affine"]))
         nib.save(img, str(cache.root / meta["source_label"]))

@@ -70,7 +70,7 @@ def test_the_test_split_is_scored_per_structure(trained) -> None:
     summary = evaluate(run, device="cpu", progress=False)
     rows = _per_case(run / "eval-test" / "per_case.csv")
     assert list(rows[0]) == ["case", *(f"dice_{k}" for k in KEYS), *(f"hd95_{k}" for k in KEYS)]
-    assert [r["case"] for r in rows] == Cache(cache).splits()["test"]
+    assert [r["case"] for r in rows] == list(Cache(cache).split().test)
     assert list(summary["structures"]) == KEYS
     assert summary["names"]["spinal_cord"] == "spinal cord"
     assert "spinal cord" in describe(summary)

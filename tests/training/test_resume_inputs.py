@@ -36,7 +36,7 @@ def _dataset(tmp_path: Path) -> tuple[Path, Path, str]:
     src = msd_tree(tmp_path / "ds", n=4, shape=(16, 16, 12))
     cache = tmp_path / "cache"
     prepare(src, cache, SETTINGS, workers=1, progress=False)
-    return src, cache, Cache(cache).splits()["train"][0]
+    return src, cache, Cache(cache).split().train[0]
 
 
 def _redo(src: Path, cache: Path, case: str, what: str) -> None:
@@ -88,7 +88,7 @@ def test_experiment_rerun_after_a_case_was_redone_is_refused(
     for name in ("pretrain", "finetune", "evaluate"):
         monkeypatch.setattr(experiment, name, getattr(stubs, name))
     src, cache, _ = _dataset(tmp_path)
-    test_case = Cache(cache).splits()["test"][0]
+    test_case = Cache(cache).split().test[0]
     cfg = _cfg(cache, methods=("random",), fractions=(100,))
     run_experiment(cfg, tmp_path / "exp", progress=False, on_stage=None, report=False)
     _redo(src, cache, test_case, "label")

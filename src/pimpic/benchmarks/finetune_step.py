@@ -62,8 +62,8 @@ def run(cache: str | Path, *, width: int = 4, depth: int = 4, patch_size: int = 
         val_cases: int = 2, seed: int = 0) -> dict[str, Any]:
     """Time batches, steps and validation on ``cache``; returns the numbers (seconds)."""
     c = Cache(cache)
-    splits = c.splits()
-    train, val = list(splits.get("train") or []), list(splits.get("val") or [])[:val_cases]
+    split = c.split()
+    train, val = list(split.train), list(split.val)[:val_cases]
     if not train or not val:
         raise PimpicError(f"{c.root}: the benchmark needs training and validation cases")
     cfg = FinetuneConfig(width=width, depth=depth, patch_size=patch_size, batch_size=batch_size,

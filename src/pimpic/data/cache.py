@@ -29,6 +29,7 @@ import numpy as np
 
 from pimpic import __version__
 from pimpic.data.labels import ORGAN_TUMOUR, LabelSet
+from pimpic.data.splits import Split
 from pimpic.errors import PimpicError
 from pimpic.io import read_json, write_json
 
@@ -128,15 +129,28 @@ class Cache:
     def has_splits(self) -> bool:
         return (self.root / SPLITS).is_file()
 
-    def splits(self) -> dict[str, Any]:
-        """The saved split (``train``/``val``/``test`` id lists and nested ``fractions``)."""
+    def split(self) -> Split:
+        """The saved split (``train``/``val``/``test`` and the nested label fractions)."""
         if not self.has_splits():
             raise PimpicError(f"{self.root}: no {SPLITS} (run `pimpic prepare` or pass --splits)")
-        return dict(read_json(self.root / SPLITS))
+        return Split.from_json(read_json(self.root / SPLITS), self.root / SPLITS)
 
     def train_ids(self) -> list[str]:
         """The pretraining pool: exactly the training split (all cases if unsplit)."""
-        return list(self.splits()["train"]) if self.has_splits() else self.case_ids
+        return list(self.split().train) if self.has_splits() else self.case_ids
+
+    def case_hashes(self, case_id: str) -> dict[str, str | None]:
+        """``{"content", "input"}``: the SHA-256 of the case's source voxels and of its image
+        file, as ``prepare`` recorded them in ``meta.json`` (None: not recorded, or not a case
+        of the cache) — what the leakage guard compares (:mod:`pimpic.data.leakage`)."""
+        try:
+            meta = self.meta(case_id)
+        except PimpicError:
+            return {"content": None, "input": None}
+        image = (meta.get("sources") or {}).get("image")
+        sha = image.get("sha256") if isinstance(image, dict) else None
+        content = meta.get("content_sha256")
+        return {"content": str(content) if content else None, "input": str(sha) if sha else None}
 
     def input_sha256(self, case_ids: Sequence[str],
                      keys: Sequence[str] = ("image", "label")) -> dict[str, dict[str, Any]]:

@@ -1,6 +1,9 @@
 """Dataset readers: turn a dataset root into a list of cases ``{"id", "image", "label"}``.
 
-Four layouts are understood (detected automatically, or forced with ``layout=``):
+:data:`LAYOUTS` is the table of layouts: name → :class:`LayoutReader`, an object with
+``detect`` (does a folder look like this layout?), ``read`` (its cases) and ``labels`` (the
+labels it names). A layout is detected in table order, or forced with ``layout=``; a new layout
+is its reader (a class, in its own file) and one entry. Four are understood:
 
 ``msd``
     Medical Segmentation Decathlon: ``dataset.json`` with a ``training`` list of
@@ -18,7 +21,8 @@ Four layouts are understood (detected automatically, or forced with ``layout=``)
 ``folder``
     Any folder of NIfTI volumes (searched recursively), unlabelled — a pretraining pool.
     Label maps are never taken for CT: folders named ``labels*`` (``labelsTr/`` of an MSD or
-    nnU-Net tree) and KiTS19 ``segmentation.nii.gz`` files are skipped.
+    nnU-Net tree) and KiTS19 ``segmentation.nii.gz`` files are skipped. It accepts any folder
+    with a NIfTI file, so it is tried last.
 
 A case id names the case's folder in the cache, so every id is checked when the dataset is
 read (:func:`check_case_ids`): it must be non-empty, not start with ``.`` (``.``, ``..`` and
@@ -36,14 +40,15 @@ not opened here; a listed file that is missing is reported when its case is prep
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 
 from pimpic.data.labels import KITS19, LabelSet, parse_labels
 from pimpic.errors import PimpicError
 from pimpic.io import read_json
 
-LAYOUTS = ("msd", "kits19", "nnunet", "folder")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 #: characters refused in a case id besides control characters (separators, Windows-reserved)
 UNSAFE_ID_CHARS = frozenset('/\\<>:"|?*')
@@ -55,7 +60,8 @@ def read_dataset(root: str | Path, layout: str | None = None) -> tuple[str, list
 
     Args:
         root: dataset folder.
-        layout: one of ``msd``, ``kits19``, ``nnunet``, ``folder``; ``None`` detects it.
+        layout: a name of :data:`LAYOUTS` (``msd``, ``kits19``, ``nnunet``, ``folder``);
+            ``None`` detects it.
 
     Returns:
         ``(layout, cases)``; each case is ``{"id": str, "image": Path, "label": Path | None,
@@ -66,11 +72,7 @@ def read_dataset(root: str | Path, layout: str | None = None) -> tuple[str, list
         raise PimpicError(f"{root}: dataset folder does not exist")
     if layout is None:
         layout = detect_layout(root)
-    readers = {"msd": _read_msd, "kits19": _read_kits19, "nnunet": _read_nnunet,
-               "folder": _read_folder}
-    if layout not in readers:
-        raise PimpicError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    cases = readers[layout](root)
+    cases = _layout(layout).read(root)
     if not cases:
         raise PimpicError(f"{root}: no cases found for layout '{layout}'")
     check_case_ids(cases, root)
@@ -124,21 +126,31 @@ def _id_problem(cid: str) -> str | None:
 
 
 def detect_layout(root: Path) -> str:
-    """Guess the layout of ``root`` from the files it holds."""
+    """The first layout of :data:`LAYOUTS` whose ``detect`` accepts ``root``."""
     ds = root / "dataset.json"
-    if ds.is_file():
-        meta = read_json(ds)
-        if isinstance(meta, dict) and ("channel_names" in meta or "file_ending" in meta):
-            return "nnunet"
-        return "msd"
-    if (root / "imagesTr").is_dir():
+    if (root / "imagesTr").is_dir() and not ds.is_file():
         raise PimpicError(f"{ds}: file not found (an imagesTr/ layout needs its dataset.json)")
-    if any(_visible(p) and (p / "imaging.nii.gz").is_file() for p in root.glob("case_*")):
-        return "kits19"
-    if _nifti_files(root):
-        return "folder"
+    for name, layout in LAYOUTS.items():
+        if layout.detect(root):
+            return name
     raise PimpicError(f"{root}: empty folder — no dataset.json, case_*/imaging.nii.gz "
                       "or NIfTI files")
+
+
+def _layout(name: str) -> LayoutReader:
+    if name not in LAYOUTS:
+        raise PimpicError(f"unknown layout {name!r}; choose one of {', '.join(LAYOUTS)}")
+    return LAYOUTS[name]
+
+
+def _is_nnunet(root: Path) -> bool:
+    """nnU-Net v2 raw: a ``dataset.json`` with ``channel_names`` or ``file_ending``."""
+    meta = read_json(root / "dataset.json") if (root / "dataset.json").is_file() else None
+    return isinstance(meta, dict) and ("channel_names" in meta or "file_ending" in meta)
+
+
+def _is_kits19(root: Path) -> bool:
+    return any(_visible(p) and (p / "imaging.nii.gz").is_file() for p in root.glob("case_*"))
 
 
 def _visible(path: Path) -> bool:
@@ -173,10 +185,7 @@ def _dataset_json(root: Path) -> dict[str, Any]:
 def read_labels(root: str | Path, layout: str) -> LabelSet | None:
     """The labels dataset ``root`` names (:mod:`pimpic.data.labels`): its ``dataset.json``
     ``labels`` (MSD, nnU-Net), KiTS19's own, or None for an unlabelled ``folder``."""
-    root = Path(root)
-    if layout in ("msd", "nnunet"):
-        return _labels(_dataset_json(root), root / "dataset.json", layout)
-    return KITS19 if layout == "kits19" else None
+    return _layout(layout).labels(Path(root))
 
 
 def _labels(meta: dict[str, Any], path: Path, layout: str) -> LabelSet:
@@ -274,3 +283,43 @@ def _read_folder(root: Path) -> list[dict[str, Any]]:
         cid = "_".join([*rel.parts[:-1], _strip_nifti(p.name)])
         cases.append({"id": cid, "image": p, "label": None, "label_values": None})
     return cases
+
+
+class LayoutReader(Protocol):
+    """An entry of :data:`LAYOUTS`: how to recognise and read one dataset layout."""
+
+    def detect(self, root: Path) -> bool:
+        """Does ``root`` look like this layout? (cheap; may read a ``dataset.json``)"""
+        ...
+
+    def read(self, root: Path) -> list[dict[str, Any]]:
+        """The cases ``{"id", "image", "label", "label_values"}`` in any order
+        (:func:`read_dataset` sorts them and checks their ids)."""
+        ...
+
+    def labels(self, root: Path) -> LabelSet | None:
+        """The labels the dataset names (None: unlabelled images)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A :class:`LayoutReader` made of three functions (the built-in layouts)."""
+
+    detect: Callable[[Path], bool]
+    read: Callable[[Path], list[dict[str, Any]]]
+    labels: Callable[[Path], LabelSet | None]
+
+
+def _dataset_labels(layout: str) -> Callable[[Path], LabelSet]:
+    return lambda root: _labels(_dataset_json(root), root / "dataset.json", layout)
+
+
+#: the layout table, in detection order (``folder`` accepts any NIfTI file: keep it last)
+LAYOUTS: dict[str, LayoutReader] = {
+    "nnunet": Layout(_is_nnunet, _read_nnunet, _dataset_labels("nnunet")),
+    "msd": Layout(lambda root: (root / "dataset.json").is_file(), _read_msd,
+                  _dataset_labels("msd")),
+    "kits19": Layout(_is_kits19, _read_kits19, lambda root: KITS19),
+    "folder": Layout(lambda root: bool(_nifti_files(root)), _read_folder, lambda root: None),
+}

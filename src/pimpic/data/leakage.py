@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from pimpic.data.sources import VolumeSource
 from pimpic.errors import PimpicError
 
 log = logging.getLogger(__name__)
@@ -42,24 +43,13 @@ log = logging.getLogger(__name__)
 Hashes = dict[str, str | None]
 
 
-def case_hashes(source: Any, case_id: str) -> Hashes:
-    """``{"content", "input"}`` SHA-256s of one case of a cache (its ``meta.json``) or of any
-    source offering ``case_hashes(case_id)`` (an nnU-Net preprocessed folder)."""
-    own = getattr(source, "case_hashes", None)
-    if callable(own):
-        found: Hashes = own(case_id)
-        return found
-    try:
-        meta = source.meta(case_id)
-    except (AttributeError, PimpicError):
-        return {"content": None, "input": None}
-    image = (meta.get("sources") or {}).get("image")
-    sha = image.get("sha256") if isinstance(image, dict) else None
-    content = meta.get("content_sha256")
-    return {"content": str(content) if content else None, "input": str(sha) if sha else None}
+def case_hashes(source: VolumeSource, case_id: str) -> Hashes:
+    """``{"content", "input"}`` SHA-256s of one case of a source (a cache records them per case
+    in ``meta.json``; an nnU-Net preprocessed folder hashes the raw image)."""
+    return source.case_hashes(case_id)
 
 
-def pool_record(source: Any, case_ids: Sequence[str]) -> dict[str, Hashes]:
+def pool_record(source: VolumeSource, case_ids: Sequence[str]) -> dict[str, Hashes]:
     """id → :func:`case_hashes` of every pool case: what an encoder records as
     ``pretrain_hashes`` (no paths or times, so equal runs write equal files)."""
     return {cid: case_hashes(source, cid) for cid in case_ids}
@@ -74,7 +64,7 @@ def array_sha256(image: Any) -> str:
 
 
 def record_overlap(pool_ids: Sequence[str], pool: Mapping[str, Mapping[str, Any]],
-                   task: Any, test_ids: Sequence[str]) -> list[str]:
+                   task: VolumeSource, test_ids: Sequence[str]) -> list[str]:
     """``"<test id> = <pool id> (by id | same voxels | same input file SHA-256)"`` for every
     test case of ``task`` found in a pool given by its ids and :func:`pool_record`; unknown
     hashes never match. Warns when some cases could not be compared by content."""
@@ -109,12 +99,12 @@ def record_overlap(pool_ids: Sequence[str], pool: Mapping[str, Mapping[str, Any]
             " and ".join(x for x in (
                 f"{blind} of {len(pool_ids)} pretraining case(s) have no content hash"
                 if blind else "",
-                f"{unknown} of {len(test_ids)} test case(s) of {getattr(task, 'root', task)} "
+                f"{unknown} of {len(test_ids)} test case(s) of {task.root} "
                 "have none" if unknown else "") if x))
     return [found[c] for c in test_ids if c in found]
 
 
-def pool_overlap(task: Any, test_ids: Sequence[str], pool: Any,
+def pool_overlap(task: VolumeSource, test_ids: Sequence[str], pool: VolumeSource,
                  pool_ids: Sequence[str]) -> list[str]:
     """:func:`record_overlap` of a pool at hand (a cache or an nnU-Net preprocessed folder),
     and, for a cache, cached arrays equal to a test case's (``same cached array``)."""
@@ -142,14 +132,15 @@ def _refusal(where: Any, what: str, both: list[str], split: str = "test") -> Pim
         "pool and pretrain again, or evaluate on other cases")
 
 
-def check_pool(task: Any, test_ids: Sequence[str], pool: Any, pool_ids: Sequence[str]) -> None:
+def check_pool(task: VolumeSource, test_ids: Sequence[str], pool: VolumeSource,
+               pool_ids: Sequence[str]) -> None:
     """Refuse, in one line, a pool that holds any of the task's test cases."""
     both = pool_overlap(task, test_ids, pool, pool_ids)
     if both:
         raise _refusal(pool.root, "the pretraining pool", both)
 
 
-def check_encoder_pool(where: Any, encoder_meta: Mapping[str, Any] | None, task: Any,
+def check_encoder_pool(where: Any, encoder_meta: Mapping[str, Any] | None, task: VolumeSource,
                        test_ids: Sequence[str], split: str = "test") -> None:
     """Refuse, in one line naming ``where``, an encoder (its metadata) pretrained on any of
     ``test_ids`` (the task's ``split``), compared by id and by the hashes it records

@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pimpic.data.cache import Cache
+from pimpic.data.sources import VolumeSource
 
 #: a method's per-volume sampler ``(image (X, Y, Z), rng) -> arrays of one volume`` (picklable;
 #: see :mod:`pimpic.registry`)
@@ -61,8 +62,8 @@ class VolumeStream(IterableDataset[dict[str, np.ndarray]]):
     """Endless stream of one-volume samples ``sampler(image, rng)`` for one rank.
 
     Args:
-        cache: the cache folder, or a picklable source with ``image(case_id)`` (an nnU-Net
-            preprocessed folder, :class:`pimpic.nnunet.data.PreprocessedFolder`).
+        cache: the cache folder, or a picklable :class:`~pimpic.data.sources.VolumeSource`
+            (e.g. an nnU-Net preprocessed folder).
         case_ids: the pretraining pool (the same list, in the same order, on every rank).
         sampler: picklable ``(image (X, Y, Z), rng) -> dict[str, ndarray]`` of the method.
         volumes: V, volumes per batch (the DataLoader's ``batch_size``).
@@ -72,7 +73,7 @@ class VolumeStream(IterableDataset[dict[str, np.ndarray]]):
 
     def __init__(
         self,
-        cache: str | Path | Any,
+        cache: str | Path | VolumeSource,
         case_ids: Sequence[str],
         sampler: Sampler,
         *,
@@ -87,7 +88,7 @@ class VolumeStream(IterableDataset[dict[str, np.ndarray]]):
             raise ValueError("VolumeStream needs at least one case")
         if start % volumes:
             raise ValueError(f"start {start} must be a multiple of volumes {volumes}")
-        self.source: Any = None if isinstance(cache, (str, Path)) else cache
+        self.source: VolumeSource | None = None if isinstance(cache, (str, Path)) else cache
         self.root = Path(cache) if isinstance(cache, (str, Path)) else Path(cache.root)
         self.case_ids = list(case_ids)
         self.sampler = sampler
@@ -102,7 +103,7 @@ class VolumeStream(IterableDataset[dict[str, np.ndarray]]):
         """Sample ``index`` of this rank (``volumes``: an optional open-memmap LRU)."""
         cid = self.case_ids[case_for_sample(len(self.case_ids), self.seed, self.rank,
                                             self.world_size, index)]
-        source = self.source if self.source is not None else Cache(self.root)
+        source: VolumeSource = self.source if self.source is not None else Cache(self.root)
         if volumes is None:
             image = source.image(cid)
         else:

@@ -25,6 +25,11 @@ the cache, another ``--seed``, another ``--splits`` file — is refused with a m
 the cases; ``resplit=True`` (``prepare --resplit``) recomputes it from scratch, and says so.
 :func:`split_digest` fingerprints a split so that results made on one split are never mixed
 with results made on another.
+
+Everything that reads a cache's split reads it as a :class:`Split` (:meth:`pimpic.data.cache.
+Cache.split`): the train/val/test tuples, the stored fraction lists, seed and ratios, its
+:attr:`~Split.digest`. The functions below that make, read and settle a split work on its JSON
+form, the mapping ``splits.json`` holds, so that file keeps its format byte for byte.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +55,76 @@ PARTS = ("train", "val", "test")
 #: lists of a saved split that hold cached cases outside train/val/test
 EXTRA_PARTS = ("unlabelled", "unused")
 _RELEASED_FRACTION = re.compile(r"^train_(\d+)_percent$")
+
+
+@dataclass(frozen=True)
+class Split:
+    """A saved split, read (:meth:`from_json` of a cache's ``splits.json``).
+
+    Args:
+        train, val, test: the case ids of each part, in their shuffled order.
+        fractions: label-fraction lists the split stores, percent text (``"5"``) → ids;
+            any other fraction is derived (:meth:`fraction`).
+        seed: the seed of a seeded split (None: read from a split file).
+        ratios: the train/val/test ratios of a seeded split (None: read from a file).
+        unlabelled, unused: cached cases outside train/val/test (no label; left out by a
+            ``--splits`` file).
+    """
+
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+    fractions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    seed: int | None = None
+    ratios: tuple[float, ...] | None = None
+    unlabelled: tuple[str, ...] = ()
+    unused: tuple[str, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: Any, where: str | Path) -> Split:
+        """The split of a parsed ``splits.json``; a malformed one is a one-line error."""
+        if not isinstance(data, dict):
+            raise PimpicError(f"{where}: a split must be a JSON object")
+
+        def ids(key: str, value: Any) -> tuple[str, ...]:
+            if value is None:
+                return ()
+            if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+                raise PimpicError(f"{where}: '{key}' must be a list of case ids")
+            return tuple(value)
+
+        stored = data.get("fractions") or {}
+        if not isinstance(stored, dict):
+            raise PimpicError(f"{where}: 'fractions' must map a percentage to an id list")
+        ratios = data.get("ratios")
+        return cls(train=ids("train", data.get("train")), val=ids("val", data.get("val")),
+                   test=ids("test", data.get("test")),
+                   fractions={str(p): ids(f"fractions.{p}", v) for p, v in stored.items()},
+                   seed=data.get("seed"),
+                   ratios=tuple(float(r) for r in ratios) if isinstance(ratios, list) else None,
+                   unlabelled=ids("unlabelled", data.get("unlabelled")),
+                   unused=ids("unused", data.get("unused")))
+
+    def part(self, name: str) -> tuple[str, ...]:
+        """The cases of ``name`` (``train``, ``val`` or ``test``)."""
+        if name not in PARTS:
+            raise PimpicError(f"split {name!r} is not one of {', '.join(PARTS)}")
+        ids: tuple[str, ...] = getattr(self, name)
+        return ids
+
+    def _lists(self) -> dict[str, Any]:
+        """The mapping the functions of this module read (``splits.json``'s lists)."""
+        return {**{k: list(self.part(k)) for k in PARTS},
+                "fractions": {p: list(v) for p, v in self.fractions.items()}}
+
+    def fraction(self, percent: float) -> list[str]:
+        """The nested training subset of label fraction ``percent`` (:func:`fraction_cases`)."""
+        return fraction_cases(self._lists(), percent)
+
+    @property
+    def digest(self) -> str:
+        """:func:`split_digest` of the split."""
+        return split_digest(self._lists())
 
 
 def make_splits(

@@ -1,9 +1,12 @@
 """The backbone contract: an encoder that returns a feature pyramid and describes its levels.
 
-A backbone is an ``nn.Module`` whose ``forward(x (B, C, D, H, W))`` returns the list of its
-pyramid levels, finest first, and whose ``levels`` attribute describes them: one
+A backbone (:class:`Backbone`) is an ``nn.Module`` whose ``forward(x (B, C, D, H, W))`` returns
+the list of its pyramid levels, finest first, and whose ``levels`` attribute describes them: one
 :class:`Level` per entry, with its ``stride`` (voxels of the input per cell, per axis) and its
-``width`` (channels). The pretext tasks never index the pyramid by position; they ask for the
+``width`` (channels). ``architecture()`` is what its weight file records about it — a JSON
+mapping with a ``name`` — from which the backbone table rebuilds it
+(:func:`pimpic.pretraining.backbones.build_encoder`); :func:`check_backbone` checks a module
+against the contract. The pretext tasks never index the pyramid by position; they ask for the
 levels they need by stride:
 
 * PiC (docs/method.md §5) takes the levels at strides 1, 2 and 4 (:func:`pic_levels`);
@@ -11,7 +14,7 @@ levels they need by stride:
   paper's U-Net;
 * VoCo takes the deepest level, vox2vec all of them, each at its own stride.
 
-Two backbones exist: the paper's U-Net encoder (:class:`pimpic.models.unet.Encoder`, the
+Two backbones are registered: the paper's U-Net encoder (:class:`pimpic.models.unet.Encoder`, the
 default, strides ``2^l`` on every axis) and nnU-Net's encoders built from a plans file
 (:mod:`pimpic.nnunet.network`; strides from the plan, possibly anisotropic, e.g. ``(1, 2, 2)``).
 A level's *nominal* stride is its largest per-axis stride, so an in-plane-only downsampling
@@ -22,7 +25,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
+
+import torch
 
 from pimpic.errors import PimpicError
 from pimpic.patch import patch_shape
@@ -46,9 +51,48 @@ class Level:
         return max(self.stride)
 
 
+@runtime_checkable
+class Backbone(Protocol):
+    """What every backbone offers besides being an ``nn.Module`` (see the module doc).
+
+    Members:
+        in_channels: image channels it reads.
+        levels: its pyramid, finest first.
+        architecture(): the JSON mapping its weight file records (``name``: the backbone
+            table's key, then what rebuilds it, e.g. ``in_channels``, ``width``, ``depth``).
+    """
+
+    in_channels: int
+    levels: tuple[Level, ...]
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]: ...
+
+    def architecture(self) -> dict[str, Any]: ...
+
+
+def check_backbone(module: Any, patch_size: int | Sequence[int]) -> None:
+    """Refuse, with an ``AssertionError`` naming what differs, a module that breaks the contract
+    on a zero patch of ``patch_size``: one output per level, ``level.width`` channels each, and
+    the patch's size divided by ``level.stride`` on every axis."""
+    assert isinstance(module, Backbone), f"{type(module).__name__}: not a Backbone"
+    levels = levels_of(module)
+    edges = patch_shape(patch_size)
+    with torch.no_grad():
+        out = module(torch.zeros(1, module.in_channels, *edges))
+    assert len(out) == len(levels), f"{len(out)} outputs for {len(levels)} levels"
+    for i, (f, level) in enumerate(zip(out, levels, strict=True)):
+        want = (1, level.width, *(e // s for e, s in zip(edges, level.stride, strict=True)))
+        assert tuple(f.shape) == want, f"level {i + 1}: output {tuple(f.shape)}, expected {want}"
+
+
 def levels_of(encoder: Any) -> tuple[Level, ...]:
     """A backbone's ``levels`` (untyped ``nn.Module`` attribute access, typed here once)."""
     return tuple(encoder.levels)
+
+
+def architecture_of(encoder: Any) -> dict[str, Any]:
+    """A backbone's ``architecture()`` (untyped ``nn.Module`` attribute access, typed here)."""
+    return dict(encoder.architecture())
 
 
 def isotropic_levels(widths: Sequence[int]) -> tuple[Level, ...]:

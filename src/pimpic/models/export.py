@@ -1,13 +1,15 @@
 """The encoder hand-off: ``encoder.safetensors`` with self-describing JSON metadata.
 
-The file holds the encoder's ``state_dict`` (keys ``blocks.<l>.conv<k>.0.weight|bias``) and, in
-the safetensors header, ``{"format": "pimpic-encoder", "pimpic": "<json>"}`` where the JSON has
-``architecture`` (``Encoder`` constructor arguments), ``patch_size``, ``spacing`` (mm),
-``window`` (HU), ``method``, ``steps`` and ``pimpic_version``.
+The file holds the encoder's ``state_dict`` (the U-Net's keys: ``blocks.<l>.conv<k>.0.weight|
+bias``) and, in the safetensors header, ``{"format": "pimpic-encoder", "pimpic": "<json>"}``
+where the JSON has ``architecture`` (the backbone's ``architecture()``: its ``name`` in the
+backbone table and what rebuilds it, e.g. the ``Encoder`` constructor arguments),
+``patch_size``, ``spacing`` (mm), ``window`` (HU), ``method``, ``steps`` and ``pimpic_version``.
 
 Loading checks that metadata against the fine-tuning setup and fails with the list of what
 differs; then the declared architecture against the tensor names and shapes in the file's
-header, before any weights are allocated (a file cannot make pimpic build an absurd network);
+header, built on the meta device before any weights are allocated (a file cannot make pimpic
+build an absurd network: the backbone's builder refuses absurd sizes);
 missing or unexpected tensor keys are errors too (``strict`` semantics). Outside pimpic the
 file is plain safetensors::
 
@@ -18,14 +20,16 @@ file is plain safetensors::
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+import torch
+from torch import nn
 
 from pimpic import __version__
 from pimpic.errors import PimpicError
 from pimpic.io import save_safetensors
-from pimpic.models.unet import Encoder
 from pimpic.training.guard import check_weights
 
 FORMAT = "pimpic-encoder"
@@ -100,18 +104,22 @@ def compare_metadata(
 
 def load_encoder(
     path: str | Path,
+    build: Callable[[Mapping[str, Any]], nn.Module],
     expected: Mapping[str, Any] | None = None,
     allow: Iterable[str] = (),
-) -> tuple[Encoder, dict[str, Any]]:
+) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the exported encoder and check it against ``expected``.
 
     Args:
         path: an ``encoder.safetensors`` written by :func:`save_encoder`.
+        build: the metadata's ``architecture`` → a new module
+            (:func:`pimpic.pretraining.backbones.build_encoder`, the backbone table).
         expected: flat setup values to check (any of :data:`CHECKED`).
         allow: names from :data:`CHECKED` whose mismatch is accepted deliberately.
 
     Raises:
-        PimpicError: not a pimpic export, corrupt, metadata mismatch, or missing/unexpected keys.
+        PimpicError: not a pimpic export, corrupt, metadata mismatch, an architecture the
+            backbone refuses, or tensors missing, unexpected or of other shapes.
     """
     from safetensors.torch import load_file
 
@@ -124,12 +132,12 @@ def load_encoder(
     if diffs:
         raise PimpicError(f"{path}: encoder does not match this setup — " + "; ".join(diffs)
                           + " (pass --allow NAME to accept a difference deliberately)")
-    if meta.get("architecture", {}).get("name") == "nnunet-encoder":
+    arch = meta.get("architecture", {})
+    if arch.get("name") == "nnunet-encoder":
         raise PimpicError(f"{path}: an nnU-Net encoder; fine-tune it with nnU-Net after "
                           "`pimpic export nnunet RUN --plans ... --configuration ... --out ...`")
-    args = _architecture(path, meta.get("architecture", {}))
-    _check_tensors(path, args)
-    encoder = Encoder(*args)
+    _check_tensors(path, arch, build)
+    encoder = _build(path, arch, build)
     try:
         state = load_file(str(path))
     except Exception as err:
@@ -139,21 +147,25 @@ def load_encoder(
     return encoder, meta
 
 
-def _architecture(path: Path, arch: Mapping[str, Any]) -> tuple[int, int, int]:
-    """``(in_channels, width, depth)`` from the metadata: positive integers, or an error."""
-    values = [arch.get(k) for k in ("in_channels", "width", "depth")]
-    ints = [v for v in values if isinstance(v, int) and not isinstance(v, bool) and v >= 1]
-    if len(ints) != 3:
-        raise PimpicError(f"{path}: metadata has no valid 'architecture' (in_channels, width "
-                          "and depth must be positive integers)")
-    return ints[0], ints[1], ints[2]
+def _describe(arch: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in arch.items() if k != "name")
 
 
-def _check_tensors(path: Path, args: tuple[int, int, int]) -> None:
+def _build(path: Path, arch: Mapping[str, Any],
+           build: Callable[[Mapping[str, Any]], nn.Module]) -> nn.Module:
+    """``build(arch)``; an architecture its backbone refuses is a one-line error."""
+    try:
+        return build(arch)
+    except (ValueError, TypeError, KeyError, RuntimeError, OverflowError, PimpicError) as err:
+        raise PimpicError(f"{path}: metadata declares an impossible architecture "
+                          f"({_describe(arch)}: {' '.join(str(err).split())})") from None
+
+
+def _check_tensors(path: Path, arch: Mapping[str, Any],
+                   build: Callable[[Mapping[str, Any]], nn.Module]) -> None:
     """The declared architecture must have exactly the tensors (names and shapes) the file's
-    header lists. Checked on the meta device, so nothing is allocated, and the depth first, so
-    a huge declared depth does not even build a module per level."""
-    import torch
+    header lists. Built on the meta device, so nothing is allocated (the backbone's builder
+    refuses absurd sizes first)."""
     from safetensors import safe_open
 
     try:
@@ -161,17 +173,8 @@ def _check_tensors(path: Path, args: tuple[int, int, int]) -> None:
             shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118 (not a dict)
     except Exception as err:
         raise PimpicError(f"{path}: corrupt tensor header ({err})") from None
-    in_channels, width, depth = args
-    levels = {k.split(".")[1] for k in shapes if k.startswith("blocks.") and k.count(".") > 1}
-    if len(levels) != depth:
-        raise PimpicError(f"{path}: metadata declares depth {depth}, the file holds "
-                          f"{len(levels)} encoder block(s)")
-    try:
-        with torch.device("meta"):
-            own = {k: tuple(v.shape) for k, v in Encoder(*args).state_dict().items()}
-    except (RuntimeError, ValueError, OverflowError):
-        raise PimpicError(f"{path}: metadata declares an impossible architecture "
-                          f"(in_channels {in_channels}, width {width}, depth {depth})") from None
+    with torch.device("meta"):
+        own = {k: tuple(v.shape) for k, v in _build(path, arch, build).state_dict().items()}
     missing = sorted(set(own) - set(shapes))
     unexpected = sorted(set(shapes) - set(own))
     if missing or unexpected:
@@ -183,5 +186,4 @@ def _check_tensors(path: Path, args: tuple[int, int, int]) -> None:
     bad = [k for k in own if own[k] != shapes[k]]
     if bad:
         raise PimpicError(f"{path}: tensor shapes differ from the declared architecture "
-                          f"(in_channels {in_channels}, width {width}, depth {depth}) for "
-                          f"{bad[:3]}")
+                          f"({_describe(arch)}) for {bad[:3]}")

@@ -11,11 +11,20 @@ initialised for fine-tuning.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pimpic.models.backbone import Level, isotropic_levels
+from pimpic.models.backbone import Level, isotropic_levels, levels_of
+
+#: the encoder's name in its weight file's metadata (its key in the backbone table)
+UNET = "unet3d-encoder"
+#: the most channels a level may declare (a corrupt or hostile file must not build a network
+#: of terabytes; the paper's deepest level has 512)
+MAX_WIDTH = 2**16
 
 
 def _conv_in_relu(cin: int, cout: int) -> nn.Sequential:
@@ -79,8 +88,30 @@ class Encoder(nn.Module):
 
     def architecture(self) -> dict[str, object]:
         """The constructor arguments: what an exported encoder's metadata records."""
-        return {"name": "unet3d-encoder", "in_channels": self.in_channels,
-                "width": self.width, "depth": self.depth}
+        return unet_architecture(self.in_channels, self.width, self.depth)
+
+    @classmethod
+    def from_architecture(cls, arch: Mapping[str, Any]) -> Encoder:
+        """The encoder :meth:`architecture` describes.
+
+        Raises:
+            ValueError: ``in_channels``, ``width`` or ``depth`` is not a positive integer, or
+                the deepest level would have more than :data:`MAX_WIDTH` channels.
+        """
+        values = [arch.get(k) for k in ("in_channels", "width", "depth")]
+        ints = [v for v in values if isinstance(v, int) and not isinstance(v, bool) and v >= 1]
+        if len(ints) != 3:
+            raise ValueError("in_channels, width and depth must be positive integers")
+        in_channels, width, depth = ints
+        if depth > MAX_WIDTH.bit_length() or width * 2 ** (depth - 1) > MAX_WIDTH:
+            raise ValueError(f"width {width} and depth {depth} give more than {MAX_WIDTH} "
+                             "channels at the deepest level")
+        return cls(in_channels, width, depth)
+
+
+def unet_architecture(in_channels: int, width: int, depth: int) -> dict[str, object]:
+    """The metadata that describes (and rebuilds) an :class:`Encoder`."""
+    return {"name": UNET, "in_channels": in_channels, "width": width, "depth": depth}
 
 
 #: decoder variants (docs/method.md §3): up-block widths as multiples of K, skip upsampling
@@ -140,17 +171,19 @@ class Decoder(nn.Module):
 
 
 class SegmentationNet(nn.Module):
-    """Encoder (pretrained or random) + randomly initialised decoder.
+    """Encoder (a backbone, pretrained or random) + randomly initialised decoder.
 
     ``(B, in_channels, D, H, W) → logits (B, num_classes, D, H, W)``; spatial sizes must be
-    divisible by ``2^depth`` (the bottleneck sits at 1/2^depth).
+    divisible by twice the deepest level's stride (the bottleneck pools it once more; for the
+    U-Net encoder: ``2^depth``).
     """
 
-    def __init__(self, encoder: Encoder, num_classes: int = 3, decoder: str = "released",
+    def __init__(self, encoder: nn.Module, num_classes: int = 3, decoder: str = "released",
                  head_kernel: int | None = None) -> None:
         super().__init__()
         self.encoder = encoder
-        self.decoder = Decoder(encoder.widths, num_classes, decoder, head_kernel)
+        widths = [level.width for level in levels_of(encoder)]
+        self.decoder = Decoder(widths, num_classes, decoder, head_kernel)
         self.num_classes = num_classes
 
     def forward(self, x: Tensor) -> Tensor:

@@ -9,11 +9,14 @@ Beside the folder lie ``dataset.json`` and the plans file whose configuration ha
 ``data_identifier``. Pretraining on it means the encoder sees exactly the arrays nnU-Net will
 fine-tune on.
 
-:class:`PreprocessedFolder` offers the part of :class:`pimpic.data.cache.Cache` the pretraining
-engine reads: ``root``, ``manifest`` (what a resumed run must share), ``settings``
-(``spacing`` from the plan, ``window``: the CT clip range in HU, or None), ``case_ids``,
-``train_ids()`` (every case: self-supervision reads no labels, and nnU-Net's own test cases
-are never preprocessed) and ``image(case_id)`` — channel 0 as a lazily read ``(D, H, W)`` array.
+:class:`PreprocessedFolder` is a :class:`~pimpic.data.sources.VolumeSource` (the part of a
+pimpic cache the pretraining engine reads): ``root``, ``manifest`` (what a resumed run must
+share), ``settings`` (``spacing`` from the plan, ``window``: the CT clip range in HU, or None),
+``case_ids``, ``train_ids()`` (every case: self-supervision reads no labels, and nnU-Net's own
+test cases are never preprocessed), ``image(case_id)`` — channel 0 as a lazily read
+``(D, H, W)`` array — and ``case_hashes(case_id)``; and ``plan``, the default plans of an
+nnU-Net backbone. :func:`is_preprocessed_folder` is how ``open_source`` recognises one
+(:mod:`pimpic.pretraining.sources`).
 Intensities are z-scores, not the [0, 1] of a pimpic cache: padding (``sampler.pad_value``, 0)
 is then the foreground mean, as in nnU-Net's own padding.
 
@@ -33,7 +36,6 @@ from typing import Any
 
 import numpy as np
 
-from pimpic.data.cache import Cache
 from pimpic.data.preprocess import content_sha256
 from pimpic.errors import PimpicError
 from pimpic.io import file_digest
@@ -136,9 +138,6 @@ class PreprocessedFolder:
     def train_ids(self) -> list[str]:
         return self.case_ids
 
-    def case_dir(self, case_id: str) -> Path:
-        return self.root / case_id
-
     @property
     def settings(self) -> dict[str, Any]:
         """``spacing`` (mm, the plan's, transposed axes), ``window`` (HU: the CT clip range of
@@ -194,9 +193,3 @@ class PreprocessedFolder:
             raise PimpicError(f"{path}: expected a (C, D, H, W) array, got shape {arr.shape}")
         return arr[0]
 
-
-def open_source(root: str | Path) -> Any:
-    """A pimpic cache, or an nnU-Net preprocessed folder, whichever ``root`` is."""
-    if is_preprocessed_folder(root):
-        return PreprocessedFolder(root)
-    return Cache(root)

@@ -24,6 +24,8 @@ from pimpic.errors import PimpicError
 from pimpic.nnunet.plans import NnunetPlan, check_pyramid, load_plan
 
 INSTALL_HINT = "install nnU-Net with: pip install 'pimpic[nnunet]'"
+#: the encoder's name in its weight file's metadata (its key in the backbone table)
+NNUNET = "nnunet-encoder"
 
 
 def require_nnunetv2() -> None:
@@ -74,7 +76,7 @@ class NnunetEncoder(nn.Module):
         self.levels = plan.levels()
         self.in_channels = in_channels
         self._arch = {
-            "name": "nnunet-encoder", "in_channels": in_channels,
+            "name": NNUNET, "in_channels": in_channels,
             "network_class_name": plan.network_class, "plans": plan.path.name,
             "plans_name": str(plan.plans.get("plans_name", "")),
             "dataset_name": str(plan.plans.get("dataset_name", "")),

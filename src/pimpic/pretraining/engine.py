@@ -51,11 +51,11 @@ from pimpic.config import build_config, plain, save_config, to_dict
 from pimpic.data.cache import check_same_inputs
 from pimpic.data.leakage import pool_record
 from pimpic.data.loader import VolumeStream, make_loader
+from pimpic.data.sources import VolumeSource
 from pimpic.energy import EnergyMeter
 from pimpic.errors import PimpicError
 from pimpic.io import read_json, save_safetensors, write_json
 from pimpic.models.export import save_encoder
-from pimpic.nnunet.data import open_source
 from pimpic.paths import (
     CHECKPOINT,
     CONFIG,
@@ -69,6 +69,7 @@ from pimpic.paths import (
 )
 from pimpic.pretraining.backbones import build_backbone, resolve_patch
 from pimpic.pretraining.config import PretrainConfig
+from pimpic.pretraining.sources import open_source
 from pimpic.registry import MethodSpec
 from pimpic.training import checkpoint as ckpt
 from pimpic.training.device import autocast, flush_denormals
@@ -229,16 +230,17 @@ def _pretrain(dist: Dist, cache_root: Path, run_dir: Path, cfg: PretrainConfig, 
 # --------------------------------------------------------------------------- checks and files
 
 
-def _with_plans(cfg: PretrainConfig, source: Any) -> PretrainConfig:
+def _with_plans(cfg: PretrainConfig, source: VolumeSource) -> PretrainConfig:
     """An nnU-Net backbone pretrained on an nnU-Net preprocessed folder takes that folder's
     plans unless ``nnunet_plans`` names a file."""
-    if cfg.backbone != "nnunet" or cfg.nnunet_plans or not hasattr(source, "plan"):
+    plan = getattr(source, "plan", None)
+    if cfg.backbone != "nnunet" or cfg.nnunet_plans or plan is None:
         return cfg
-    return dataclasses.replace(cfg, nnunet_plans=str(source.plan.path.resolve()),
-                               nnunet_configuration=source.plan.name)
+    return dataclasses.replace(cfg, nnunet_plans=str(plan.path.resolve()),
+                               nnunet_configuration=plan.name)
 
 
-def _pretraining_cases(cache: Any, case_ids: Sequence[str] | None) -> list[str]:
+def _pretraining_cases(cache: VolumeSource, case_ids: Sequence[str] | None) -> list[str]:
     ids = list(case_ids) if case_ids is not None else cache.train_ids()
     if not ids:
         raise PimpicError(f"{cache.root}: no training cases to pretrain on")
@@ -249,21 +251,23 @@ def _pretraining_cases(cache: Any, case_ids: Sequence[str] | None) -> list[str]:
     for cid in ids:
         shape = cache.image(cid).shape  # memory-mapped: reads only the header
         if len(shape) != 3 or min(shape) < 1:
-            raise PimpicError(f"{cache.case_dir(cid)}: image has shape {shape}, expected 3D")
+            raise PimpicError(f"{cache.root}: case {cid!r} has an image of shape {shape}, "
+                              "expected 3D")
     return ids
 
 
-def _identity(cache: Any, ids: list[str]) -> dict[str, Any]:
+def _identity(cache: VolumeSource, ids: list[str]) -> dict[str, Any]:
     """What a resumed run must share with the run it continues (recorded in ``run.json``)."""
     return {"cache_manifest_sha256": json_sha256(cache.manifest), "case_ids": ids}
 
 
-def _inputs(cache: Any, ids: list[str]) -> dict[str, Any] | None:
+def _inputs(cache: VolumeSource, ids: list[str]) -> dict[str, Any] | None:
     """The image file SHA-256 of each pool case (a pimpic cache; None for other sources)."""
-    return cache.input_sha256(ids, ("image",)) if hasattr(cache, "input_sha256") else None
+    inputs = getattr(cache, "input_sha256", None)
+    return inputs(ids, ("image",)) if callable(inputs) else None
 
 
-def _write_run_files(run_dir: Path, cache: Any, cfg: PretrainConfig, ids: list[str],
+def _write_run_files(run_dir: Path, cache: VolumeSource, cfg: PretrainConfig, ids: list[str],
                      dist: Dist, resumed_from: int | None) -> None:
     if resumed_from is not None:
         truncate_metrics(run_dir / METRICS, resumed_from)
@@ -287,7 +291,7 @@ def _save(run_dir: Path, dist: Dist, module: nn.Module, optimizer: torch.optim.O
             "rng": rngs, "config": to_dict(cfg), "elapsed_s": elapsed_s, "energy_j": energy_j})
 
 
-def _pool_hashes(cache: Any, ids: list[str]) -> dict[str, Any]:
+def _pool_hashes(cache: VolumeSource, ids: list[str]) -> dict[str, Any]:
     """What the encoder records about its pool for the leakage guard (:mod:`pimpic.data.
     leakage`); says, before training, which cases it cannot identify by content."""
     hashes = pool_record(cache, ids)
@@ -300,7 +304,7 @@ def _pool_hashes(cache: Any, ids: list[str]) -> dict[str, Any]:
     return hashes
 
 
-def _export(run_dir: Path, module: nn.Module, cache: Any, cfg: PretrainConfig,
+def _export(run_dir: Path, module: nn.Module, cache: VolumeSource, cfg: PretrainConfig,
             ids: list[str], hashes: dict[str, Any]) -> None:
     # clone: safetensors refuses tensors that share storage (e.g. tied or EMA-initialised heads)
     state = {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}

@@ -154,6 +154,6 @@ def run_demo(
 
 def _embedding_figures(exp: Path, cache_root: Path) -> None:
     cache = Cache(cache_root)
-    case = cache.splits()["test"][0]
+    case = cache.split().test[0]
     embedding_figures(pretrain_dir(exp, "pimpic"), case, cache=cache_root, out=exp / FIGURES,
                       stride=8)

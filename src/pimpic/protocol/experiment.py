@@ -32,15 +32,13 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from pimpic.config import flatten, load_yaml, save_config, to_dict
 from pimpic.data.cache import Cache, check_same_inputs
 from pimpic.data.leakage import check_pool
-from pimpic.data.splits import fraction_cases, split_digest
+from pimpic.data.splits import PARTS, Split
 from pimpic.errors import PimpicError
 from pimpic.io import acquire_lock, read_json, write_json
-from pimpic.nnunet.data import open_source
 from pimpic.paths import (
     CHECKPOINT,
     CONFIG,
@@ -58,6 +56,7 @@ from pimpic.paths import (
 )
 from pimpic.pretraining.config import PretrainConfig
 from pimpic.pretraining.engine import pretrain
+from pimpic.pretraining.sources import open_source
 from pimpic.protocol.grid import BASELINE, GRID_KEYS, ExperimentConfig, load_experiment_config
 from pimpic.protocol.report import write_all
 from pimpic.segmentation.config import FinetuneConfig
@@ -119,26 +118,26 @@ def check_pool_leakage(cfg: ExperimentConfig) -> None:
     if pool_ids is None or all(m == BASELINE for m in cfg.methods):
         return
     task = Cache(cfg.cache)
-    check_pool(task, list(task.splits()[cfg.split]), open_source(pool), pool_ids)
+    check_pool(task, list(task.split().part(cfg.split)), open_source(pool), pool_ids)
 
 
 def check_evaluation_split(cfg: ExperimentConfig, cache: Cache) -> None:
     """Refuse, before any training, a ``split`` the grid's evaluations would refuse at the end:
     one that does not exist, is empty or unlabelled, or holds cases some cell fine-tunes on or
     pretraining sees (only held-out cases measure generalisation)."""
-    splits = cache.splits()
+    split = cache.split()
     where = f"experiment config: split {cfg.split!r}"
-    if cfg.split not in ("train", "val", "test"):
+    if cfg.split not in PARTS:
         raise PimpicError(f"{where} is not one of train, val, test")
-    ids = list(splits.get(cfg.split) or [])
+    ids = list(split.part(cfg.split))
     if not ids:
         raise PimpicError(f"{where}: {cache.root} has no {cfg.split} cases")
     unlabelled = [c for c in ids if not (cache.case_dir(c) / "label.npy").is_file()]
     if unlabelled:
         raise PimpicError(f"{where}: case(s) without a label in {cache.root}: "
                           f"{', '.join(unlabelled[:5])}")
-    tuned = {c for f in cfg.fractions for c in fraction_cases(splits, f)}
-    pretrained = set(splits["train"] if pretraining_pool(cfg)[1] is None else [])  # else: leakage
+    tuned = {c for f in cfg.fractions for c in split.fraction(f)}
+    pretrained = set(split.train if pretraining_pool(cfg)[1] is None else [])  # else: leakage
     seen = {"fine-tuning set": tuned,
             "pretraining pool": pretrained if set(cfg.methods) - {BASELINE} else set()}
     for what, cases in seen.items():
@@ -247,12 +246,12 @@ def _unused_override(key: str, exp: Path) -> bool:
             and not pretrain_dir(exp, parts[1]).exists())
 
 
-def _check_same_setup(cfg: ExperimentConfig, exp: Path, splits: dict[str, Any]) -> None:
+def _check_same_setup(cfg: ExperimentConfig, exp: Path, split: Split) -> None:
     """Refuse to mix runs made with other settings, or on another split, into one table."""
     saved_path = exp / CONFIG
     if not saved_path.is_file():
         return
-    digest, record = split_digest(splits), exp / SPLIT_RECORD
+    digest, record = split.digest, exp / SPLIT_RECORD
     made_on = read_json(record).get("digest") if record.is_file() else None
     if made_on not in (None, digest):
         raise PimpicError(f"{exp}: holds an experiment made on another split of {cfg.cache} "
@@ -301,17 +300,17 @@ def run_experiment(
     exp = Path(out)
     exp.mkdir(parents=True, exist_ok=True)
     lock = acquire_lock(exp / RUN_LOCK, "`pimpic experiment`")  # until this call ends
-    splits = cache.splits()
+    split = cache.split()
     check_pool_leakage(cfg)
-    _check_same_setup(cfg, exp, splits)
-    inputs = cache.input_sha256([c for k in ("train", "val", "test") for c in splits[k]])
+    _check_same_setup(cfg, exp, split)
+    inputs = cache.input_sha256([*split.train, *split.val, *split.test])
     if (exp / CONFIG).is_file() and (exp / SPLIT_RECORD).is_file():
         check_same_inputs(read_json(exp / SPLIT_RECORD).get("case_inputs"), inputs,
                           f"{exp}: holds an experiment made on other data of {cfg.cache}",
                           "use a new --out folder (its cells were made on the old cases)")
     save_config(cfg, exp / CONFIG)
-    write_json(exp / SPLIT_RECORD, {"digest": split_digest(splits),
-                                    **{k: len(splits[k]) for k in ("train", "val", "test")},
+    write_json(exp / SPLIT_RECORD, {"digest": split.digest,
+                                    **{k: len(split.part(k)) for k in PARTS},
                                     "case_inputs": inputs})
 
     timings_path = exp / TIMINGS

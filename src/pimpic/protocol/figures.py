@@ -246,7 +246,7 @@ def _overlay_from_experiment(exp: Path, cfg: ExperimentConfig, rows: Sequence[di
     cache = Cache(cfg.cache)
     preds_dirs = {m: eval_dir(cell_dir(exp, m, fraction, seed), cfg.split) / PREDICTIONS
                   for m in cfg.methods}
-    candidates = [c for c in cache.splits().get(cfg.split, [])
+    candidates = [c for c in cache.split().part(cfg.split)
                   if all((d / f"{c}.npy").is_file() for d in preds_dirs.values())]
     if cfg.overlay_case is not None:
         candidates = [c for c in candidates if c == cfg.overlay_case]

@@ -12,7 +12,6 @@ import yaml
 from pimpic.config import to_dict
 from pimpic.data.cache import Cache
 from pimpic.data.labels import ORGAN_TUMOUR_VIEW
-from pimpic.data.splits import fraction_cases
 from pimpic.envinfo import machine
 from pimpic.errors import PimpicError
 from pimpic.io import atomic_open, read_json
@@ -128,16 +127,16 @@ def _energy_md(exp: Path, cfg: ExperimentConfig) -> str:
 
 def _data_md(cfg: ExperimentConfig, rows: Sequence[dict[str, Any]]) -> str:
     cache = Cache(cfg.cache)
-    splits = cache.splits()
+    split = cache.split()
     man = cache.manifest
     lines = [f"- Cache: `{cache.root}` (source `{man.get('source', '?')}`, layout "
              f"`{man.get('layout', '?')}`, {len(cache.case_ids)} cases; preprocessing "
              f"{man.get('settings', {})})",
-             f"- Split (seed {splits.get('seed', '?')}): {len(splits['train'])} train "
-             f"(pretraining sees only these images), {len(splits['val'])} validation, "
-             f"{len(splits['test'])} test; evaluated on `{cfg.split}`",
+             f"- Split (seed {split.seed}): {len(split.train)} train "
+             f"(pretraining sees only these images), {len(split.val)} validation, "
+             f"{len(split.test)} test; evaluated on `{cfg.split}`",
              "- Labelled training cases per fraction: " + ", ".join(
-                 f"{f} % → {len(fraction_cases(splits, f))}" for f in cfg.fractions),
+                 f"{f} % → {len(split.fraction(f))}" for f in cfg.fractions),
              f"- Methods: {', '.join(method_name(m) for m in cfg.methods)}; seeds "
              f"{', '.join(map(str, cfg.seeds))} (every seed reported, none selected)",
              f"- Result rows: {len(rows)} (case × cell)"]

@@ -28,7 +28,6 @@ import numpy as np
 from pimpic import registry
 from pimpic.data.cache import Cache
 from pimpic.data.labels import Structure, structures_of
-from pimpic.data.splits import fraction_cases
 from pimpic.errors import PimpicError
 from pimpic.io import atomic_open
 from pimpic.paths import PER_CASE, cell_dir, eval_dir
@@ -72,12 +71,12 @@ def collect_results(exp: Path, cfg: ExperimentConfig) -> list[dict[str, Any]]:
     """One row per test case × finished cell, read from each cell's ``per_case.csv``; a metric
     column per structure of the cache's labels."""
     cache = Cache(cfg.cache)
-    splits = cache.splits()
+    split = cache.split()
     metric_columns = columns(cache.require_labels().structures)[1:]
     rows: list[dict[str, Any]] = []
     for method in cfg.methods:
         for fraction in cfg.fractions:
-            n_train = len(fraction_cases(splits, fraction))
+            n_train = len(split.fraction(fraction))
             for seed in cfg.seeds:
                 path = eval_dir(cell_dir(exp, method, fraction, seed), cfg.split) / PER_CASE
                 if not path.is_file():

@@ -294,10 +294,7 @@ def evaluate(
 
 def _split_cases(run_dir: Path, cache: Cache, split: str, info: ModelInfo) -> list[str]:
     """The held-out, labelled cases of ``split``."""
-    splits = cache.splits()
-    if split not in ("train", "val", "test"):
-        raise PimpicError(f"split {split!r} is not one of train, val, test")
-    case_ids = list(splits.get(split) or [])
+    case_ids = list(cache.split().part(split))
     if not case_ids:
         raise PimpicError(f"{cache.root}: split '{split}' has no cases")
     _check_held_out(run_dir, split, case_ids, info, cache)

@@ -41,13 +41,13 @@ from tqdm.auto import tqdm
 from pimpic.config import save_config, to_dict
 from pimpic.data.cache import Cache, check_same_inputs
 from pimpic.data.leakage import check_encoder_pool
-from pimpic.data.splits import fraction_cases
 from pimpic.energy import EnergyMeter
 from pimpic.envinfo import collect
 from pimpic.errors import PimpicError
 from pimpic.io import append_jsonl, read_json, write_json
+from pimpic.models.backbone import architecture_of, levels_of
 from pimpic.models.export import load_encoder
-from pimpic.models.unet import Encoder, SegmentationNet
+from pimpic.models.unet import SegmentationNet, unet_architecture
 from pimpic.patch import check_unet_patch
 from pimpic.paths import (
     CHECKPOINT,
@@ -59,6 +59,7 @@ from pimpic.paths import (
     RUN_INFO,
     TENSORBOARD,
 )
+from pimpic.pretraining.backbones import build_encoder
 from pimpic.segmentation.config import FinetuneConfig
 from pimpic.segmentation.finetune_data import epoch_loader, train_transform
 from pimpic.segmentation.model_file import save_model
@@ -86,10 +87,11 @@ def build_model(cfg: FinetuneConfig, cache: Cache, encoder: str | Path | None,
         settings = cache.settings
         expected = {"in_channels": 1, "spacing": settings["spacing"],
                     "window": settings["window"], "patch_size": cfg.patch_size}
-        enc, meta = load_encoder(encoder, expected=expected, allow=allow)
+        enc, meta = load_encoder(encoder, build_encoder, expected=expected, allow=allow)
     else:
-        enc = Encoder(1, cfg.width, cfg.depth)
-    check_unet_patch(cfg.patch_size, enc.depth, min_cells=2)  # InstanceNorm needs > 1 voxel
+        enc = build_encoder(unet_architecture(1, cfg.width, cfg.depth))
+    # InstanceNorm needs > 1 voxel at the bottleneck
+    check_unet_patch(cfg.patch_size, len(levels_of(enc)), min_cells=2)
     return SegmentationNet(enc, num_classes(cfg, cache), cfg.decoder), meta
 
 
@@ -141,11 +143,11 @@ def _check_labels(cache: Cache, case_ids: list[str], num_classes: int) -> None:
 
 
 def _cases(cache: Cache, fraction: float) -> tuple[list[str], list[str]]:
-    splits = cache.splits()
-    if not splits.get("train"):
+    split = cache.split()
+    if not split.train:
         raise PimpicError(f"{cache.root}: the split has 0 training cases")
-    train = fraction_cases(splits, fraction)
-    val = list(splits.get("val", []))
+    train = split.fraction(fraction)
+    val = list(split.val)
     for cid in [*train, *val]:
         if not (cache.case_dir(cid) / "label.npy").is_file():
             raise PimpicError(f"{cache.case_dir(cid)}: case {cid!r} has no label; fine-tuning "
@@ -196,7 +198,7 @@ def finetune(
     device = resolve_device(cfg.device)
     # validate everything before touching the run folder: a refused setup leaves no trace
     model, enc_meta = build_model(cfg, cache, encoder, allow)
-    check_encoder_pool(encoder, enc_meta, cache, list(cache.splits().get("test") or []))
+    check_encoder_pool(encoder, enc_meta, cache, list(cache.split().test))
     identity = _identity(cache, train_ids, val_ids, encoder)
     folder = RunFolder(run_dir, "finetune", RUN_ARTIFACTS)
     resuming = folder.check(resume=resume, overwrite=overwrite)
@@ -207,7 +209,7 @@ def finetune(
         check_same_inputs(resumed_info.get("case_inputs"), inputs, f"{run_dir}: cannot resume",
                           "start over with --overwrite, or use a new --out folder")
     folder.start(resuming)
-    n_train = len(cache.splits()["train"])
+    n_train = len(cache.split().train)
     log.info("fine-tuning on %d of %d training cases (%s%%), validating on %d",
              len(train_ids), n_train, cfg.fraction, len(val_ids))
     if resumed_info is not None:
@@ -219,7 +221,7 @@ def finetune(
             case_inputs=inputs,
             encoder=str(Path(encoder).resolve()) if encoder is not None else None,
             encoder_meta=enc_meta, patch_size=cfg.patch_size, num_classes=model.num_classes,
-            architecture=model.encoder.architecture(),
+            architecture=architecture_of(model.encoder),
             started=time.strftime("%Y-%m-%dT%H:%M:%S"),
             labels=cache.require_labels().to_json())
         write_json(run_dir / RUN_INFO, info.to_json())

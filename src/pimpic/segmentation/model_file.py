@@ -20,8 +20,10 @@ from pimpic import __version__
 from pimpic.data.labels import LabelSet, class_names
 from pimpic.errors import PimpicError
 from pimpic.io import read_json, save_safetensors
-from pimpic.models.unet import Encoder, SegmentationNet
+from pimpic.models.backbone import architecture_of
+from pimpic.models.unet import SegmentationNet
 from pimpic.paths import MODEL_FILE, RUN_INFO
+from pimpic.pretraining.backbones import build_encoder
 from pimpic.training.device import memory_format
 from pimpic.training.guard import check_weights
 
@@ -30,7 +32,7 @@ MODEL_FORMAT = "pimpic-segmentation"
 
 def save_model(path: str | Path, model: SegmentationNet, meta: dict[str, Any]) -> None:
     """Write the network's ``state_dict`` as safetensors with JSON metadata, atomically."""
-    full = {"architecture": model.encoder.architecture(), "num_classes": model.num_classes,
+    full = {"architecture": architecture_of(model.encoder), "num_classes": model.num_classes,
             "decoder": model.decoder.kind, "pimpic_version": __version__, **meta}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_safetensors(state, path, {"format": MODEL_FORMAT, "pimpic": json.dumps(full)})
@@ -67,8 +69,8 @@ class ModelInfo:
     """What a fine-tuned model says about itself (its file's metadata) and where it came from
     (its run's ``run.json``, when there is one)."""
 
-    #: the encoder's :meth:`~pimpic.models.unet.Encoder.architecture` (``in_channels``,
-    #: ``width``, ``depth``, ...)
+    #: the encoder's ``architecture()`` (:mod:`pimpic.models.backbone`; the U-Net's
+    #: ``in_channels``, ``width``, ``depth``, ...)
     architecture: dict[str, Any]
     num_classes: int
     patch_size: int
@@ -131,16 +133,14 @@ def load_model(run_dir: str | Path) -> tuple[SegmentationNet, ModelInfo]:
     if meta is None:
         raise PimpicError(f"{path}: not a pimpic segmentation model")
     check_weights(path, state)
-    arch = meta["architecture"]
     head = state.get("decoder.head.weight")
     try:
-        model = SegmentationNet(Encoder(int(arch["in_channels"]), int(arch["width"]),
-                                        int(arch["depth"])), int(meta["num_classes"]),
+        model = SegmentationNet(build_encoder(meta["architecture"]), int(meta["num_classes"]),
                                 # files written before the released decoder existed
                                 str(meta.get("decoder", "symmetric")),
                                 # files written before the released head became 3×3×3
                                 head_kernel=None if head is None else int(head.shape[-1]))
-    except ValueError as err:
+    except (ValueError, TypeError, KeyError) as err:
         raise PimpicError(f"{path}: {err}") from None
     try:
         model.load_state_dict(state, strict=True)
