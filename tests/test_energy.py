@@ -1,4 +1,4 @@
-"""EnergyMeter: the labelled CPU estimate, RAPL wrap-around, the JSON it writes."""
+"""EnergyMeter: the labelled CPU estimate, RAPL wrap-around; a run's energy.json over sessions."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 
 from pimpic import energy
 from pimpic.energy import EnergyMeter
+from pimpic.io import read_json
 
 
 def test_cpu_estimate_is_labelled(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -59,3 +60,31 @@ def test_unreadable_rapl_falls_back(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     with EnergyMeter("cpu") as meter:
         pass
     assert meter.result()["source"] == "estimate"
+
+
+def _session(joules: float, seconds: float, source: str = "estimate") -> dict[str, object]:
+    return {"joules": joules, "kwh": joules / 3.6e6, "seconds": seconds, "source": source,
+            "note": "n"}
+
+
+def test_record_energy_sums_resumed_sessions(tmp_path: Path) -> None:
+    path = tmp_path / "energy.json"
+    energy.record_energy(path, _session(10.0, 2.0), resuming=False)
+    energy.record_energy(path, _session(5.0, 1.0), resuming=True)
+    r = read_json(path)
+    assert list(r) == ["joules", "kwh", "seconds", "source", "note"]
+    assert (r["joules"], r["seconds"]) == (15.0, 3.0) and r["kwh"] == pytest.approx(15 / 3.6e6)
+    # a fresh start replaces the record; pretraining adds its ranks and steps
+    out = energy.record_energy(path, _session(8.0, 1.0), resuming=False, world_size=2, steps=4)
+    assert read_json(path) == out
+    assert list(out)[-3:] == ["world_size", "steps", "joules_per_step"]
+    assert (out["joules"], out["joules_per_step"]) == (8.0, 2.0)
+    energy.record_energy(tmp_path / "new.json", _session(1.0, 1.0), resuming=True)
+    assert read_json(tmp_path / "new.json")["joules"] == 1.0  # killed before any record
+
+
+def test_rank_share_counts_rapl_once_per_node() -> None:
+    assert energy.rank_share(_session(3.0, 1.0, "nvml"), 1) == 3.0
+    assert energy.rank_share(_session(3.0, 1.0, "estimate"), 1) == 3.0
+    assert energy.rank_share(_session(3.0, 1.0, "rapl"), 0) == 3.0
+    assert energy.rank_share(_session(3.0, 1.0, "rapl"), 1) == 0.0

@@ -64,16 +64,17 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(saved: Mapping[str, Any], now: Mapping[str, Any],
-                       ignore: Iterable[str] = (),
+                       ignore: Iterable[str] | typing.Callable[[str], bool] = (),
                        defaults: Mapping[str, Any] | None = None) -> list[str]:
-    """``key: run has A, now B`` for every dotted key whose value differs, except ``ignore``d.
+    """``key: run has A, now B`` for every dotted key whose value differs, except ``ignore``d
+    (dotted keys, or a predicate on them).
 
     A key that ``saved`` lacks takes its value from ``defaults``: a setting added after the run
     was made defaults to the behaviour the run had, so an older run folder still resumes."""
     a, b = {**flatten(defaults or {}), **flatten(saved)}, flatten(now)
-    skip = set(ignore)
+    skip = ignore if callable(ignore) else set(ignore).__contains__
     return [f"{k}: run has {a.get(k)!r}, now {b.get(k)!r}"
-            for k in sorted(set(a) | set(b)) if k not in skip and a.get(k) != b.get(k)]
+            for k in sorted(set(a) | set(b)) if not skip(k) and a.get(k) != b.get(k)]
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T:

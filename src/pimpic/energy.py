@@ -17,6 +17,10 @@ Usage::
     with EnergyMeter(device) as meter:
         train()
     meter.result()   # {"joules", "kwh", "seconds", "source", "note"}
+    record_energy(run_dir / "energy.json", meter.result(), resuming=resuming)
+
+A run's ``energy.json`` is that record summed over the run's sessions (a resumed run adds its
+energy to the earlier sessions') and, under DDP, over its ranks (:func:`rank_share`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from pimpic.io import read_json, write_json
 
 #: assumed power of one fully busy CPU core (W): a 200 W server CPU with 20 cores
 CPU_WATTS_PER_CORE = 10.0
@@ -174,3 +180,37 @@ class EnergyMeter:
             raise RuntimeError("EnergyMeter.result() before the measured block ended")
         return {"joules": self._joules, "kwh": self._joules / JOULES_PER_KWH,
                 "seconds": self._seconds, "source": self.source, "note": self.note}
+
+
+def rank_share(result: dict[str, Any], local_rank: int) -> float:
+    """This rank's part of a session's joules when the ranks' results are summed: per-GPU
+    (NVML) and per-process (estimate) energies add up over ranks; RAPL already covers the whole
+    node, so only one rank per node (``local_rank`` 0) contributes it."""
+    return float(result["joules"]) if result["source"] != "rapl" or local_rank == 0 else 0.0
+
+
+def record_energy(path: Path, session: dict[str, Any], *, resuming: bool,
+                  steps: int | None = None, **extra: Any) -> dict[str, Any]:
+    """Write a run's ``energy.json``: ``session`` (:meth:`EnergyMeter.result`, all ranks'
+    joules summed where distributed) plus, when ``resuming``, the joules and seconds the earlier
+    sessions recorded in ``path``; returns what was written.
+
+    Args:
+        path: the run's ``energy.json``.
+        session: this session's result.
+        resuming: the run continues earlier sessions (a fresh run replaces the file).
+        steps: the run's optimiser steps; records ``steps`` and ``joules_per_step``.
+        extra: further entries to record (e.g. ``world_size``).
+    """
+    record = dict(session)
+    old = read_json(path) if resuming and path.is_file() else {}
+    for key in ("joules", "seconds"):
+        if isinstance(old.get(key), (int, float)):
+            record[key] += old[key]
+    record["kwh"] = record["joules"] / JOULES_PER_KWH
+    record.update(extra)
+    if steps is not None:
+        record["steps"] = steps
+        record["joules_per_step"] = record["joules"] / max(steps, 1)
+    write_json(path, record)
+    return record

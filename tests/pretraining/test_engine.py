@@ -96,9 +96,27 @@ def test_bad_inputs(make_cache, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     assert not (tmp_path / "run").exists()
 
 
+class OneJouleMeter:
+    """An energy meter measuring one joule and one second per session."""
+
+    def __init__(self, device: object) -> None:
+        pass
+
+    def __enter__(self) -> OneJouleMeter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def result(self) -> dict[str, object]:
+        return {"joules": 1.0, "kwh": 1 / 3.6e6, "seconds": 1.0, "source": "estimate",
+                "note": "test"}
+
+
 def test_resume_is_bit_for_bit(make_cache, monkeypatch: pytest.MonkeyPatch,
                                tmp_path: Path) -> None:
     dummy.install(monkeypatch)
+    monkeypatch.setattr("pimpic.pretraining.engine.EnergyMeter", OneJouleMeter)
     cache = make_cache(n_cases=4, shape=(20, 20, 20), labelled=False)
     six = dataclasses.replace(TINY, steps=6, checkpoint_every=3, log_every=1)
     pretrain(cache, tmp_path / "straight", six, progress=False)
@@ -112,7 +130,14 @@ def test_resume_is_bit_for_bit(make_cache, monkeypatch: pytest.MonkeyPatch,
     rows_b = read_jsonl(tmp_path / "split" / "metrics.jsonl")
     assert [r["step"] for r in rows_b] == list(range(1, 7))
     assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]
-    assert read_json(tmp_path / "split" / "run.json")["resumed_from"] == [3]
+    info = read_json(tmp_path / "split" / "run.json")
+    assert info["resumed_from"] == [3]
+    assert list(read_json(tmp_path / "straight" / "run.json")) == [
+        "cache", "method", "world_size", "cache_manifest_sha256", "case_ids", "case_inputs"]
+    # energy.json counts both sessions
+    energy = read_json(tmp_path / "split" / "energy.json")
+    assert (energy["joules"], energy["seconds"], energy["steps"]) == (2.0, 2.0, 6)
+    assert read_json(tmp_path / "straight" / "energy.json")["joules"] == 1.0
 
 
 def test_nan_loss_stops_and_keeps_checkpoint(make_cache, monkeypatch: pytest.MonkeyPatch,

@@ -201,7 +201,8 @@ def test_resume_flags_and_changed_settings(make_cache: Any, tmp_path: Path,
     # adding a fraction is fine; changing the pretraining recipe is refused
     run_experiment(_cfg(cache, fractions=(10, 100)), exp, progress=False, on_stage=None,
                    report=False)
-    with pytest.raises(PimpicError, match=r"pretrain\.steps"):
+    with pytest.raises(PimpicError, match=r"different settings \(pretrain\.steps: run has "
+                       r"20000, now 5\); use a new --out folder"):
         run_experiment(_cfg(cache, pretrain=PretrainConfig(steps=5)), exp, progress=False,
                        on_stage=None)
     # a method added on resume may bring its own pretraining overrides (the demo's folder

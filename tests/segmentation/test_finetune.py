@@ -46,7 +46,25 @@ def test_training_loss_falls(make_cache, tmp_path):
     assert model(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
 
 
-def test_resume_is_bit_for_bit(make_cache, tmp_path):
+class OneJouleMeter:
+    """An energy meter measuring one joule and one second per session."""
+
+    def __init__(self, device):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def result(self):
+        return {"joules": 1.0, "kwh": 1 / 3.6e6, "seconds": 1.0, "source": "estimate",
+                "note": "test"}
+
+
+def test_resume_is_bit_for_bit(make_cache, tmp_path, monkeypatch):
+    monkeypatch.setattr("pimpic.segmentation.finetune.EnergyMeter", OneJouleMeter)
     cache = make_cache(n_cases=5, shape=(16, 16, 16))
     # the cosine horizon is max_steps, so stopping at 1 epoch and resuming changes only the cap
     cfg = dataclasses.replace(TINY, steps_per_epoch=2, max_epochs=2, max_steps=4,
@@ -61,6 +79,11 @@ def test_resume_is_bit_for_bit(make_cache, tmp_path):
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
     assert _losses(straight) == _losses(split)
+    rows = read_jsonl(split / "metrics.jsonl")
+    assert [list(r) for r in rows if "loss" in r] == [["step", "epoch", "loss", "lr",
+                                                       "elapsed_s"]] * 4
+    assert [r["step"] for r in rows] == [1, 2, 2, 3, 4, 4]  # steps, epoch rows after each
+    assert read_json(split / "energy.json")["joules"] == 2.0  # both sessions
     # a finished run resumes to nothing; a changed experiment is refused
     finetune(cache, split, cfg, resume=True, progress=False, tensorboard=False)
     with pytest.raises(PimpicError, match="lr"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ from pimpic.training.run_folder import (
     RESUMABLE,
     RUNTIME_KEYS,
     RunFolder,
+    RunRecord,
     mark_evaluation,
     saved_config,
 )
@@ -250,3 +252,21 @@ def test_the_lock_is_held_until_released_and_a_refusal_leaves_no_folder(tmp_path
     with pytest.raises(PimpicError, match="no checkpoint to resume from"):
         RunFolder(tmp_path / "new", "pretrain", ARTEFACTS).check(resume=True, overwrite=False)
     assert not (tmp_path / "new").exists()
+
+
+@dataclasses.dataclass
+class ToyRecord(RunRecord):
+    WHAT = "a toy run"
+
+    cache: str
+    steps: int = 0
+
+
+def test_run_record_round_trip_and_refusal(tmp_path: Path) -> None:
+    ToyRecord("c", 3).save(tmp_path)
+    path = tmp_path / "run.json"
+    assert json.loads(path.read_text()) == {"cache": "c", "steps": 3}
+    # a key the record does not know is dropped; one without a default must be there
+    assert ToyRecord.from_json(path, {"cache": "c", "old": 1}) == ToyRecord("c", 0)
+    with pytest.raises(PimpicError, match=r"run\.json: not a toy run's record \(no cache"):
+        ToyRecord.from_json(path, {"steps": 3})

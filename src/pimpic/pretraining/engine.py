@@ -52,9 +52,9 @@ from pimpic.data.cache import check_same_inputs
 from pimpic.data.leakage import pool_record
 from pimpic.data.loader import VolumeStream, make_loader
 from pimpic.data.sources import VolumeSource
-from pimpic.energy import EnergyMeter
+from pimpic.energy import EnergyMeter, rank_share, record_energy
 from pimpic.errors import PimpicError
-from pimpic.io import read_json, save_safetensors, write_json
+from pimpic.io import save_safetensors, write_json
 from pimpic.models.export import save_encoder
 from pimpic.paths import (
     CHECKPOINT,
@@ -69,13 +69,14 @@ from pimpic.paths import (
 )
 from pimpic.pretraining.backbones import build_backbone, resolve_patch
 from pimpic.pretraining.config import PretrainConfig
+from pimpic.pretraining.run_info import PretrainRun
 from pimpic.pretraining.sources import open_source
 from pimpic.registry import MethodSpec
 from pimpic.training import checkpoint as ckpt
 from pimpic.training.device import autocast, flush_denormals
 from pimpic.training.distributed import Dist, setup
 from pimpic.training.guard import PRETRAIN_PRECISION, check_finite, step_values
-from pimpic.training.monitor import Monitor, truncate_metrics
+from pimpic.training.monitor import Monitor
 from pimpic.training.run_folder import RunFolder, json_sha256
 
 log = logging.getLogger(__name__)
@@ -127,10 +128,11 @@ def _pretrain(dist: Dist, cache_root: Path, run_dir: Path, cfg: PretrainConfig, 
     cfg = resolve_patch(_with_plans(cfg, cache))  # config.yaml records the plan's patch
     ids = _pretraining_cases(cache, case_ids)
     folder = RunFolder(run_dir, "pretrain", ARTEFACTS)
-    state = None
+    state, resumed = None, None
     if folder.check(resume=resume, overwrite=overwrite, lock=dist.is_main):
-        info = folder.check_resume(to_dict(cfg), _identity(cache, ids), to_dict(type(cfg)()))
-        check_same_inputs(info.get("case_inputs"), _inputs(cache, ids),
+        resumed = PretrainRun.from_json(run_dir / RUN_INFO, folder.check_resume(
+            to_dict(cfg), _identity(cache, ids), to_dict(type(cfg)())))
+        check_same_inputs(resumed.case_inputs, _inputs(cache, ids),
                           f"{run_dir}: cannot resume", "start over with --overwrite, or use a "
                           "new --out folder")
         state = ckpt.load_checkpoint(run_dir / CHECKPOINT)
@@ -157,7 +159,7 @@ def _pretrain(dist: Dist, cache_root: Path, run_dir: Path, cfg: PretrainConfig, 
     hashes: dict[str, Any] = {}
     if dist.is_main:
         folder.start(resuming=state is not None)
-        _write_run_files(run_dir, cache, cfg, ids, dist, resumed_from=start if state else None)
+        _write_run_files(run_dir, cache, cfg, ids, dist, resumed, start)
         hashes = _pool_hashes(cache, ids)
     dist.barrier()
 
@@ -179,10 +181,10 @@ def _pretrain(dist: Dist, cache_root: Path, run_dir: Path, cfg: PretrainConfig, 
     amp = autocast(device, cfg.amp)
     after_step = getattr(module, "after_step", None)
 
-    monitor = Monitor(run_dir, start, cfg.steps, spec.crops(cfg) * cfg.volumes * dist.world_size,
-                      cfg.log_every, enabled=dist.is_main, progress=progress,
+    monitor = Monitor(run_dir, start, cfg.steps, cfg.log_every, desc="pretrain", tag="pretrain",
+                      patches_per_step=spec.crops(cfg) * cfg.volumes * dist.world_size,
+                      enabled=dist.is_main, progress=progress,
                       elapsed_s=float(state.get("elapsed_s", 0.0)) if state else 0.0)
-    energy_before = float(state.get("energy_j", 0.0)) if state else 0.0
     last_saved = start if state else None
     model.train()
     try:
@@ -204,25 +206,19 @@ def _pretrain(dist: Dist, cache_root: Path, run_dir: Path, cfg: PretrainConfig, 
                     after_step()
                 monitor.update(step + 1, scalars, optimizer.param_groups[0]["lr"])
                 if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-                    _save(run_dir, dist, module, optimizer, step + 1, cfg, monitor.elapsed_s,
-                          energy_before)
+                    _save(run_dir, dist, module, optimizer, step + 1, cfg, monitor.elapsed_s)
                     last_saved = step + 1
     finally:
         monitor.close()
         del batches, loader  # stop DataLoader workers before the process group goes
 
-    # Per-GPU (NVML) and per-process (estimate) energies add up over ranks; RAPL already
-    # covers the whole node, so only one rank per node contributes it.
-    result = meter.result()
-    mine = result["joules"] if result["source"] != "rapl" or dist.local_rank == 0 else 0.0
-    total = energy_before + dist.sum(mine)
+    session = meter.result()
+    session["joules"] = dist.sum(rank_share(session, dist.local_rank))
     encoder_path = run_dir / ENCODER_FILE
     if dist.is_main:
         _export(run_dir, module, cache, cfg, ids, hashes)
-        write_json(run_dir / ENERGY, {
-            **result, "joules": total, "kwh": total / 3.6e6, "seconds": monitor.elapsed_s,
-            "world_size": dist.world_size, "steps": cfg.steps,
-            "joules_per_step": total / max(cfg.steps, 1)})
+        record_energy(run_dir / ENERGY, session, resuming=state is not None,
+                      world_size=dist.world_size, steps=cfg.steps)
     dist.barrier()
     return encoder_path
 
@@ -268,27 +264,22 @@ def _inputs(cache: VolumeSource, ids: list[str]) -> dict[str, Any] | None:
 
 
 def _write_run_files(run_dir: Path, cache: VolumeSource, cfg: PretrainConfig, ids: list[str],
-                     dist: Dist, resumed_from: int | None) -> None:
-    if resumed_from is not None:
-        truncate_metrics(run_dir / METRICS, resumed_from)
+                     dist: Dist, resumed: PretrainRun | None, start: int) -> None:
+    """``config.yaml``, ``env.json`` and ``run.json`` (``resumed``: the run's record so far)."""
     save_config(cfg, run_dir / CONFIG)
     write_json(run_dir / ENV, envinfo.collect(dist.device, dist.world_size))
-    info = read_json(run_dir / RUN_INFO) if resumed_from is not None else {}
-    info.update({"cache": str(cache.root.resolve()), "method": cfg.method,
-                 "world_size": dist.world_size, **_identity(cache, ids),
-                 "case_inputs": _inputs(cache, ids)})
-    if resumed_from is not None:
-        info["resumed_from"] = [*info.get("resumed_from", []), resumed_from]
-    write_json(run_dir / RUN_INFO, info)
+    PretrainRun(cache=str(cache.root.resolve()), method=cfg.method, world_size=dist.world_size,
+                **_identity(cache, ids), case_inputs=_inputs(cache, ids),
+                resumed_from=[*resumed.resumed_from, start] if resumed else []).save(run_dir)
 
 
 def _save(run_dir: Path, dist: Dist, module: nn.Module, optimizer: torch.optim.Optimizer,
-          step: int, cfg: PretrainConfig, elapsed_s: float, energy_j: float) -> None:
+          step: int, cfg: PretrainConfig, elapsed_s: float) -> None:
     rngs = dist.gather(ckpt.rng_state())  # collective: every rank's RNG goes into the file
     if dist.is_main:
         ckpt.save_checkpoint(run_dir / CHECKPOINT, {
             "step": step, "model": module.state_dict(), "optimizer": optimizer.state_dict(),
-            "rng": rngs, "config": to_dict(cfg), "elapsed_s": elapsed_s, "energy_j": energy_j})
+            "rng": rngs, "config": to_dict(cfg), "elapsed_s": elapsed_s})
 
 
 def _pool_hashes(cache: VolumeSource, ids: list[str]) -> dict[str, Any]:

@@ -32,8 +32,9 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from pimpic.config import flatten, load_yaml, save_config, to_dict
+from pimpic.config import config_differences, flatten, load_yaml, save_config, to_dict
 from pimpic.data.cache import Cache, check_same_inputs
 from pimpic.data.leakage import check_pool
 from pimpic.data.splits import PARTS, Split
@@ -246,6 +247,11 @@ def _unused_override(key: str, exp: Path) -> bool:
             and not pretrain_dir(exp, parts[1]).exists())
 
 
+def _settings(config: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys and their values; an empty mapping (e.g. no overrides) sets nothing."""
+    return {k: v for k, v in flatten(config).items() if v != {}}
+
+
 def _check_same_setup(cfg: ExperimentConfig, exp: Path, split: Split) -> None:
     """Refuse to mix runs made with other settings, or on another split, into one table."""
     saved_path = exp / CONFIG
@@ -257,15 +263,14 @@ def _check_same_setup(cfg: ExperimentConfig, exp: Path, split: Split) -> None:
         raise PimpicError(f"{exp}: holds an experiment made on another split of {cfg.cache} "
                           f"(split {made_on}, now {digest}); use a new --out folder")
     # keys an older pimpic did not record take today's defaults (the behaviour it had)
-    defaults = flatten(to_dict(ExperimentConfig(cache=cfg.cache)))
-    saved, now = {**defaults, **flatten(load_yaml(saved_path))}, flatten(to_dict(cfg))
-    saved, now = ({k: v for k, v in d.items() if v != {}} for d in (saved, now))  # no leaves
-    diffs = [k for k in sorted(set(saved) | set(now))
-             if k.split(".")[0] not in GRID_KEYS and k.split(".")[-1] not in RUNTIME_KEYS
-             and not _unused_override(k, exp) and saved.get(k) != now.get(k)]
+    diffs = config_differences(
+        _settings(load_yaml(saved_path)), _settings(to_dict(cfg)),
+        lambda k: (k.split(".")[0] in GRID_KEYS or k.split(".")[-1] in RUNTIME_KEYS
+                   or _unused_override(k, exp)),
+        _settings(to_dict(ExperimentConfig(cache=cfg.cache))))
     if diffs:
         raise PimpicError(
-            f"{exp}: holds an experiment made with different settings ({', '.join(diffs)}); "
+            f"{exp}: holds an experiment made with different settings ({'; '.join(diffs)}); "
             "use a new --out folder (methods, fractions and seeds may change)")
 
 

@@ -35,16 +35,14 @@ import numpy as np
 import torch
 from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
-from torch.utils.tensorboard import SummaryWriter
-from tqdm.auto import tqdm
 
 from pimpic.config import save_config, to_dict
 from pimpic.data.cache import Cache, check_same_inputs
 from pimpic.data.leakage import check_encoder_pool
-from pimpic.energy import EnergyMeter
+from pimpic.energy import EnergyMeter, record_energy
 from pimpic.envinfo import collect
 from pimpic.errors import PimpicError
-from pimpic.io import append_jsonl, read_json, write_json
+from pimpic.io import write_json
 from pimpic.models.backbone import architecture_of, levels_of
 from pimpic.models.export import load_encoder
 from pimpic.models.unet import SegmentationNet, unet_architecture
@@ -68,7 +66,7 @@ from pimpic.segmentation.validation import better, validate
 from pimpic.training.checkpoint import load_checkpoint, restore, save_checkpoint
 from pimpic.training.device import autocast, flush_denormals, memory_format, resolve_device
 from pimpic.training.guard import FINETUNE_PRECISION, check_finite, step_values
-from pimpic.training.monitor import truncate_metrics
+from pimpic.training.monitor import Monitor
 from pimpic.training.run_folder import RunFolder, file_sha256, json_sha256
 
 log = logging.getLogger(__name__)
@@ -224,7 +222,7 @@ def finetune(
             architecture=architecture_of(model.encoder),
             started=time.strftime("%Y-%m-%dT%H:%M:%S"),
             labels=cache.require_labels().to_json())
-        write_json(run_dir / RUN_INFO, info.to_json())
+        info.save(run_dir)
         write_json(run_dir / ENV, collect(device))
     with flush_denormals(device):
         return _train(model, cache, run_dir, cfg, info, train_ids, val_ids, device,
@@ -249,47 +247,6 @@ def segmentation_loss(cfg: FinetuneConfig) -> nn.Module:
     return kind(to_onehot_y=True, softmax=True, batch=cfg.dice_batch)
 
 
-class _Log:
-    """What one fine-tuning session reports: ``metrics.jsonl`` rows (every ``log_every`` steps
-    and per epoch), TensorBoard scalars and the progress bar."""
-
-    def __init__(self, run_dir: Path, start_step: int, total: int, log_every: int, *,
-                 tensorboard: bool, progress: bool) -> None:
-        self.path = run_dir / METRICS
-        self.log_every = log_every
-        self.writer = (SummaryWriter(str(run_dir / TENSORBOARD), purge_step=start_step + 1)
-                       if tensorboard else None)
-        self.bar = tqdm(total=total, initial=start_step, disable=not progress, desc="finetune",
-                        unit="step", dynamic_ncols=True)
-        self.window: list[float] = []
-
-    def step(self, step: int, epoch: int, loss: float, lr: float, elapsed_s: float) -> None:
-        self.window.append(loss)
-        self.bar.update(1)
-        self.bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}")
-        if step % self.log_every:
-            return
-        row = {"step": step, "epoch": epoch, "loss": float(np.mean(self.window)), "lr": lr,
-               "elapsed_s": elapsed_s}
-        append_jsonl(self.path, row)
-        if self.writer is not None:
-            self.writer.add_scalar("train/loss", row["loss"], step)
-            self.writer.add_scalar("train/lr", row["lr"], step)
-        self.window = []
-
-    def epoch(self, row: dict[str, Any], step: int) -> None:
-        append_jsonl(self.path, row)
-        if self.writer is not None:
-            for k, v in row.items():
-                if k.startswith(("val_", "train_")) and not math.isnan(v):
-                    self.writer.add_scalar(k.replace("_", "/", 1), v, step)
-
-    def close(self) -> None:
-        self.bar.close()
-        if self.writer is not None:
-            self.writer.close()
-
-
 def _train(model: SegmentationNet, cache: Cache, run_dir: Path, cfg: FinetuneConfig,
            info: FinetuneRun, train_ids: list[str], val_ids: list[str],
            device: torch.device, *, resuming: bool, progress: bool, tensorboard: bool) -> Path:
@@ -309,17 +266,15 @@ def _train(model: SegmentationNet, cache: Cache, run_dir: Path, cfg: FinetuneCon
         saved = load_checkpoint(ckpt_path, device, required=CHECKPOINT_KEYS)
         restore(ckpt_path, saved, model=model, optimizer=opt, scheduler=sched)
         at = Progress.from_checkpoint(ckpt_path, saved["state"])
-        truncate_metrics(run_dir / METRICS, at.step)
         log.info("resuming at epoch %s, step %s", at.epoch, at.step)
-    out = _Log(run_dir, at.step, total, cfg.log_every, tensorboard=tensorboard,
-               progress=progress)
+    out = Monitor(run_dir, at.step, total, cfg.log_every, desc="finetune", tag="train",
+                  progress=progress, tensorboard=tensorboard, elapsed_s=at.elapsed_s)
     meter = EnergyMeter(device)
     transform = train_transform(cfg, cfg.patch_size)
-    t0 = time.perf_counter() - at.elapsed_s
     stop_reason = _stop_reason(at, cfg, total, val_ids)
     last_good = f"epoch {at.epoch}, step {at.step}" if resuming else None  # the checkpoint
     if resuming:  # a kill between checkpoint and run.json leaves run.json an epoch behind
-        _record(run_dir / RUN_INFO, info, at, stop_reason)
+        _record(run_dir, info, at, stop_reason)
     try:
         with meter:
             while stop_reason is None:
@@ -344,27 +299,27 @@ def _train(model: SegmentationNet, cache: Cache, run_dir: Path, cfg: FinetuneCon
                     sched.step()
                     at.step += 1
                     losses.append(values["loss"])
-                    out.step(at.step, epoch, losses[-1], float(sched.get_last_lr()[0]),
-                             time.perf_counter() - t0)
+                    out.update(at.step, {"loss": losses[-1]}, float(sched.get_last_lr()[0]),
+                               epoch=epoch)
                 at.epoch = epoch
                 row: dict[str, Any] = {"step": at.step, "epoch": epoch,
                                        "train_loss": float(np.mean(losses)) if losses
                                        else math.nan, "frozen_encoder": frozen}
                 improved = _select(model, cache, val_ids, cfg, device, at, total, row)
                 row["best_epoch"] = at.best_epoch
-                row["elapsed_s"] = at.elapsed_s = time.perf_counter() - t0
+                row["elapsed_s"] = at.elapsed_s = out.elapsed_s
                 if improved:
                     save_model(run_dir / MODEL_FILE, model, _model_meta(info, cfg, epoch))
-                out.epoch(row, at.step)
+                out.log(row, at.step)
                 stop_reason = _stop_reason(at, cfg, total, val_ids)
                 save_checkpoint(ckpt_path, {
                     "model": model.state_dict(), "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(), "state": dataclasses.asdict(at)})
                 last_good = f"epoch {at.epoch}, step {at.step}"
-                _record(run_dir / RUN_INFO, info, at, stop_reason)
+                _record(run_dir, info, at, stop_reason)
     finally:
         out.close()
-        _write_energy(run_dir / ENERGY, meter.result(), resuming)
+        record_energy(run_dir / ENERGY, meter.result(), resuming=resuming)
     log.info("stopped: %s; best epoch %s (%s %s)", stop_reason, at.best_epoch,
              cfg.val_criterion, at.best_score)
     return run_dir
@@ -399,12 +354,12 @@ def _stop_reason(at: Progress, cfg: FinetuneConfig, total: int,
     return None
 
 
-def _record(path: Path, info: FinetuneRun, at: Progress, stop_reason: str | None) -> None:
+def _record(run_dir: Path, info: FinetuneRun, at: Progress, stop_reason: str | None) -> None:
     """``run.json`` follows the checkpoint: progress, best epoch and why training stopped."""
     info.best_epoch, info.best_score = at.best_epoch, at.best_score
     info.epochs, info.steps = at.epoch, at.step
     info.completed, info.stop_reason = stop_reason is not None, stop_reason
-    write_json(path, info.to_json())
+    info.save(run_dir)
 
 
 def _plain(x: Any) -> torch.Tensor:
@@ -423,12 +378,3 @@ def _model_meta(info: FinetuneRun, cfg: FinetuneConfig, epoch: int) -> dict[str,
                           "channels_last": cfg.channels_last},
             "encoder": {"method": enc.get("method"), "steps": enc.get("steps")}}
 
-
-def _write_energy(path: Path, result: dict[str, Any], resuming: bool) -> None:
-    """A resumed run adds its energy to the previous sessions'."""
-    if resuming and path.is_file():
-        old = read_json(path)
-        for key in ("joules", "kwh", "seconds"):
-            if isinstance(old.get(key), (int, float)):
-                result[key] += old[key]
-    write_json(path, result)

@@ -8,13 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from pimpic.errors import PimpicError
+from pimpic.training.run_folder import RunRecord
 
 
 @dataclasses.dataclass
-class FinetuneRun:
+class FinetuneRun(RunRecord):
     """``run.json``: where the run came from (paths and times — what may differ between identical
     runs lives here, never in the model file), what a resume must still match (the cache
     manifest digest, the cases, the encoder digest) and how far it got."""
+
+    WHAT = "a fine-tuning run"
 
     cache: str
     fraction: int
@@ -43,20 +46,6 @@ class FinetuneRun:
     #: the cache's labels (:meth:`pimpic.data.labels.LabelSet.to_json`; None: run made before
     #: labels were recorded)
     labels: dict[str, Any] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, path: Path, data: dict[str, Any]) -> FinetuneRun:
-        """The run information read from ``path``; a file that lacks a field is refused."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        try:
-            return cls(**{k: data[k] for k in names if k in data})
-        except TypeError:
-            missing = [k for k in names if k not in data]
-            raise PimpicError(f"{path}: not a fine-tuning run's record (no "
-                              f"{', '.join(missing[:5])})") from None
 
 
 @dataclasses.dataclass

@@ -37,10 +37,14 @@ One command at a time uses a run folder: :meth:`RunFolder.check` takes the folde
 ends; a second command on the same folder is refused, naming the running one's pid.
 
 The same policy serves the experiment's restarts (:mod:`pimpic.protocol.experiment`).
+
+What a run records about itself in ``run.json`` is a :class:`RunRecord` dataclass of its stage,
+read and written here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -49,7 +53,7 @@ import shutil
 import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from pimpic import __version__
 from pimpic.config import config_differences, load_yaml, plain
@@ -248,6 +252,35 @@ class RunFolder:
                 or not isinstance(names, list) or not all(_plain_name(n) for n in names)):
             raise PimpicError(f"{path}: malformed run marker; refusing to touch {self.path}")
         return data
+
+
+R = TypeVar("R", bound="RunRecord")
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """Base of a stage's ``run.json`` record, a dataclass whose fields are the file's keys."""
+
+    #: what the record belongs to, in refusals (``a fine-tuning run``)
+    WHAT: ClassVar[str] = "a run"
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, run_dir: Path) -> None:
+        write_json(run_dir / RUN_INFO, self.to_json())
+
+    @classmethod
+    def from_json(cls: type[R], path: Path, data: Any) -> R:
+        """The record read from ``path``; a file that lacks a field without default is refused
+        (a key the record does not know is dropped)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        try:
+            return cls(**{k: data[k] for k in names if k in data})
+        except TypeError:
+            missing = [k for k in names if not isinstance(data, dict) or k not in data]
+            raise PimpicError(f"{path}: not {cls.WHAT}'s record (no "
+                              f"{', '.join(missing[:5])})") from None
 
 
 # ---------------------------------------------------------------------------------- helpers
