@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from pimpic.data.labels import LabelSet, class_names
 from pimpic.errors import PimpicError
 
 
@@ -46,6 +47,11 @@ class FinetuneRun:
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def label_set(self) -> LabelSet:
+        """The labels it was trained on (a run made before labels were recorded: the set its
+        class count implies, as its model file reads)."""
+        return LabelSet.from_json(self.labels) if self.labels else class_names(self.num_classes)
 
     @classmethod
     def from_json(cls, path: Path, data: dict[str, Any]) -> FinetuneRun:
