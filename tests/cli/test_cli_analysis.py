@@ -66,9 +66,10 @@ def test_stats_of_an_experiment_with_an_outside_run(tmp_path: Path) -> None:
     write_run_info(run, fraction=5)
     (run / CONFIG).write_text("fraction: 5\nseed: 1\n")
     per_case_csv(eval_dir(run) / PER_CASE, [["a", 0.9, 0.3, 0.5], ["b", 0.95, 0.3, 0.5]])
-    res = _run("stats", exp, "--run", f"frozen={run}", "--pairing", "common-seeds")
+    res = _run("stats", exp, f"--run=frozen, lr=0={run}", "--pairing", "common-seeds")
     assert res.exit_code == 0, res.output
-    assert "| Organ | 5 % | frozen | 2 | " in res.output  # seed 1 of Random's two, per case
+    # seed 1 of Random's two, per case
+    assert "| Organ | 5 % | frozen, lr=0 | 2 | " in res.output
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -14,6 +14,7 @@ import yaml
 from scipy.stats import wilcoxon
 
 from _runs import per_case_csv, write_run_info
+from pimpic.data.cache import write_manifest
 from pimpic.data.labels import ORGAN_TUMOUR, Structure, parse_labels
 from pimpic.errors import PimpicError
 from pimpic.paths import CONFIG, MARKER, PER_CASE, RESULTS, RUN_INFO, eval_dir
@@ -224,20 +225,28 @@ def test_table_and_reading() -> None:
     assert statistics.format_stats([]).startswith("No paired comparison")
 
 
-def test_any_label_set_gets_a_test_per_structure() -> None:
-    labels = parse_labels({"background": 0, "brainstem": 1, "spinal cord": 2, "mandible": 3},
-                          "dataset.json", by_name=True)
+LABELS = parse_labels({"background": 0, "brainstem": 1, "spinal cord": 2, "mandible": 3},
+                      "dataset.json", by_name=True)
+
+
+def _named_rows() -> list[dict[str, Any]]:
+    """Three named structures, one seed; PiMPiC ahead on the brainstem only."""
     rng = np.random.default_rng(1)
     rows = []
     for method, shift in (("random", 0.0), ("pimpic", 0.1)):
         for i, case in enumerate(CASES):
             row: dict[str, Any] = {"method": method, "fraction": 5, "seed": 0, "case": case}
-            for s in labels.structures:
+            for s in LABELS.structures:
                 bump = shift + 0.01 * i if s.key == "brainstem" else 0.0
                 row[f"dice_{s.key}"] = 0.6 + rng.uniform(0, 0.1) + bump
                 row[f"hd95_{s.key}"] = 4.0
             rows.append(row)
-    tests = paired_tests(rows, structures=labels.structures)
+    return rows
+
+
+def test_any_label_set_gets_a_test_per_structure() -> None:
+    rows = _named_rows()
+    tests = paired_tests(rows, structures=LABELS.structures)
     assert [t.structure.key for t in tests] == ["brainstem", "spinal_cord", "mandible"]
     valid = sorted(t.p for t in tests if not math.isnan(t.p))
     # Holm over all the structures' tests: the smallest p times their number
@@ -293,6 +302,21 @@ def test_read_comparison_experiment_and_outside_runs(tmp_path: Path) -> None:
     csv_only = statistics.read_comparison(exp / RESULTS)
     assert csv_only.methods == ["random", "pimpic"] and csv_only.fractions == [5, 100]
     assert csv_only.absent == "zero"
+
+
+def test_an_experiments_structures_are_named_by_its_cache(tmp_path: Path) -> None:
+    exp, cache = tmp_path / "exp", tmp_path / "cache"
+    exp.mkdir()
+    rows = [{**r, "n_train_cases": 3} for r in _named_rows()]
+    results.write_results_csv(rows, exp / RESULTS)
+    config = {"cache": str(cache), "methods": ["random", "pimpic"], "fractions": [5]}
+    (exp / CONFIG).write_text(yaml.safe_dump(config))
+    assert statistics.read_comparison(exp).structures is None  # the cache is gone
+    write_manifest(cache, {}, [], source="d", layout="nnunet", labels=LABELS)
+    got = statistics.read_comparison(exp)
+    assert got.structures == LABELS.structures  # "spinal cord", not the column's spinal_cord
+    write_manifest(cache, {}, [], source="d", layout="nnunet")  # other labels: the columns
+    assert statistics.read_comparison(exp).structures is None
 
 
 def test_report_reading_is_the_default_pairing() -> None:

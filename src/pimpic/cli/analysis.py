@@ -29,7 +29,8 @@ def register(app: typer.Typer) -> None:
             "scores Dice 0, 'nan' leaves it out (default: the experiment's, else zero)."),
         run: list[str] = typer.Option(
             [], "--run", help="NAME=RUN_FOLDER: an evaluated fine-tuning run made outside the "
-            "grid, compared as method NAME (repeatable; one NAME for several seeds)."),
+            "grid, compared as method NAME (repeatable; one NAME for several seeds; split at "
+            "the last '=')."),
         out: Path | None = typer.Option(None, "--out",
                                         help="Also write the table (Markdown) to this file."),
     ) -> None:
@@ -43,7 +44,7 @@ def register(app: typer.Typer) -> None:
             raise PimpicError(f"--absent {absent!r}: choose 'zero' or 'nan'")
         runs = []
         for item in run:
-            name, sep, folder = item.partition("=")
+            name, sep, folder = item.rpartition("=")  # a name may hold '=' (encoder_lr=0)
             if not sep or not name or not folder:
                 raise PimpicError(f"--run {item!r}: expected NAME=RUN_FOLDER")
             runs.append((name, Path(folder)))
@@ -55,7 +56,8 @@ def register(app: typer.Typer) -> None:
                               f"{results or '--run'} ({', '.join(comparison.methods)})")
         tests = paired_tests(comparison.rows, reference, pairing=pairing, metric=metric,
                              methods=comparison.methods, fractions=comparison.fractions,
-                             absent=absent or comparison.absent)
+                             absent=absent or comparison.absent,
+                             structures=comparison.structures)
         table = format_stats(tests, reference)
         typer.echo(table, nl=False)
         if out is not None:

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy.stats import wilcoxon
 
+from pimpic.data.cache import MANIFEST, Cache
 from pimpic.data.labels import Structure
 from pimpic.errors import PimpicError
 from pimpic.paths import CONFIG, RESULTS
@@ -150,13 +151,14 @@ def paired_tests(rows: Sequence[dict[str, Any]], reference: str = BASELINE, *,
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
-    """What :func:`paired_tests` compares: the rows, the methods and fractions in order, and
-    the absent rule they were tabled with."""
+    """What :func:`paired_tests` compares: the rows, the methods and fractions in order, the
+    absent rule they were tabled with and their structures (None: those of the columns)."""
 
     rows: list[dict[str, Any]]
     methods: list[str]
     fractions: list[int]
     absent: str = "zero"
+    structures: tuple[Structure, ...] | None = None
 
 
 def read_comparison(source: Path | None,
@@ -165,11 +167,13 @@ def read_comparison(source: Path | None,
     absent rule) or a ``results.csv`` file's (methods and fractions as they come); then each
     ``(name, run folder)`` of ``runs``, a fine-tuning run made outside the grid, as a cell of
     method ``name`` (several folders may share a name: its seeds). The runs' evaluations on
-    the experiment's split are read (``test`` without an experiment)."""
+    the experiment's split are read (``test`` without an experiment). The structures are
+    named as the experiment's cache names them where it is still there, else by the columns."""
     rows: list[dict[str, Any]] = []
     methods: list[str] = []
     fractions: list[int] = []
     absent, split = "zero", "test"
+    structures = None
     if source is not None and source.is_dir():
         if not (source / CONFIG).is_file():
             raise PimpicError(f"{source}: not an experiment folder (no {CONFIG})")
@@ -177,6 +181,9 @@ def read_comparison(source: Path | None,
         rows = read_results_csv(source / RESULTS)
         methods, fractions = list(cfg.methods), list(cfg.fractions)
         absent, split = cfg.absent, cfg.split
+        labels = Cache(cfg.cache).labels if (Path(cfg.cache) / MANIFEST).is_file() else None
+        if labels and set(labels.keys) == {s.key for s in structures_in(rows)}:
+            structures = labels.structures
     elif source is not None:
         rows = read_results_csv(source)
         methods, fractions = grid_axes(rows, None, None)
@@ -190,7 +197,7 @@ def read_comparison(source: Path | None,
         methods += [name] if name not in methods else []
         if {r["fraction"] for r in added} - set(fractions):
             fractions = sorted({*fractions, *(r["fraction"] for r in added)})
-    return Comparison(rows, methods, fractions, absent)
+    return Comparison(rows, methods, fractions, absent, structures)
 
 
 def _pairs(method: dict[tuple[str, int], float], reference: dict[tuple[str, int], float],
