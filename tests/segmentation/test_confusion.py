@@ -44,3 +44,11 @@ def test_refusals(tmp_path: Path) -> None:
     np.save(eval_dir(run) / PREDICTIONS / "zz.npy", np.zeros((5, 4, 3), np.uint8))
     with pytest.raises(PimpicError, match=r"zz\.npy: .* no label of that case"):
         run_confusion(run)
+
+
+def test_classes_are_named_by_the_label_of_that_value_alone() -> None:
+    """A value named only inside regions (nnU-Net's BraTS-like labels) is shown as itself."""
+    regions = parse_labels({"background": 0, "whole tumour": [1, 2, 3], "core": [2, 3],
+                            "enhancing": 3}, "dataset.json", by_name=True)
+    assert regions.names_by_class() == ("background", "1", "2", "enhancing")
+    assert LABELS.names_by_class() == ("background", "brainstem", "spinal cord", "mandible")
