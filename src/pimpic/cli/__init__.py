@@ -10,6 +10,7 @@ answers instantly. Commands are registered by small per-stage modules:
 * :mod:`pimpic.cli.experiment` — ``experiment``, ``visualize embeddings``
 * :mod:`pimpic.cli.demo`       — ``demo``
 * :mod:`pimpic.cli.methods`    — ``methods`` (the registered pretext tasks)
+* :mod:`pimpic.cli.analysis`   — ``stats``, ``curves``, ``confusion`` (reading finished runs)
 
 Progress goes through :mod:`logging` to stderr (``-v`` adds debug messages, ``-q`` keeps only
 warnings); results and the paths of what was written go to stdout.
@@ -24,7 +25,7 @@ import sys
 import typer
 
 from pimpic import __version__
-from pimpic.cli import bench, data, demo, experiment, finetune, methods, nnunet, pretrain
+from pimpic.cli import analysis, bench, data, demo, experiment, finetune, methods, nnunet, pretrain
 
 app = typer.Typer(
     name="pimpic",
@@ -79,6 +80,7 @@ experiment.register(app, visualize_app)
 demo.register(app)
 methods.register(app)
 nnunet.register(export_app)
+analysis.register(app)
 
 
 def main() -> None:

@@ -76,6 +76,12 @@ class LabelSet:
     def keys(self) -> tuple[str, ...]:
         return tuple(s.key for s in self.structures)
 
+    def names_by_class(self) -> tuple[str, ...]:
+        """The name of each class ``0 … K − 1``: the label naming that value alone, else the
+        value itself (a value named only inside regions)."""
+        alone = {vs[0]: n for n, vs in self.labels if len(vs) == 1}
+        return tuple(alone.get(c, str(c)) for c in range(self.num_classes))
+
     def names(self) -> str:
         """``"1 brainstem, 2 spinal_cord"``: the foreground as a message names it."""
         return ", ".join(f"{'|'.join(map(str, vs))} {n}" for n, vs in self.labels if vs != (0,))

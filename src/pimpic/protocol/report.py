@@ -35,7 +35,7 @@ from pimpic.protocol.results import (
     method_name,
     write_results_csv,
 )
-from pimpic.protocol.statistics import format_reading, format_stats, wilcoxon_tests
+from pimpic.protocol.statistics import format_reading, format_stats, paired_tests
 
 #: embedding figures included in the report when present in ``EXP/figures``
 EXTRA_FIGURES = ("embedding_similarity", "overlap_check")
@@ -49,8 +49,9 @@ def write_all(exp: str | Path, cfg: ExperimentConfig) -> dict[str, Path]:
     write_results_csv(rows, exp / RESULTS)
     table = (format_results_table(rows, cfg.methods, cfg.fractions, cfg.absent, cfg.sd_ddof,
                                   labels.structures) if rows else "No results yet.\n")
-    tests = wilcoxon_tests(rows, BASELINE, cfg.methods, cfg.fractions, cfg.absent,
-                           labels.structures) if BASELINE in cfg.methods and rows else []
+    tests = paired_tests(rows, BASELINE, methods=cfg.methods, fractions=cfg.fractions,
+                         absent=cfg.absent, structures=labels.structures,
+                         ) if BASELINE in cfg.methods and rows else []
     stats = format_stats(tests)
     # in words: the organ in the organ + tumour view, every structure otherwise
     described = ([s for s in labels.structures if s.key == "organ"]

@@ -29,11 +29,13 @@ from pimpic import registry
 from pimpic.data.cache import Cache
 from pimpic.data.labels import Structure, structures_of
 from pimpic.errors import PimpicError
-from pimpic.io import atomic_open
-from pimpic.paths import PER_CASE, cell_dir, eval_dir
+from pimpic.io import atomic_open, read_json
+from pimpic.paths import CONFIG, MARKER, PER_CASE, RUN_INFO, cell_dir, eval_dir
 from pimpic.protocol.grid import BASELINE, ExperimentConfig
 from pimpic.segmentation.metrics import COLUMNS as METRICS_COLUMNS
-from pimpic.segmentation.metrics import columns, mean_sd
+from pimpic.segmentation.metrics import METRICS, columns, mean_sd
+from pimpic.segmentation.run_info import FinetuneRun
+from pimpic.training.run_folder import saved_config
 
 #: the cell a row of ``results.csv`` belongs to
 CELL_COLUMNS = ("method", "fraction", "n_train_cases", "seed")
@@ -79,17 +81,41 @@ def collect_results(exp: Path, cfg: ExperimentConfig) -> list[dict[str, Any]]:
             n_train = len(split.fraction(fraction))
             for seed in cfg.seeds:
                 path = eval_dir(cell_dir(exp, method, fraction, seed), cfg.split) / PER_CASE
-                if not path.is_file():
-                    continue
-                with open(path, newline="") as fh:
-                    for rec in csv.DictReader(fh):
-                        row: dict[str, Any] = {"method": method, "fraction": fraction,
-                                               "n_train_cases": n_train, "seed": seed,
-                                               "case": rec["case"]}
-                        for col in metric_columns:
-                            row[col] = _float(rec.get(col))
-                        rows.append(row)
+                if path.is_file():
+                    cell = {"method": method, "fraction": fraction, "n_train_cases": n_train,
+                            "seed": seed}
+                    rows += _read_per_case(path, cell, metric_columns)
     return rows
+
+
+def _read_per_case(path: Path, cell: dict[str, Any],
+                   metric_columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One row per case of an evaluation's ``per_case.csv``: the ``cell`` it belongs to, the
+    case and ``metric_columns`` (default: the file's own; NaN where a value is missing)."""
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if metric_columns is None:
+            metric_columns = [c for c in reader.fieldnames or () if c != "case"]
+        return [{**cell, "case": rec["case"], **{c: _float(rec.get(c)) for c in metric_columns}}
+                for rec in reader]
+
+
+def run_results(run: Path, method: str, split: str = "test") -> list[dict[str, Any]]:
+    """The rows of a fine-tuning run made outside a grid, as if it were a cell of ``method``:
+    its fraction (``run.json``), its seed (``config.yaml``) and the per-case scores of its
+    evaluation on ``split`` (``pimpic evaluate``)."""
+    cfg = saved_config(run)
+    if cfg is None or not (run / RUN_INFO).is_file():
+        raise PimpicError(f"{run}: not a pimpic fine-tuning run (no {MARKER}, {CONFIG} or "
+                          f"{RUN_INFO})")
+    info = FinetuneRun.from_json(run / RUN_INFO, read_json(run / RUN_INFO))
+    path = eval_dir(run, split) / PER_CASE
+    if not path.is_file():
+        raise PimpicError(f"{path}: not found; evaluate the run first (`pimpic evaluate {run} "
+                          f"--split {split}`)")
+    cell = {"method": method, "fraction": info.fraction,
+            "n_train_cases": len(info.train_cases), "seed": int(cfg["seed"])}
+    return _read_per_case(path, cell)
 
 
 def metric_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -136,25 +162,47 @@ def read_results_csv(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+def case_seed_scores(rows: Iterable[dict[str, Any]], method: str, fraction: int,
+                     structure: str, absent: str = "zero", metric: str = "dice",
+                     ) -> tuple[dict[tuple[str, int], float], int]:
+    """``{(case, seed): score}`` of one structure in one cell of the grid, and the count of
+    case-runs whose ground truth lacks the structure (Dice NaN).
+
+    The absent rule: ``absent="zero"`` scores such a case-run the metric's ``absent_score``
+    (Dice 0, the released rule); ``"nan"`` leaves it out, as is any other undefined score
+    (HD95 of a missed structure)."""
+    score = METRICS[metric].absent_score
+    out: dict[tuple[str, int], float] = {}
+    n_nan = 0
+    for r in rows:
+        if r["method"] != method or r["fraction"] != fraction:
+            continue
+        v = r[f"{metric}_{structure}"]
+        if math.isnan(r[f"dice_{structure}"]):
+            n_nan += 1
+            if absent == "zero" and score is not None:
+                v = score
+        if not math.isnan(v):
+            out[r["case"], r["seed"]] = v
+    return out, n_nan
+
+
+def by_case(scores: dict[tuple[str, int], float]) -> dict[str, float]:
+    """``{case: mean over its seeds}`` of :func:`case_seed_scores`, cases in their order."""
+    vals: dict[str, list[float]] = {}
+    for (case, _), v in scores.items():
+        vals.setdefault(case, []).append(v)
+    return {c: float(np.mean(v)) for c, v in vals.items()}
+
+
 def per_case(rows: Iterable[dict[str, Any]], method: str, fraction: int,
              structure: str, absent: str = "zero") -> tuple[dict[str, float], int]:
     """``{case: Dice averaged over seeds}`` and the count of NaN (structure-absent) case-runs.
 
     ``absent="zero"``: a NaN scores 0 (the released rule); ``"nan"``: it is skipped, and cases
     whose every seed is NaN are left out."""
-    vals: dict[str, list[float]] = {}
-    n_nan = 0
-    for r in rows:
-        if r["method"] != method or r["fraction"] != fraction:
-            continue
-        v = r[f"dice_{structure}"]
-        if math.isnan(v):
-            n_nan += 1
-            if absent == "nan":
-                continue
-            v = 0.0
-        vals.setdefault(r["case"], []).append(v)
-    return {c: float(np.mean(v)) for c, v in vals.items()}, n_nan
+    scores, n_nan = case_seed_scores(rows, method, fraction, structure, absent)
+    return by_case(scores), n_nan
 
 
 def summarise_cell(rows: Sequence[dict[str, Any]], method: str, fraction: int,

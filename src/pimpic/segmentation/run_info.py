@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from pimpic.data.labels import LabelSet, class_names
 from pimpic.errors import PimpicError
 from pimpic.training.run_folder import RunRecord
 
@@ -46,6 +47,11 @@ class FinetuneRun(RunRecord):
     #: the cache's labels (:meth:`pimpic.data.labels.LabelSet.to_json`; None: run made before
     #: labels were recorded)
     labels: dict[str, Any] | None = None
+
+    def label_set(self) -> LabelSet:
+        """The labels it was trained on (a run made before labels were recorded: the set its
+        class count implies, as its model file reads)."""
+        return LabelSet.from_json(self.labels) if self.labels else class_names(self.num_classes)
 
 
 @dataclasses.dataclass
