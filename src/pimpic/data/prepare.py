@@ -201,7 +201,7 @@ def _same_scans(cases: list[dict[str, Any]], extra: list[dict[str, Any]], finish
             return None
         return str(sha) if sha else None
 
-    scans = {}
+    scans: dict[str, dict[str, Any]] = {}
     for c in cases:
         if c["label"] is not None and c["id"] in finished:
             sha = content(c["id"])
