@@ -21,16 +21,11 @@ from pimpic.protocol.experiment import run_experiment
 from pimpic.segmentation.config import FinetuneConfig
 
 
-@pytest.fixture
-def stubs(monkeypatch: pytest.MonkeyPatch) -> Stubs:
-    s = Stubs()
-    monkeypatch.setattr(experiment, "pretrain", s.pretrain)
-    monkeypatch.setattr(experiment, "finetune", s.finetune)
-    monkeypatch.setattr(experiment, "evaluate", s.evaluate)
-    return s
-
-
-def test_the_pool_reaches_the_stages(make_cache: Any, tmp_path: Path, stubs: Stubs) -> None:
+def test_the_pool_reaches_the_stages(make_cache: Any, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    stubs = Stubs()
+    for stage in ("pretrain", "finetune", "evaluate"):
+        monkeypatch.setattr(experiment, stage, getattr(stubs, stage))
     cache = make_cache(n_cases=10, shape=(24, 24, 24))
     add_unlabelled(cache)
     cfg = _cfg(cache, methods=("random", "pimpic"), fractions=(100,),
