@@ -108,3 +108,17 @@ def test_openkbp_with_its_unlabelled_scans(openkbp: Path, tmp_path: Path) -> Non
     split = Cache(tmp_path / "cache").split()
     assert len(split.unlabelled) == 2 and len(split.train + split.val + split.test) == 3
     assert all(c.startswith("openkbp_") for c in split.unlabelled)
+
+
+def test_cli_unlabelled_option(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pimpic.cli import app
+
+    src = nnunet_tree(tmp_path / "nn", n=4)
+    arch = _archive(tmp_path / "archive")
+    res = CliRunner().invoke(app, ["prepare", str(src), "--out", str(tmp_path / "cache"),
+                                   "--unlabelled", str(arch), "--workers", "1",
+                                   "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "7/7 case(s) cached" in res.output and ", unlabelled 3 →" in res.output
