@@ -77,6 +77,29 @@ def write_cache(
     return root
 
 
+def add_unlabelled(root: Path, n: int = 2, seed: int = 99) -> list[str]:
+    """Add ``n`` unlabelled phantom cases (``arch_000`` …, as ``prepare --unlabelled`` caches
+    them) to the cache ``root``: case folders, manifest, and the split's ``unlabelled``."""
+    from pimpic.io import read_json
+
+    rng = np.random.default_rng(seed)
+    manifest = read_json(root / "manifest.json")
+    shape = tuple(np.load(root / "cases" / manifest["cases"][0] / "image.npy").shape)
+    ids = [f"arch_{i:03d}" for i in range(n)]
+    for cid in ids:
+        d = root / "cases" / cid
+        d.mkdir(parents=True)
+        np.save(d / "image.npy", _phantom(shape, rng)[0])  # type: ignore[arg-type]
+        write_json(d / "meta.json", {"id": cid, "shape": list(shape), "has_label": False,
+                                     "source_image": f"{cid}.nii.gz", "source_label": None,
+                                     "content_sha256": f"{cid}-voxels"})
+    write_json(root / "manifest.json", {**manifest, "cases": [*manifest["cases"], *ids],
+                                        "unlabelled": ["archive"]})
+    splits = read_json(root / "splits.json")
+    write_json(root / "splits.json", {**splits, "unlabelled": ids})
+    return ids
+
+
 @pytest.fixture
 def make_cache(tmp_path: Path) -> Callable[..., Path]:
     """``make_cache(n_cases=10, shape=(40,40,40), labelled=True)`` → path of a fresh cache."""

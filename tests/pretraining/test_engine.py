@@ -133,7 +133,8 @@ def test_resume_is_bit_for_bit(make_cache, monkeypatch: pytest.MonkeyPatch,
     info = read_json(tmp_path / "split" / "run.json")
     assert info["resumed_from"] == [3]
     assert list(read_json(tmp_path / "straight" / "run.json")) == [
-        "cache", "method", "world_size", "cache_manifest_sha256", "case_ids", "case_inputs"]
+        "cache", "method", "world_size", "cache_manifest_sha256", "case_ids", "case_inputs",
+        "pretrain_pool"]
     # energy.json counts both sessions
     energy = read_json(tmp_path / "split" / "energy.json")
     assert (energy["joules"], energy["seconds"], energy["steps"]) == (2.0, 2.0, 6)

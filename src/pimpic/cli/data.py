@@ -84,6 +84,10 @@ def register(app: typer.Typer) -> None:
                                      "between train/val/test)."),
         skip_bad: bool = typer.Option(False, "--skip-bad",
                                       help="Skip bad cases (listed at the end), don't stop."),
+        unlabelled: list[Path] = typer.Option(
+            [], "--unlabelled", help="A folder of NIfTI images to cache beside SRC's cases "
+            "without labels (ids from the file names; repeatable): listed as the split's "
+            "'unlabelled', for pretraining (pretrain --pool train+unlabelled or all)."),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
     ) -> None:
         """Preprocess a dataset into a cache: RAS, resample, HU window, split (resumable).
@@ -91,7 +95,8 @@ def register(app: typer.Typer) -> None:
         Cases whose input files changed since they were cached are redone. The split
         (splits.json; sizes int(0.7 n) / int(0.1 n) / rest) is written once and then kept: a
         rerun with new or missing cases, another --seed or another --splits file is refused
-        until you pass --resplit, which recomputes it.
+        until you pass --resplit, which recomputes it. Unlabelled images (--unlabelled) only
+        join the split's 'unlabelled' list: train/val/test stay as without them.
         """
         from pimpic.data.prepare import prepare as run_prepare
         from pimpic.data.preprocess import Settings
@@ -102,7 +107,7 @@ def register(app: typer.Typer) -> None:
                             dtype=dtype)
         report = run_prepare(src, out, settings=settings, layout=layout, workers=workers,
                              skip_bad=skip_bad, seed=seed, splits_file=splits, resplit=resplit,
-                             progress=progress)
+                             progress=progress, unlabelled=unlabelled)
         n_ok = report["n_cases"] - len(report["bad"])
         typer.echo(f"prepare: {report['layout']} dataset {src} → {out}: {n_ok}/{report['n_cases']} "
                    f"case(s) cached ({report['processed']} processed, {report['skipped']} already "
@@ -114,10 +119,12 @@ def register(app: typer.Typer) -> None:
                        + ", ".join(f"{k} ({v})" for k, v in report["redone"].items()))
         sizes = report["splits"]
         if sizes:
-            how = {"kept": "kept", "new": "new", "recomputed": "recomputed (--resplit)"}
+            how = {"kept": "kept", "updated": "kept, unlabelled cases added", "new": "new",
+                   "recomputed": "recomputed (--resplit)"}
+            extra = f", unlabelled {sizes['unlabelled']}" if "unlabelled" in sizes else ""
             typer.echo(f"splits ({how[report['split_status']]}, {report['split_digest']}): "
-                       f"train {sizes['train']}, val {sizes['val']}, test {sizes['test']} "
-                       f"→ {Path(out) / 'splits.json'}")
+                       f"train {sizes['train']}, val {sizes['val']}, test {sizes['test']}"
+                       f"{extra} → {Path(out) / 'splits.json'}")
         else:
             typer.echo("splits: too few cases for a train/val/test split (need 3)")
         for b in report["bad"]:

@@ -27,6 +27,10 @@ def register(app: typer.Typer) -> None:
         seed: int | None = typer.Option(None, "--seed", help="Random seed."),
         allow: list[str] = typer.Option(
             [], "--allow", help="Accept a named encoder metadata mismatch (e.g. patch_size)."),
+        allow_transductive: bool = typer.Option(
+            False, "--allow-transductive", help="Accept an encoder pretrained on every cached "
+            "case (pretrain --pool all: the test patients' images, never their labels); "
+            "run.json records transductive: true."),
         config: Path | None = typer.Option(None, "--config", help="YAML FinetuneConfig."),
         set_: list[str] = typer.Option(
             [], "--set", help="Override a config key: key=value (repeatable)."),
@@ -49,7 +53,8 @@ def register(app: typer.Typer) -> None:
         # explicit flags win over the YAML file and --set
         cfg = build_config(FinetuneConfig, config, [*set_, *flags], base=base)
         run = finetune(cache, out, cfg, encoder=encoder, allow=allow, resume=resume,
-                       overwrite=overwrite, progress=progress)
+                       overwrite=overwrite, progress=progress,
+                       allow_transductive=allow_transductive)
         model = run / "model.safetensors"
         if not model.is_file():
             raise PimpicError(f"{run}: training stopped without keeping a model (no epoch gave "
@@ -77,6 +82,10 @@ def register(app: typer.Typer) -> None:
         unfinished: bool = typer.Option(
             False, "--unfinished", help="Evaluate a run that has not finished (killed before "
             "its stopping rule): its best model so far, marked as such."),
+        allow_transductive: bool = typer.Option(
+            False, "--allow-transductive", help="Accept a model whose encoder was pretrained "
+            "on every cached case (pretrain --pool all: these patients' images, never their "
+            "labels); the summary records transductive: true."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
     ) -> None:
@@ -91,7 +100,8 @@ def register(app: typer.Typer) -> None:
             raise PimpicError("--data and --cache: give one (a dataset folder or a cache)")
         summary = evaluate(run, split=split, cache=cache, data=data, layout=layout, lcc=lcc,
                            original_space=original_space, device=device, progress=progress,
-                           absent=absent, unfinished=unfinished)
+                           absent=absent, unfinished=unfinished,
+                           allow_transductive=allow_transductive)
         typer.echo(describe(summary))
 
     @app.command("predict")

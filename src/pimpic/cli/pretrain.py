@@ -40,24 +40,33 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Remove what an earlier "
                                        "pretraining run wrote into RUN and start over."),
         steps: int | None = typer.Option(None, "--steps", help="Optimiser steps (paper: 20000)."),
+        pool: str = typer.Option("train", "--pool", help="Which cached cases: train (the "
+                                 "training split), train+unlabelled (and the unlabelled cases "
+                                 "of prepare --unlabelled; no evaluation patient) or all (every "
+                                 "case, the validation and test images too: transductive, "
+                                 "fine-tune and evaluate then need --allow-transductive)."),
         device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
         progress: bool | None = typer.Option(None, "--progress/--no-progress",
                                              help="Progress bar (default: when a terminal)."),
     ) -> None:
-        """Pretrain a 3D U-Net encoder on the cache's training images and write
+        """Pretrain a 3D U-Net encoder on the cache's training images (or --pool) and write
         RUN/encoder.safetensors. Multi-GPU: torchrun --nproc_per_node=G $(which pimpic)
         pretrain ..."""
         from pimpic.config import build_config
+        from pimpic.data.splits import POOLS
         from pimpic.pretraining.config import PretrainConfig
         from pimpic.pretraining.engine import pretrain
         from pimpic.training.run_folder import saved_config
 
+        if pool not in POOLS:
+            raise PimpicError(f"--pool {pool!r}: choose one of {', '.join(POOLS)}")
         base = saved_config(out) if resume else None
         flags = [f"{k}={v}" for k, v in (("method", method), ("steps", steps),
                                          ("device", device)) if v is not None]
         cfg = build_config(PretrainConfig, config, [*set_, *flags], base=base)
         show = sys.stderr.isatty() if progress is None else progress
-        encoder = pretrain(cache, out, cfg, resume=resume, overwrite=overwrite, progress=show)
+        encoder = pretrain(cache, out, cfg, resume=resume, overwrite=overwrite, progress=show,
+                           pool=pool)
         if _is_main():
             typer.echo(f"encoder: {encoder}")
 

@@ -4,8 +4,10 @@ Layout of ``CACHE/``::
 
     manifest.json            {"format": "pimpic-cache", "version": 1, "pimpic_version": ...,
                               "settings": {...preprocessing settings...}, "source": ...,
-                              "layout": ..., "labels": {...} or null, "cases": [ids...]}
-                             (``labels``: :meth:`pimpic.data.labels.LabelSet.to_json`)
+                              "layout": ..., "labels": {...} or null, "cases": [ids...],
+                              ["unlabelled": [folders...]]}
+                             (``labels``: :meth:`pimpic.data.labels.LabelSet.to_json`;
+                             ``unlabelled``: the ``prepare --unlabelled`` folders, if any)
     splits.json              {"seed", "ratios", "train", "val", "test", "fractions": {"5": [...]},
                               ["unlabelled": [...], "unused": [...]]}; written once, then kept
                              (pimpic.data.splits.settle_split)
@@ -187,7 +189,8 @@ def check_same_inputs(saved: Any, now: Mapping[str, Mapping[str, Any]] | None, w
 
 
 def write_manifest(root: str | Path, settings: Mapping[str, Any], cases: Sequence[str], *,
-                   source: str, layout: str, labels: LabelSet | None = ORGAN_TUMOUR) -> None:
+                   source: str, layout: str, labels: LabelSet | None = ORGAN_TUMOUR,
+                   unlabelled: Sequence[str] = ()) -> None:
     """Write ``root/manifest.json`` (atomically): the one writer of the cache's manifest.
 
     Args:
@@ -197,8 +200,14 @@ def write_manifest(root: str | Path, settings: Mapping[str, Any], cases: Sequenc
         source: where the cases came from (the dataset folder).
         layout: the dataset layout it was read as (``msd``, ``kits19``, ...).
         labels: the labels the dataset names (None: an unlabelled folder).
+        unlabelled: the folders whose images were added as unlabelled cases (written only
+            when there are some, so a cache made without them keeps its manifest byte for
+            byte, and the pretraining runs made on it can resume).
     """
-    write_json(Path(root) / MANIFEST, {
+    manifest: dict[str, Any] = {
         "format": FORMAT, "version": VERSION, "pimpic_version": __version__,
         "settings": dict(settings), "source": source, "layout": layout,
-        "labels": labels.to_json() if labels is not None else None, "cases": list(cases)})
+        "labels": labels.to_json() if labels is not None else None, "cases": list(cases)}
+    if unlabelled:
+        manifest["unlabelled"] = list(unlabelled)
+    write_json(Path(root) / MANIFEST, manifest)

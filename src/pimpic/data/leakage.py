@@ -19,6 +19,14 @@ Where an encoder meets a test split (``pimpic finetune``, ``pimpic evaluate`` an
 and ``pretrain_hashes`` (:func:`pool_record`: id → ``{"content", "input"}``) in its metadata,
 written by pretraining. The pool needs not exist any more.
 
+An encoder pretrained on every cached case of the task (``pimpic pretrain --pool all``, which
+it records as ``pretrain_pool: all``) holds the evaluation patients' images — never their
+labels — on purpose: transductive pretraining. It is refused like any other unless the user
+says so (``allow_transductive``: ``--allow-transductive``, or ``pretrain_pool: all`` in an
+experiment); then it is accepted with one warning per task and split
+(:func:`warn_transductive`). An encoder whose pool holds test cases without recording that
+choice (a renamed copy, a separate pool) is refused whatever is allowed.
+
 What cannot be compared is said, never passed over: a pool case without a content hash (an
 nnU-Net preprocessed pool whose raw images are not found, a cache or an encoder made by an
 older pimpic) and test cases without one are compared by what they have (id, input file) and
@@ -30,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -125,11 +134,29 @@ def pool_overlap(task: VolumeSource, test_ids: Sequence[str], pool: VolumeSource
     return [found[c] for c in test_ids if c in found]
 
 
-def _refusal(where: Any, what: str, both: list[str], split: str = "test") -> PimpicError:
+#: the ``pretrain_pool`` an encoder records when it was pretrained on every cached case
+TRANSDUCTIVE = "all"
+_warned: set[tuple[str, str]] = set()
+
+
+def _refusal(where: Any, what: str, both: list[str], split: str = "test",
+             advice: str = "") -> PimpicError:
     return PimpicError(
         f"{where}: {what} holds {len(both)} of the task's {split} case(s) "
-        f"({'; '.join(both[:5])}{'; …' if len(both) > 5 else ''}); remove them from the "
-        "pool and pretrain again, or evaluate on other cases")
+        f"({'; '.join(both[:5])}{'; …' if len(both) > 5 else ''}); "
+        + (advice or "remove them from the pool and pretrain again, or evaluate on other cases"))
+
+
+def warn_transductive(task_root: Any, split: str, n: int) -> None:
+    """Log, once per task and split in this process (not once per cell of a grid), that
+    pretraining saw the images of ``n`` of the task's ``split`` cases, as the user chose."""
+    key = (str(Path(task_root).resolve()), split)
+    if key in _warned:
+        return
+    _warned.add(key)
+    log.warning("transductive pretraining: the pretraining pool holds the images (never the "
+                "labels) of %d %s case(s) of %s; accepted as configured (--allow-transductive "
+                "/ pretrain_pool: all)", n, split, task_root)
 
 
 def check_pool(task: VolumeSource, test_ids: Sequence[str], pool: VolumeSource,
@@ -141,16 +168,36 @@ def check_pool(task: VolumeSource, test_ids: Sequence[str], pool: VolumeSource,
 
 
 def check_encoder_pool(where: Any, encoder_meta: Mapping[str, Any] | None, task: VolumeSource,
-                       test_ids: Sequence[str], split: str = "test") -> None:
+                       test_ids: Sequence[str], split: str = "test",
+                       allow_transductive: bool = False) -> list[str]:
     """Refuse, in one line naming ``where``, an encoder (its metadata) pretrained on any of
     ``test_ids`` (the task's ``split``), compared by id and by the hashes it records
-    (:func:`pool_record`)."""
+    (:func:`pool_record`) — unless it records ``pretrain_pool: all`` and
+    ``allow_transductive`` accepts that (module docstring).
+
+    Returns:
+        the accepted overlaps (``"<test id> = <pool id> (how)"``; empty: none).
+    """
     if not encoder_meta:
-        return
+        return []
     pool_ids = [str(c) for c in encoder_meta.get("pretrain_cases") or ()]
     hashes = encoder_meta.get("pretrain_hashes")
     if not isinstance(hashes, dict):
         hashes = {}
     both = record_overlap(pool_ids, hashes, task, test_ids)
-    if both:
-        raise _refusal(where, "the encoder's pretraining pool", both, split)
+    if not both:
+        return []
+    what = "the encoder's pretraining pool"
+    if encoder_meta.get("pretrain_pool") != TRANSDUCTIVE:
+        advice = ("; --allow-transductive accepts only an encoder pretrained with --pool all, "
+                  "which this one does not record" if allow_transductive else "")
+        raise _refusal(where, what, both, split, advice and
+                       "remove them from the pool and pretrain again, or evaluate on other "
+                       "cases" + advice)
+    if not allow_transductive:
+        raise _refusal(where, f"{what} (--pool all: every cached case)", both, split,
+                       "pass --allow-transductive (in an experiment: pretrain_pool: all) to "
+                       "accept transductive pretraining deliberately, or pretrain with "
+                       "--pool train or train+unlabelled")
+    warn_transductive(task.root, split, len(both))
+    return both

@@ -7,6 +7,16 @@ cache: it holds an exclusive lock on ``.prepare.lock`` and a second one is refus
 workers do not inherit the lock, and exit when it dies (:func:`pimpic.io.acquire_lock`,
 :func:`_init_worker`).
 
+Images without labels can join a labelled dataset's cases (``unlabelled``: ``prepare SRC
+--unlabelled DIR``): every NIfTI image of each folder, read as the ``folder`` layout reads it
+(its case id from its file name), is cached beside SRC's cases with the same preprocessing and
+hashes, as an unlabelled case. The labelled cases are split as without them (same split, same
+digest); the others are listed under the split's ``unlabelled``, the pretraining pool's
+archive (:attr:`pimpic.data.splits.Split.unlabelled`). An unlabelled id that is already a case's
+id, or an unlabelled image with the same source voxels (``content_sha256``) as a labelled case
+— the same scan twice, which would carry an evaluation patient into a pool that should not
+hold one — is a one-line error naming both files. The manifest records the folders.
+
 A case is *finished* when its ``meta.json`` records the same settings and the same input files.
 Each input is recorded by size, ``mtime_ns`` and SHA-256: a file whose size and mtime are
 unchanged is taken as unchanged (no read); one whose mtime moved is hashed, and only a changed
@@ -27,12 +37,13 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pimpic import __version__
 from pimpic.data.cache import CASES_DIR, LOCK, MANIFEST, SPLITS, Cache, write_manifest
-from pimpic.data.datasets import read_dataset, read_labels
+from pimpic.data.datasets import check_case_ids, read_dataset, read_labels
 from pimpic.data.labels import LabelSet
 from pimpic.data.preprocess import Settings, content_sha256, load_and_preprocess
 from pimpic.data.splits import check_split_request, read_split_file, settle_split, split_digest
@@ -63,6 +74,7 @@ def prepare(
     splits_file: str | Path | None = None,
     resplit: bool = False,
     progress: bool = True,
+    unlabelled: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
     """Preprocess every case of dataset ``src`` into cache folder ``out``.
 
@@ -79,11 +91,14 @@ def prepare(
         resplit: recompute the split even though the cache has one (cases may move). Without
             it a saved split is kept, and a run that would change it is refused.
         progress: show a progress bar.
+        unlabelled: folders of NIfTI images cached beside ``src``'s cases without labels
+            (listed under the split's ``unlabelled``; module docstring).
 
     Returns:
         report ``{"out", "layout", "n_cases", "processed", "skipped", "bad": [{"id", "error"}],
         "redone": {id: why} (finished cases whose inputs changed), "splits": {"train", "val",
-        "test"} sizes or None, "split_status": kept/new/recomputed/none, "split_digest",
+        "test"[, "unlabelled"]} sizes or None, "split_status": kept/updated (unlabelled cases
+        added)/new/recomputed/none, "split_digest",
         "labels" (the named structures, e.g. ``"1 brainstem, 2 spinal_cord"``; None for an
         unlabelled folder), "seconds"}``.
     """
@@ -91,11 +106,15 @@ def prepare(
     out = Path(out)
     layout, cases = read_dataset(src, layout)
     labels = read_labels(src, layout)
+    folders = list(dict.fromkeys(str(Path(d).resolve()) for d in unlabelled))
+    extra = _unlabelled_cases(cases, folders)
+    cases = [*cases, *extra]
     user = read_split_file(splits_file) if splits_file is not None else None
-    _check_out(out, settings, labels)
+    _check_out(out, settings, labels, folders, resplit)
     out.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out / LOCK, "`pimpic prepare`"):
-        _check_out(out, settings, labels)  # again under the lock: another run may have written it
+        # again under the lock: another run may have written it
+        _check_out(out, settings, labels, folders, resplit)
         saved = read_json(out / SPLITS) if (out / SPLITS).is_file() else None
         check_split_request(saved, user, seed, resplit, out / SPLITS)
         cases_dir = out / CASES_DIR
@@ -114,12 +133,14 @@ def prepare(
         # the manifest goes first, so a rerun with other settings is refused even after a crash
         source = str(Path(src).resolve())
         write_manifest(out, settings.to_dict(), [c["id"] for c in cases if c["id"] in finished],
-                       source=source, layout=layout, labels=labels)
+                       source=source, layout=layout, labels=labels, unlabelled=folders)
         todo = [c for c in cases if c["id"] not in finished]
         bad = _run(todo, cases_dir, settings, workers, skip_bad, progress, finished)
+        if not bad or skip_bad:
+            bad += _same_scans(cases, extra, finished, cases_dir)
         done_ids = [c["id"] for c in cases if c["id"] in finished]
         write_manifest(out, settings.to_dict(), done_ids, source=source, layout=layout,
-                       labels=labels)
+                       labels=labels, unlabelled=folders)
         if bad and not skip_bad:
             raise PimpicError(f"{bad[0]['error']} (finished cases are kept; fix it and rerun, "
                               "or pass --skip-bad)")
@@ -133,20 +154,84 @@ def prepare(
         "out": str(out), "layout": layout, "n_cases": len(cases),
         "processed": len(todo) - len(bad), "skipped": len(cases) - len(todo), "bad": bad,
         "redone": {k: v for k, v in redone.items() if k in finished},
-        "splits": {k: len(split[k]) for k in ("train", "val", "test")} if split else None,
+        "splits": _sizes(split) if split else None,
         "split_status": status, "split_digest": split_digest(split) if split else None,
         "labels": labels.names() if labels is not None else None,
         "seconds": round(time.perf_counter() - t0, 2),
     }
 
 
-def _check_out(out: Path, settings: Settings, labels: LabelSet | None) -> None:
-    """``out`` must be new, empty, or a cache made with the same settings and labels."""
+def _sizes(split: dict[str, Any]) -> dict[str, int]:
+    """Cases per part; ``unlabelled`` only when the split lists some."""
+    sizes = {k: len(split[k]) for k in ("train", "val", "test")}
+    if split.get("unlabelled"):
+        sizes["unlabelled"] = len(split["unlabelled"])
+    return sizes
+
+
+def _unlabelled_cases(labelled: list[dict[str, Any]], folders: Sequence[str]
+                      ) -> list[dict[str, Any]]:
+    """The images of each of ``folders`` as unlabelled cases (the ``folder`` layout's reader
+    and ids); an id that another case has already is a one-line error naming both files."""
+    seen = {c["id"]: c for c in labelled}
+    extra: list[dict[str, Any]] = []
+    for folder in folders:
+        _, found = read_dataset(folder, "folder")
+        for case in found:
+            other = seen.setdefault(case["id"], case)
+            if other is not case:
+                raise PimpicError(f"{case['image']}: unlabelled case id {case['id']!r} is "
+                                  f"already the id of {other['image']}; rename one of them")
+        extra += found
+    check_case_ids([*labelled, *extra], folders[0] if folders else ".")  # case-folded clashes
+    return extra
+
+
+def _same_scans(cases: list[dict[str, Any]], extra: list[dict[str, Any]], finished: set[str],
+                cases_dir: Path) -> list[dict[str, str]]:
+    """Finished unlabelled cases (``extra``) whose source voxels equal a labelled case's
+    (``content_sha256``): each is removed from the cache and reported as a bad case."""
+    if not extra:
+        return []
+
+    def content(cid: str) -> str | None:
+        try:
+            sha = read_json(cases_dir / cid / "meta.json").get("content_sha256")
+        except (PimpicError, AttributeError):
+            return None
+        return str(sha) if sha else None
+
+    scans: dict[str, dict[str, Any]] = {}
+    for c in cases:
+        if c["label"] is not None and c["id"] in finished:
+            sha = content(c["id"])
+            if sha is not None:
+                scans.setdefault(sha, c)
+    bad = []
+    for c in extra:
+        same = scans.get(content(c["id"]) or "") if c["id"] in finished else None
+        if same is not None:
+            _remove(cases_dir / c["id"], cases_dir)
+            finished.discard(c["id"])
+            bad.append({"id": c["id"], "error": f"case {c['id']}: {c['image']}: the same scan "
+                        f"as labelled case {same['id']} ({same['image']}; equal source voxels, "
+                        "content_sha256); remove it from the unlabelled folder"})
+    return bad
+
+
+def _check_out(out: Path, settings: Settings, labels: LabelSet | None,
+               unlabelled: Sequence[str] = (), resplit: bool = False) -> None:
+    """``out`` must be new, empty, or a cache made with the same settings and labels, and
+    (unless ``resplit``) from at least the unlabelled folders it was made from."""
     manifest = out / MANIFEST
     if manifest.is_file():
         data = read_json(manifest)
         if not Cache.is_manifest(data):
             raise PimpicError(f"{manifest}: not a pimpic cache manifest; choose another --out")
+        dropped = [d for d in data.get("unlabelled") or () if d not in unlabelled]
+        if dropped and not resplit:
+            raise PimpicError(f"{out}: the cache holds the unlabelled images of {dropped[0]}; "
+                              f"pass --unlabelled {dropped[0]} again (or --resplit to drop them)")
         old = data.get("settings", {})
         try:
             same = Settings.from_dict(old) == settings

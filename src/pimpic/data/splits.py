@@ -6,8 +6,10 @@ then ``train = int(0.7 · n)``, ``val = int(0.1 · n)`` and test is the rest (28
 is kept on purpose, as released: 0.7 · 90 is 62.999…, so 90 cases give 62 training cases.
 Label fraction ``p`` is the first ``ceil(n_train · p / 100)`` cases of the shuffled training
 list, so 5 % ⊂ 10 % ⊂ 20 % ⊂ 50 % ⊂ 100 %, unless the split stores its own fraction lists
-(a released split file does; they are kept exactly). Pretraining sees exactly the training
-images.
+(a released split file does; they are kept exactly). Pretraining sees the training images
+by default; :meth:`Split.pool` names the other pools (:data:`POOLS`): training + unlabelled
+cases, or every cached case (transductive: the evaluation patients' images, never their
+labels).
 
 A split file given with ``--splits`` is read in either format:
 
@@ -23,6 +25,8 @@ A split file given with ``--splits`` is read in either format:
 ``prepare`` keeps it byte for byte. A rerun that would change it — cases added to or gone from
 the cache, another ``--seed``, another ``--splits`` file — is refused with a message naming
 the cases; ``resplit=True`` (``prepare --resplit``) recomputes it from scratch, and says so.
+Unlabelled cases added to a split of labelled cases (``prepare --unlabelled``) move nothing:
+they join its ``unlabelled`` list, and train/val/test and the digest stay as they were.
 :func:`split_digest` fingerprints a split so that results made on one split are never mixed
 with results made on another.
 
@@ -55,6 +59,10 @@ PARTS = ("train", "val", "test")
 #: lists of a saved split that hold cached cases outside train/val/test
 EXTRA_PARTS = ("unlabelled", "unused")
 _RELEASED_FRACTION = re.compile(r"^train_(\d+)_percent$")
+#: the pretraining pools a cache offers (:meth:`Split.pool`): its training split (the
+#: default), training + unlabelled cases (no evaluation patient), or every cached case
+#: (transductive: validation and test images too, never their labels)
+POOLS = ("train", "train+unlabelled", "all")
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,17 @@ class Split:
             raise PimpicError(f"split {name!r} is not one of {', '.join(PARTS)}")
         ids: tuple[str, ...] = getattr(self, name)
         return ids
+
+    def pool(self, name: str) -> tuple[str, ...]:
+        """The cases of pretraining pool ``name`` (:data:`POOLS`): ``train``, ``train`` +
+        ``unlabelled``, or ``all`` (train, val, test, unlabelled and unused)."""
+        if name not in POOLS:
+            raise PimpicError(f"pretraining pool {name!r} is not one of {', '.join(POOLS)}")
+        if name == "train":
+            return self.train
+        if name == "train+unlabelled":
+            return (*self.train, *self.unlabelled)
+        return (*self.train, *self.val, *self.test, *self.unlabelled, *self.unused)
 
     def _lists(self) -> dict[str, Any]:
         """The mapping the functions of this module read (``splits.json``'s lists)."""
@@ -346,16 +365,25 @@ def settle_split(saved: Mapping[str, Any] | None, user: Mapping[str, Any] | None
         where: the saved split's path; ``user_where``: the ``--splits`` file (for messages).
 
     Returns:
-        ``(split, status)``: status ``"kept"`` (the saved split, unchanged), ``"new"``,
+        ``(split, status)``: status ``"kept"`` (the saved split, unchanged), ``"updated"``
+        (unlabelled cases added to the saved split's ``"unlabelled"``; train/val/test, the
+        fraction lists and the digest unchanged), ``"new"``,
         ``"recomputed"`` (``resplit``) or ``"none"`` (fewer than 3 cases: no split).
 
     Raises:
         PimpicError: without ``resplit``, when the cached cases differ from the ones the saved
-            split names (cases added or gone): the split would have to move.
+            split names (cases added or gone): the split would have to move. Unlabelled cases
+            added to a split of labelled cases are not refused: they move nothing.
     """
     if saved is not None and not resplit:
         named, cached = split_ids(saved), set(done)
         new, gone = sorted(cached - named), sorted(named - cached)
+        added = [c for c in new if c not in set(labelled)]
+        if labelled and new and added == new and not gone:
+            # unlabelled cases joined a labelled cache: train/val/test and digest stay
+            kept = set(saved.get("unlabelled") or ())
+            return ({**saved, "unlabelled": [c for c in done if c in kept or c in set(new)]},
+                    "updated")
         if new:
             raise PimpicError(f"{where}: {len(new)} cached case(s) are not in the saved split "
                               f"({', '.join(new[:5])}); the split is kept as it is — rerun "

@@ -28,7 +28,14 @@ Run folder (created, resumed and overwritten by :class:`~pimpic.training.run_fol
 case ids and their image files' SHA-256, so a resume after ``prepare`` redid a case is
 refused), ``metrics.jsonl``, ``tb/``, ``checkpoint.pt``, and at the end ``method.safetensors``
 (the whole pretext module), ``encoder.safetensors`` (the artifact fine-tuning loads, recording
-its pool's case ids and hashes for the leakage guard) and ``energy.json``.
+its pool's case ids and hashes, and the pool's name, for the leakage guard) and ``energy.json``.
+
+The pool is the cache's training split unless ``pool`` (``pimpic pretrain --pool``) names
+another (:data:`pimpic.data.splits.POOLS`): ``train+unlabelled`` (the training split and the
+unlabelled cases, ``prepare --unlabelled``) or ``all`` (every cached case, the evaluation
+patients' images included: transductive, accepted later only where the user says so,
+:func:`pimpic.data.leakage.check_encoder_pool`); ``case_ids`` names the cases instead (a pool
+recorded as ``null``).
 """
 
 from __future__ import annotations
@@ -70,7 +77,7 @@ from pimpic.paths import (
 from pimpic.pretraining.backbones import build_backbone, resolve_patch
 from pimpic.pretraining.config import PretrainConfig
 from pimpic.pretraining.run_info import PretrainRun
-from pimpic.pretraining.sources import open_source
+from pimpic.pretraining.sources import open_source, pool_cases
 from pimpic.registry import MethodSpec
 from pimpic.training import checkpoint as ckpt
 from pimpic.training.device import autocast, flush_denormals
@@ -95,6 +102,7 @@ def pretrain(
     overwrite: bool = False,
     progress: bool = True,
     case_ids: Sequence[str] | None = None,
+    pool: str = "train",
 ) -> Path:
     """Pretrain an encoder with ``cfg.method`` on the cache's training images.
 
@@ -107,7 +115,10 @@ def pretrain(
         overwrite: remove what an earlier pretraining run wrote into ``run_dir`` first
             (refused when the folder is not a pimpic pretraining run or holds other files).
         progress: show a progress bar (rank 0).
-        case_ids: the pretraining pool; default the cache's training split.
+        case_ids: the pretraining pool's cases (the pool is then recorded as None).
+        pool: the pool of the cache, when ``case_ids`` is None: ``train`` (its training
+            split), ``train+unlabelled`` or ``all`` (:func:`~pimpic.pretraining.sources.
+            pool_cases`); run.json and the encoder record it as ``pretrain_pool``.
 
     Returns:
         ``run_dir/encoder.safetensors``.
@@ -116,17 +127,19 @@ def pretrain(
     try:
         with flush_denormals(dist.device):
             return _pretrain(dist, Path(cache), Path(run_dir), cfg, resume, overwrite, progress,
-                             case_ids)
+                             case_ids, pool)
     finally:
         dist.close()
 
 
 def _pretrain(dist: Dist, cache_root: Path, run_dir: Path, cfg: PretrainConfig, resume: bool,
-              overwrite: bool, progress: bool, case_ids: Sequence[str] | None) -> Path:
+              overwrite: bool, progress: bool, case_ids: Sequence[str] | None,
+              pool: str) -> Path:
     device = dist.device
     cache = open_source(cache_root)
     cfg = resolve_patch(_with_plans(cfg, cache))  # config.yaml records the plan's patch
-    ids = _pretraining_cases(cache, case_ids)
+    ids = _pretraining_cases(cache, case_ids, pool)
+    pool_name = None if case_ids is not None else pool
     folder = RunFolder(run_dir, "pretrain", ARTEFACTS)
     state, resumed = None, None
     if folder.check(resume=resume, overwrite=overwrite, lock=dist.is_main):
@@ -159,7 +172,7 @@ def _pretrain(dist: Dist, cache_root: Path, run_dir: Path, cfg: PretrainConfig, 
     hashes: dict[str, Any] = {}
     if dist.is_main:
         folder.start(resuming=state is not None)
-        _write_run_files(run_dir, cache, cfg, ids, dist, resumed, start)
+        _write_run_files(run_dir, cache, cfg, ids, pool_name, dist, resumed, start)
         hashes = _pool_hashes(cache, ids)
     dist.barrier()
 
@@ -216,7 +229,7 @@ def _pretrain(dist: Dist, cache_root: Path, run_dir: Path, cfg: PretrainConfig, 
     session["joules"] = dist.sum(rank_share(session, dist.local_rank))
     encoder_path = run_dir / ENCODER_FILE
     if dist.is_main:
-        _export(run_dir, module, cache, cfg, ids, hashes)
+        _export(run_dir, module, cache, cfg, ids, pool_name, hashes)
         record_energy(run_dir / ENERGY, session, resuming=state is not None,
                       world_size=dist.world_size, steps=cfg.steps)
     dist.barrier()
@@ -236,8 +249,9 @@ def _with_plans(cfg: PretrainConfig, source: VolumeSource) -> PretrainConfig:
                                nnunet_configuration=plan.name)
 
 
-def _pretraining_cases(cache: VolumeSource, case_ids: Sequence[str] | None) -> list[str]:
-    ids = list(case_ids) if case_ids is not None else cache.train_ids()
+def _pretraining_cases(cache: VolumeSource, case_ids: Sequence[str] | None,
+                       pool: str) -> list[str]:
+    ids = list(case_ids) if case_ids is not None else pool_cases(cache, pool)
     if not ids:
         raise PimpicError(f"{cache.root}: no training cases to pretrain on")
     known = set(cache.case_ids)
@@ -264,12 +278,13 @@ def _inputs(cache: VolumeSource, ids: list[str]) -> dict[str, Any] | None:
 
 
 def _write_run_files(run_dir: Path, cache: VolumeSource, cfg: PretrainConfig, ids: list[str],
-                     dist: Dist, resumed: PretrainRun | None, start: int) -> None:
+                     pool: str | None, dist: Dist, resumed: PretrainRun | None,
+                     start: int) -> None:
     """``config.yaml``, ``env.json`` and ``run.json`` (``resumed``: the run's record so far)."""
     save_config(cfg, run_dir / CONFIG)
     write_json(run_dir / ENV, envinfo.collect(dist.device, dist.world_size))
     PretrainRun(cache=str(cache.root.resolve()), method=cfg.method, world_size=dist.world_size,
-                **_identity(cache, ids), case_inputs=_inputs(cache, ids),
+                **_identity(cache, ids), case_inputs=_inputs(cache, ids), pretrain_pool=pool,
                 resumed_from=[*resumed.resumed_from, start] if resumed else []).save(run_dir)
 
 
@@ -296,7 +311,7 @@ def _pool_hashes(cache: VolumeSource, ids: list[str]) -> dict[str, Any]:
 
 
 def _export(run_dir: Path, module: nn.Module, cache: VolumeSource, cfg: PretrainConfig,
-            ids: list[str], hashes: dict[str, Any]) -> None:
+            ids: list[str], pool: str | None, hashes: dict[str, Any]) -> None:
     # clone: safetensors refuses tensors that share storage (e.g. tied or EMA-initialised heads)
     state = {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
     save_safetensors(state, run_dir / METHOD_FILE, {"format": "pimpic-method",
@@ -308,7 +323,7 @@ def _export(run_dir: Path, module: nn.Module, cache: VolumeSource, cfg: Pretrain
         # a pimpic cache: the HU window scaled to [0, 1]; an nnU-Net folder: its plan's schemes
         "normalization": settings.get("normalization", ["window"]),
         "method": cfg.method, "steps": cfg.steps,
-        "pretrain_cases": ids, "pretrain_hashes": hashes})
+        "pretrain_pool": pool, "pretrain_cases": ids, "pretrain_hashes": hashes})
 
 
 # --------------------------------------------------------------------------- loop helpers

@@ -25,6 +25,9 @@ class PretrainRun(RunRecord):
     #: the image SHA-256 of each pool case (a pimpic cache; None: another source, or a run made
     #: before they were recorded): a resume after ``prepare`` redid a case is refused
     case_inputs: dict[str, Any] | None = None
+    #: the cache's pool it read (``train``, ``train+unlabelled``, ``all``; None: cases named by
+    #: the caller, e.g. every case of a separate pool)
+    pretrain_pool: str | None = "train"
     #: the step each resumed session started from (not written until the run is resumed)
     resumed_from: list[int] = dataclasses.field(default_factory=list)
 

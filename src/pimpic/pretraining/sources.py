@@ -5,7 +5,7 @@ recognises such a folder and the class that reads it (a :class:`~pimpic.data.sou
 VolumeSource`). :func:`open_source` opens a folder as the first kind, in table order, whose
 test accepts it; a folder no kind recognises is opened as a pimpic cache, whose error says
 what is missing (``run `pimpic prepare```). A new kind of source is its file and one line
-here.
+here. :func:`pool_cases` names the cases of a pretraining pool (``pimpic pretrain --pool``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from pathlib import Path
 
 from pimpic.data.cache import MANIFEST, Cache
 from pimpic.data.sources import VolumeSource
+from pimpic.data.splits import POOLS
+from pimpic.errors import PimpicError
 from pimpic.nnunet.data import PreprocessedFolder, is_preprocessed_folder
 
 
@@ -47,3 +49,15 @@ def open_source(root: str | Path) -> VolumeSource:
         if kind.detect(root):
             return kind.open(root)
     return Cache(root)
+
+
+def pool_cases(source: VolumeSource, pool: str = "train") -> list[str]:
+    """The cases of pretraining pool ``pool`` (:data:`pimpic.data.splits.POOLS`) of a source:
+    a split cache's :meth:`~pimpic.data.splits.Split.pool`; any other source's every case
+    (:meth:`~pimpic.data.sources.VolumeSource.train_ids`: an nnU-Net preprocessed folder and
+    an unsplit cache have no evaluation cases of their own)."""
+    if pool not in POOLS:
+        raise PimpicError(f"pretraining pool {pool!r}: choose one of {', '.join(POOLS)}")
+    if isinstance(source, Cache) and source.has_splits():
+        return list(source.split().pool(pool))
+    return source.train_ids()

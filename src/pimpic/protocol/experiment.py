@@ -36,7 +36,7 @@ from typing import Any
 
 from pimpic.config import config_differences, flatten, load_yaml, save_config, to_dict
 from pimpic.data.cache import Cache, check_same_inputs
-from pimpic.data.leakage import check_pool
+from pimpic.data.leakage import check_pool, warn_transductive
 from pimpic.data.splits import PARTS, Split
 from pimpic.errors import PimpicError
 from pimpic.io import acquire_lock, read_json, write_json
@@ -58,7 +58,13 @@ from pimpic.paths import (
 from pimpic.pretraining.config import PretrainConfig
 from pimpic.pretraining.engine import pretrain
 from pimpic.pretraining.sources import open_source
-from pimpic.protocol.grid import BASELINE, GRID_KEYS, ExperimentConfig, load_experiment_config
+from pimpic.protocol.grid import (
+    BASELINE,
+    GRID_KEYS,
+    ExperimentConfig,
+    load_experiment_config,
+    transductive,
+)
 from pimpic.protocol.report import write_all
 from pimpic.segmentation.config import FinetuneConfig
 from pimpic.segmentation.evaluate import evaluate
@@ -107,9 +113,13 @@ def _finetune_finished(run_dir: Path) -> bool:
 
 def pretraining_pool(cfg: ExperimentConfig) -> tuple[Path, list[str] | None]:
     """Where pretraining reads (``pretrain_cache`` or ``cache``) and which cases (all of a
-    separate pool; None: the task cache's training split, the engine's default)."""
+    separate pool; None: the task cache's ``pretrain_pool``, which the engine resolves)."""
     if not cfg.pretrain_cache or Path(cfg.pretrain_cache).resolve() == Path(cfg.cache).resolve():
         return Path(cfg.cache), None
+    if cfg.pretrain_pool != "train":
+        raise PimpicError(f"experiment config: pretrain_pool {cfg.pretrain_pool!r} chooses "
+                          "cases of 'cache'; with a separate pretrain_cache every case of that "
+                          "pool is read (leave pretrain_pool: train, or drop pretrain_cache)")
     return Path(cfg.pretrain_cache), list(open_source(cfg.pretrain_cache).case_ids)
 
 
@@ -138,7 +148,9 @@ def check_evaluation_split(cfg: ExperimentConfig, cache: Cache) -> None:
         raise PimpicError(f"{where}: case(s) without a label in {cache.root}: "
                           f"{', '.join(unlabelled[:5])}")
     tuned = {c for f in cfg.fractions for c in split.fraction(f)}
-    pretrained = set(split.train if pretraining_pool(cfg)[1] is None else [])  # else: leakage
+    # a separate pool: check_pool_leakage; every cached case: transductive, as configured
+    own = pretraining_pool(cfg)[1] is None and not transductive(cfg)
+    pretrained = set(split.pool(cfg.pretrain_pool) if own else [])
     seen = {"fine-tuning set": tuned,
             "pretraining pool": pretrained if set(cfg.methods) - {BASELINE} else set()}
     for what, cases in seen.items():
@@ -153,6 +165,7 @@ def plan_stages(cfg: ExperimentConfig, exp: Path, *, progress: bool = True) -> l
     """The grid as an ordered list of stages: every pretraining first, then every cell."""
     cache = Path(cfg.cache)
     pool, pool_ids = pretraining_pool(cfg)
+    allow = transductive(cfg)  # pretrain_pool: all is the user's statement
     stages: list[Stage] = []
     for method in cfg.methods:
         if method == BASELINE:
@@ -163,7 +176,7 @@ def plan_stages(cfg: ExperimentConfig, exp: Path, *, progress: bool = True) -> l
         def run_pre(rd: Path = rd, pcfg: PretrainConfig = pcfg) -> None:
             resume, overwrite = _restart(rd)
             pretrain(pool, rd, pcfg, progress=progress, case_ids=pool_ids, resume=resume,
-                     overwrite=overwrite)
+                     overwrite=overwrite, pool=cfg.pretrain_pool)
 
         def pre_done(rd: Path = rd) -> bool:
             return (rd / ENCODER_FILE).is_file()
@@ -182,9 +195,11 @@ def plan_stages(cfg: ExperimentConfig, exp: Path, *, progress: bool = True) -> l
                     if not _finetune_finished(rd):
                         resume, overwrite = _restart(rd)
                         finetune(cache, rd, fcfg, encoder=encoder, progress=progress,
-                                 resume=resume, overwrite=overwrite)
+                                 resume=resume, overwrite=overwrite,
+                                 allow_transductive=allow)
                     evaluate(rd, split=cfg.split, cache=cache, lcc=cfg.lcc, absent=cfg.absent,
-                             progress=progress, save_predictions=True)
+                             progress=progress, save_predictions=True,
+                             allow_transductive=allow)
 
                 def cell_done(rd: Path = rd) -> bool:
                     return (eval_dir(rd, cfg.split) / SUMMARY).is_file()
@@ -308,6 +323,8 @@ def run_experiment(
     split = cache.split()
     check_pool_leakage(cfg)
     _check_same_setup(cfg, exp, split)
+    if transductive(cfg):
+        warn_transductive(cache.root, cfg.split, len(split.part(cfg.split)))
     inputs = cache.input_sha256([*split.train, *split.val, *split.test])
     if (exp / CONFIG).is_file() and (exp / SPLIT_RECORD).is_file():
         check_same_inputs(read_json(exp / SPLIT_RECORD).get("case_inputs"), inputs,

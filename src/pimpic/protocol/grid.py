@@ -20,6 +20,7 @@ from pimpic.config import (
     ranged,
     to_dict,
 )
+from pimpic.data.leakage import TRANSDUCTIVE
 from pimpic.errors import PimpicError
 from pimpic.pretraining.config import PretrainConfig
 from pimpic.segmentation.config import FinetuneConfig
@@ -41,6 +42,13 @@ class ExperimentConfig:
     #: is pretrained on; empty: the training split of ``cache``. Refused when it holds any of
     #: the task's test cases, by case id or by content (:mod:`pimpic.data.leakage`)
     pretrain_cache: str = ""
+    #: which cases of ``cache`` pretraining reads when there is no ``pretrain_cache``
+    #: (:data:`pimpic.data.splits.POOLS`): ``train`` (the training split), ``train+unlabelled``
+    #: (and the unlabelled cases of ``prepare --unlabelled``: a large archive without the
+    #: evaluation patients) or ``all`` (every cached case, the validation and test patients'
+    #: images included, never their labels: transductive pretraining, accepted by saying so
+    #: here; the report says so in its header)
+    pretrain_pool: typing.Literal["train", "train+unlabelled", "all"] = "train"
     methods: tuple[str, ...] = ("random", "voco", "vox2vec", "pim", "pic", "pimpic")
     fractions: tuple[int, ...] = ranged((5, 10, 20, 50, 100), PERCENT)
     seeds: tuple[int, ...] = ranged((0,), NON_NEGATIVE)
@@ -94,6 +102,12 @@ class ExperimentConfig:
 
     def finetune_config(self, fraction: int, seed: int) -> FinetuneConfig:
         return dataclasses.replace(self.finetune, fraction=fraction, seed=seed)
+
+
+def transductive(cfg: ExperimentConfig) -> bool:
+    """Does the grid pretrain on the evaluation patients' images (``pretrain_pool: all``, the
+    user's statement that this is deliberate)?"""
+    return cfg.pretrain_pool == TRANSDUCTIVE and any(m != BASELINE for m in cfg.methods)
 
 
 def load_experiment_config(

@@ -28,7 +28,7 @@ from pimpic.paths import (
     pretrain_dir,
 )
 from pimpic.protocol.figures import write_figures
-from pimpic.protocol.grid import BASELINE, ExperimentConfig
+from pimpic.protocol.grid import BASELINE, ExperimentConfig, transductive
 from pimpic.protocol.results import (
     collect_results,
     format_results_table,
@@ -133,15 +133,35 @@ def _data_md(cfg: ExperimentConfig, rows: Sequence[dict[str, Any]]) -> str:
     lines = [f"- Cache: `{cache.root}` (source `{man.get('source', '?')}`, layout "
              f"`{man.get('layout', '?')}`, {len(cache.case_ids)} cases; preprocessing "
              f"{man.get('settings', {})})",
-             f"- Split (seed {split.seed}): {len(split.train)} train "
-             f"(pretraining sees only these images), {len(split.val)} validation, "
-             f"{len(split.test)} test; evaluated on `{cfg.split}`",
+             f"- Split (seed {split.seed}): {len(split.train)} train, {len(split.val)} "
+             f"validation, {len(split.test)} test; evaluated on `{cfg.split}`",
+             f"- {pool_line(cfg)}",
              "- Labelled training cases per fraction: " + ", ".join(
                  f"{f} % → {len(split.fraction(f))}" for f in cfg.fractions),
              f"- Methods: {', '.join(method_name(m) for m in cfg.methods)}; seeds "
              f"{', '.join(map(str, cfg.seeds))} (every seed reported, none selected)",
              f"- Result rows: {len(rows)} (case × cell)"]
     return "\n".join(lines) + "\n"
+
+
+def pool_line(cfg: ExperimentConfig) -> str:
+    """What pretraining read, in one sentence (the report's header states a transductive
+    pool: the evaluation patients' images, never their labels)."""
+    if all(m == BASELINE for m in cfg.methods):
+        return "Pretraining pool: none (no pretrained method in the grid)."
+    if cfg.pretrain_cache and Path(cfg.pretrain_cache).resolve() != Path(cfg.cache).resolve():
+        return (f"Pretraining pool: every case of the separate pool `{cfg.pretrain_cache}`, "
+                f"checked to hold none of the {cfg.split} patients.")
+    split = Cache(cfg.cache).split()
+    if cfg.pretrain_pool == "train":
+        return f"Pretraining pool: the {len(split.train)} training cases' images."
+    if cfg.pretrain_pool == "train+unlabelled":
+        return (f"Pretraining pool: the {len(split.train)} training cases and the "
+                f"{len(split.unlabelled)} unlabelled cases ({len(split.pool('train+unlabelled'))}"
+                " images; no evaluation patient).")
+    return (f"Pretraining pool: all {len(split.pool('all'))} cached cases, including the "
+            f"{len(split.part(cfg.split))} evaluation ({cfg.split}) patients' images (no "
+            "labels): transductive pretraining, as configured.")
 
 
 def _timings_md(exp: Path) -> str:
@@ -177,7 +197,9 @@ def write_report_md(exp: Path, cfg: ExperimentConfig, rows: Sequence[dict[str, A
         "overlap_check": "Predicted overlap (cosine of PiM embeddings) against the true overlap "
                          "S — the label-free check that PiM learned its target",
     }
-    parts = [f"# Experiment report: `{exp.name}`", "", "## Data", "", _data_md(cfg, rows),
+    header = [pool_line(cfg), ""] if transductive(cfg) else []
+    parts = [f"# Experiment report: `{exp.name}`", "", *header, "## Data", "",
+             _data_md(cfg, rows),
              "## Dice (paper Table 1 layout)", "", table, *_failures_md(exp),
              f"## Paired comparison against {method_name(BASELINE)}", "", stats, "## Figures", ""]
     for key, path in figures.items():

@@ -54,16 +54,19 @@ log = logging.getLogger(__name__)
 
 
 def _check_held_out(run_dir: Path, split: str, case_ids: list[str], info: ModelInfo,
-                    cache: Cache) -> None:
+                    cache: Cache, allow_transductive: bool = False) -> list[str]:
     """A case seen in fine-tuning (by id) or in pretraining (by id or content,
-    :func:`pimpic.data.leakage.check_encoder_pool`) cannot measure generalisation."""
+    :func:`pimpic.data.leakage.check_encoder_pool`) cannot measure generalisation; an encoder
+    pretrained on every cached case is accepted with ``allow_transductive`` (the accepted
+    overlaps are returned)."""
     both = [c for c in case_ids if c in set(info.train_cases)]
     if both:
         raise PimpicError(
             f"{run_dir}: split '{split}' has {len(both)} case(s) that were in the fine-tuning "
             f"set ({', '.join(both[:5])}{', …' if len(both) > 5 else ''}); evaluate on held-out "
             "cases (--split test)")
-    check_encoder_pool(run_dir, info.pretrain_pool, cache, case_ids, split)
+    return check_encoder_pool(run_dir, info.pretrain_pool, cache, case_ids, split,
+                              allow_transductive=allow_transductive)
 
 
 def _check_settings(cache: Cache, info: ModelInfo) -> None:
@@ -185,6 +188,7 @@ def evaluate(
     save_predictions: bool = True,
     absent: str = "zero",
     unfinished: bool = False,
+    allow_transductive: bool = False,
 ) -> dict[str, Any]:
     """Evaluate the best model of ``run_dir`` on the cache's ``split`` cases, or on dataset
     ``data``.
@@ -208,6 +212,9 @@ def evaluate(
             (``zero``, released) or left out (``nan``); ``per_case.csv`` keeps NaN either way.
         unfinished: evaluate a run whose ``run.json`` says it has not finished (killed before
             its stopping rule; refused otherwise); the summary records ``"unfinished": true``.
+        allow_transductive: accept a model whose encoder was pretrained on every cached case
+            (``pretrain --pool all``: the evaluated patients' images, never their labels); the
+            summary then records ``"transductive": true``.
 
     Returns:
         the summary dict (also written to ``summary.json``). Dice is NaN (and excluded, counted
@@ -225,6 +232,7 @@ def evaluate(
         log.warning("%s: fine-tuning has not finished; evaluating its best model so far",
                     run_dir)
     where: dict[str, str] = {}
+    transductive: list[str] = []
     cases: Iterable[_Case]
     if data is not None:
         data = Path(data)
@@ -244,7 +252,7 @@ def evaluate(
         if not info.labels.matches(labels):
             raise PimpicError(f"{cache.root}: its labels ({labels.names()}) are not the "
                               f"model's ({info.labels.names()})")
-        case_ids = _split_cases(run_dir, cache, split, info)
+        case_ids, transductive = _split_cases(run_dir, cache, split, info, allow_transductive)
         cases, n_cases, name = _cache_cases(cache, case_ids), len(case_ids), split
         where = {"cache": str(cache.root)}
 
@@ -286,23 +294,27 @@ def evaluate(
         "structures": summarise(rows, absent, structures=structures)}
     if info.completed is False:
         summary["unfinished"] = True
+    if transductive:
+        summary["transductive"] = True
     if labels.view != ORGAN_TUMOUR_VIEW:  # the organ + tumour view's summary stays as it was
         summary["names"] = {s.key: s.name for s in structures}
     write_json(out_dir / SUMMARY, _nan_to_none(summary))
     return summary
 
 
-def _split_cases(run_dir: Path, cache: Cache, split: str, info: ModelInfo) -> list[str]:
-    """The held-out, labelled cases of ``split``."""
+def _split_cases(run_dir: Path, cache: Cache, split: str, info: ModelInfo,
+                 allow_transductive: bool) -> tuple[list[str], list[str]]:
+    """The held-out, labelled cases of ``split``, and those a transductive pretraining pool
+    held (accepted with ``allow_transductive``)."""
     case_ids = list(cache.split().part(split))
     if not case_ids:
         raise PimpicError(f"{cache.root}: split '{split}' has no cases")
-    _check_held_out(run_dir, split, case_ids, info, cache)
+    transductive = _check_held_out(run_dir, split, case_ids, info, cache, allow_transductive)
     missing = [c for c in case_ids if cache.label(c) is None]
     if missing:
         raise PimpicError(f"{cache.root}: case(s) without a label in split '{split}': "
                           f"{', '.join(missing[:5])}")
-    return case_ids
+    return case_ids, transductive
 
 
 def _check_same_data(out_dir: Path, where: Mapping[str, str]) -> None:
@@ -325,7 +337,10 @@ def describe(summary: Mapping[str, Any]) -> str:
     lines = [f"{summary['run']} — {summary.get('data') or summary['split']}: "
              f"{summary['n_cases']} cases, {summary['space']} space, lcc={summary['lcc']}"
              + (" — UNFINISHED run (its best model so far)" if summary.get("unfinished")
-                else ""), format_table(structures, summary.get("names"))]
+                else "")
+             + (" — transductive pretraining (these patients' images were in the pool)"
+                if summary.get("transductive") else ""),
+             format_table(structures, summary.get("names"))]
     excluded = {k: v["n_excluded"] for k, v in structures.items() if v["n_excluded"]}
     if excluded:
         rule = "scored 0" if summary["absent"] == "zero" else "excluded"

@@ -163,6 +163,7 @@ def finetune(
     *,
     encoder: str | Path | None = None,
     allow: Iterable[str] = (),
+    allow_transductive: bool = False,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
@@ -178,6 +179,9 @@ def finetune(
         allow: checked metadata names whose mismatch is accepted (e.g. ``patch_size``).
             An encoder pretrained on any of the cache's test cases is refused
             (:func:`pimpic.data.leakage.check_encoder_pool`), whatever is allowed.
+        allow_transductive: accept an encoder pretrained on every cached case (``--pool
+            all``: the test patients' images, not their labels); run.json then records
+            ``transductive: true``.
         resume: continue from ``checkpoint.pt``; refused without one, or when the config
             (beyond its caps and machinery), the cache, the cases, their input files (a case
             redone by ``prepare``) or the encoder changed.
@@ -196,7 +200,8 @@ def finetune(
     device = resolve_device(cfg.device)
     # validate everything before touching the run folder: a refused setup leaves no trace
     model, enc_meta = build_model(cfg, cache, encoder, allow)
-    check_encoder_pool(encoder, enc_meta, cache, list(cache.split().test))
+    transductive = check_encoder_pool(encoder, enc_meta, cache, list(cache.split().test),
+                                      allow_transductive=allow_transductive)
     identity = _identity(cache, train_ids, val_ids, encoder)
     folder = RunFolder(run_dir, "finetune", RUN_ARTIFACTS)
     resuming = folder.check(resume=resume, overwrite=overwrite)
@@ -221,7 +226,7 @@ def finetune(
             encoder_meta=enc_meta, patch_size=cfg.patch_size, num_classes=model.num_classes,
             architecture=architecture_of(model.encoder),
             started=time.strftime("%Y-%m-%dT%H:%M:%S"),
-            labels=cache.require_labels().to_json())
+            labels=cache.require_labels().to_json(), transductive=bool(transductive))
         info.save(run_dir)
         write_json(run_dir / ENV, collect(device))
     with flush_denormals(device):

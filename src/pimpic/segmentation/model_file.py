@@ -85,7 +85,8 @@ class ModelInfo:
     #: cases it was fine-tuned on, and cases its encoder was pretrained on
     train_cases: tuple[str, ...] = ()
     pretrain_cases: tuple[str, ...] = ()
-    #: what its encoder records about its pool (``pretrain_cases``, ``pretrain_hashes``)
+    #: what its encoder records about its pool (``pretrain_cases``, ``pretrain_hashes``,
+    #: ``pretrain_pool``)
     pretrain_pool: Mapping[str, Any] = field(default_factory=dict)
     #: ``run.json``'s ``completed`` (None: no run.json, or it does not say) and progress
     completed: bool | None = None
@@ -107,8 +108,8 @@ class ModelInfo:
                    cache=str(run["cache"]) if run.get("cache") else None,
                    train_cases=tuple(run.get("train_cases") or ()),
                    pretrain_cases=tuple(encoder.get("pretrain_cases") or ()),
-                   pretrain_pool={k: encoder[k] for k in ("pretrain_cases", "pretrain_hashes")
-                                  if k in encoder},
+                   pretrain_pool={k: encoder[k] for k in ("pretrain_cases", "pretrain_hashes",
+                                                          "pretrain_pool") if k in encoder},
                    completed=bool(run["completed"]) if "completed" in run else None,
                    epochs=int(run["epochs"]) if isinstance(run.get("epochs"), int) else None)
 

@@ -47,6 +47,9 @@ class FinetuneRun(RunRecord):
     #: the cache's labels (:meth:`pimpic.data.labels.LabelSet.to_json`; None: run made before
     #: labels were recorded)
     labels: dict[str, Any] | None = None
+    #: its encoder was pretrained on the test patients' images (``--pool all``), accepted with
+    #: ``--allow-transductive`` (:func:`pimpic.data.leakage.check_encoder_pool`)
+    transductive: bool = False
 
     def label_set(self) -> LabelSet:
         """The labels it was trained on (a run made before labels were recorded: the set its
