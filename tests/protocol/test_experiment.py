@@ -15,6 +15,7 @@ import pytest
 
 from _lock import held_elsewhere
 from pimpic.data.cache import Cache
+from pimpic.config import build_config, to_dict
 from pimpic.errors import PimpicError
 from pimpic.paths import cell_dir, eval_dir
 from pimpic.pretraining.config import PretrainConfig
@@ -118,9 +119,28 @@ def test_config_yaml_and_overrides(tmp_path: Path) -> None:
 def test_examples_parse() -> None:
     root = Path(__file__).parents[2] / "examples"
     for name in ("experiment_small.yaml", "paper_pancreas.yaml", "paper_kits19.yaml",
-                 "evidence_cpu.yaml"):
+                 "evidence_cpu.yaml", "openkbp_cpu.yaml"):
         cfg = load_experiment_config(root / name)
         assert "random" in cfg.methods and "pimpic" in cfg.methods
+
+
+def test_the_real_ct_grid_fine_tunes_with_the_recipe_fixed_from_scratch() -> None:
+    """examples/openkbp_cpu.yaml fine-tunes every cell with examples/openkbp_recipe_cpu.yaml
+    (chosen on validation before any encoder was run), pretrains that recipe's encoder, and
+    reads all cached CTs (transductive, as the real-CT issue asks)."""
+    root = Path(__file__).parents[2] / "examples"
+    grid = load_experiment_config(root / "openkbp_cpu.yaml")
+    recipe = build_config(FinetuneConfig, root / "openkbp_recipe_cpu.yaml", [])
+    skip = {"fraction", "seed", "num_classes"}  # per cell; derived from the cache's labels
+    ours, theirs = to_dict(grid.finetune), to_dict(recipe)
+    assert {k: v for k, v in ours.items() if k not in skip} == {
+        k: v for k, v in theirs.items() if k not in skip}
+    assert grid.pretrain_pool == "all" and grid.fractions == (5, 100) and grid.seeds == (0, 1, 2)
+    assert set(grid.methods) == {"random", "pimpic", "pim", "pic", "voco", "vox2vec"}
+    for method in grid.methods[1:]:
+        pre = grid.pretrain_config(method)
+        assert (pre.width, pre.depth, pre.patch_size, pre.steps) == (
+            recipe.width, recipe.depth, recipe.patch_size, grid.pretrain.steps)
 
 
 @pytest.mark.parametrize("name", ["paper_pancreas.yaml", "paper_kits19.yaml"])
