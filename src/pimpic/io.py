@@ -152,6 +152,10 @@ class HeldLock:
         self._finalizer()
 
 
+class LockHeld(PimpicError):
+    """:func:`acquire_lock` found the lock held by another live process."""
+
+
 def acquire_lock(path: str | os.PathLike[str], what: str) -> HeldLock:
     """Take the exclusive lock on ``path`` (created) without waiting.
 
@@ -160,8 +164,9 @@ def acquire_lock(path: str | os.PathLike[str], what: str) -> HeldLock:
         what: who takes the lock, for the message a second taker gets (``"`pimpic prepare`"``).
 
     Raises:
-        PimpicError: another process holds the lock (the message names the lock file and that
+        LockHeld: another process holds the lock (the message names the lock file and that
             process's id).
+        PimpicError: the lock file keeps being replaced.
 
     A lock left by a process that died is free (the kernel released it); taking it over is
     logged, naming the dead holder.
@@ -180,7 +185,7 @@ def acquire_lock(path: str | os.PathLike[str], what: str) -> HeldLock:
             pid = _lock_holder(fd) or _recorded_pid(fd)
             os.close(fd)
             who = f" (pid {pid}, still running)" if pid else ""
-            raise PimpicError(f"{path}: locked by another {what}{who} working on the same "
+            raise LockHeld(f"{path}: locked by another {what}{who} working on the same "
                               "folder; wait for it to finish (or stop it), or use another "
                               "folder") from None
         try:

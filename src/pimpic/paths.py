@@ -54,6 +54,8 @@ SPLIT_RECORD = "split.json"
 TIMINGS = "timings.json"
 #: stages of an experiment that failed (training diverged), with the reason
 FAILURES = "failures.json"
+#: an experiment's claim locks: one file per stage, held by the process running it
+CLAIMS = ".claims"
 RESULTS = "results.csv"
 TABLE = "table.md"
 STATS = "stats.md"

@@ -6,6 +6,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import multiprocessing
+import os
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -14,9 +17,10 @@ import numpy as np
 import pytest
 
 from _lock import held_elsewhere
-from pimpic.data.cache import Cache
 from pimpic.config import build_config, to_dict
+from pimpic.data.cache import Cache
 from pimpic.errors import PimpicError
+from pimpic.io import read_json
 from pimpic.paths import cell_dir, eval_dir
 from pimpic.pretraining.config import PretrainConfig
 from pimpic.protocol import experiment
@@ -358,5 +362,66 @@ def test_a_second_experiment_on_the_same_folder_is_refused(make_cache: Any, tmp_
     with held_elsewhere(tmp_path / "exp" / ".pimpic-lock", "`pimpic experiment`") as pid, \
             pytest.raises(PimpicError, match=rf"locked by another `pimpic experiment` "
                                              rf"\(pid {pid}, still running\)"):
+        run_experiment(_cfg(cache), tmp_path / "exp", progress=False, on_stage=None)
+    assert not stubs.calls
+
+
+def _share_worker(cfg: ExperimentConfig, exp: Path) -> None:
+    run_experiment(cfg, exp, progress=False, on_stage=None, share=True, poll_s=0.05)
+
+
+def test_two_share_workers_split_one_grid_and_run_each_stage_once(
+        make_cache: Any, tmp_path: Path, stubs: Stubs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two ``--share`` processes on one folder: every stage runs exactly once, both work, no
+    cell starts before its pretraining finished, and the report is written."""
+    cache = make_cache(n_cases=10, shape=(24, 24, 24))
+    exp, log_file = tmp_path / "exp", tmp_path / "calls.txt"
+
+    def slow(kind: str, fn: Any) -> Any:
+        def run(cache: Path, run_dir: Path, *args: Any, **kw: Any) -> Any:
+            with open(log_file, "a") as fh:
+                fh.write(f"{os.getpid()} start {kind} {run_dir.relative_to(exp)} "
+                         f"{time.monotonic()}\n")
+            time.sleep(0.3)
+            out = fn(cache, run_dir, *args, **kw)
+            with open(log_file, "a") as fh:
+                fh.write(f"{os.getpid()} end {kind} {run_dir.relative_to(exp)} "
+                         f"{time.monotonic()}\n")
+            return out
+        return run
+
+    monkeypatch.setattr(experiment, "pretrain", slow("pretrain", stubs.pretrain))
+    monkeypatch.setattr(experiment, "finetune", slow("finetune", stubs.finetune))
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_share_worker, args=(_cfg(cache), exp)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    assert [w.exitcode for w in workers] == [0, 0]
+    events = [line.split() for line in log_file.read_text().splitlines()]
+    starts = [e for e in events if e[1] == "start"]
+    runs = [e[3] for e in starts]
+    assert len(runs) == len(set(runs)) == 2 + 6  # two pretrainings, six cells, each once
+    assert len({e[0] for e in starts}) == 2  # both workers ran stages
+    ended = {e[3]: float(e[4]) for e in events if e[1] == "end"}
+    for e in starts:
+        method = e[3].split("/")[1]
+        if e[2] == "finetune" and method != "random":  # waited for its own pretraining
+            assert float(e[4]) >= ended[f"pretrain/{method}"]
+    assert (exp / "report.md").is_file() and not (exp / "failures.json").exists()
+    assert set(read_json(exp / "timings.json")) == {
+        "pretrain pim", "pretrain pimpic", *(f"finetune {m} {f}% seed 0" for m in
+                                            ("random", "pim", "pimpic") for f in (10, 100))}
+
+
+def test_a_stage_claimed_by_a_share_worker_stops_an_unshared_run(
+        make_cache: Any, tmp_path: Path, stubs: Stubs) -> None:
+    cache = make_cache(n_cases=10, shape=(24, 24, 24))
+    claims = tmp_path / "exp" / ".claims"
+    claims.mkdir(parents=True)
+    with held_elsewhere(claims / "pretrain_pim.lock", "`pimpic experiment --share`") as pid, \
+            pytest.raises(PimpicError, match=rf"pretrain_pim.lock: locked by another `pimpic "
+                                             rf"experiment --share` \(pid {pid}"):
         run_experiment(_cfg(cache), tmp_path / "exp", progress=False, on_stage=None)
     assert not stubs.calls

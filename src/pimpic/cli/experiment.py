@@ -21,15 +21,19 @@ def register(app: typer.Typer, visualize_app: typer.Typer) -> None:
                                        "pretrain.steps=100 or methods=random,pimpic."),
         progress: bool = typer.Option(True, "--progress/--no-progress",
                                       help="Show per-stage progress bars."),
+        share: bool = typer.Option(False, "--share", help="Work on the grid beside other "
+                                   "--share invocations on the same --out (one per core or "
+                                   "machine): each takes the next free stage."),
     ) -> None:
         """Pretrain every method once, fine-tune every (method, fraction, seed), evaluate on the
         test split, and write results.csv, table.md, stats.md, figures/ and report.md.
-        Resumable: a rerun skips every finished stage."""
+        Resumable: a rerun skips every finished stage. With --share, several invocations
+        share one grid, each running the stages the others have not claimed."""
         from pimpic.protocol.experiment import run_experiment
         from pimpic.protocol.grid import load_experiment_config
 
         cfg = load_experiment_config(config, set_)
-        exp = run_experiment(cfg, out, progress=progress)
+        exp = run_experiment(cfg, out, progress=progress, share=share)
         typer.echo((exp / "table.md").read_text())
         typer.echo(f"report: {exp / 'report.md'}")
 

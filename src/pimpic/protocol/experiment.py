@@ -39,9 +39,17 @@ from pimpic.data.cache import Cache, check_same_inputs
 from pimpic.data.leakage import check_pool, warn_transductive
 from pimpic.data.splits import PARTS, Split
 from pimpic.errors import PimpicError
-from pimpic.io import acquire_lock, read_json, write_json
+from pimpic.io import (
+    HeldLock,
+    LockHeld,
+    acquire_lock,
+    exclusive_lock,
+    read_json,
+    write_json,
+)
 from pimpic.paths import (
     CHECKPOINT,
+    CLAIMS,
     CONFIG,
     ENCODER_FILE,
     FAILURES,
@@ -289,6 +297,99 @@ def _check_same_setup(cfg: ExperimentConfig, exp: Path, split: Split) -> None:
             "use a new --out folder (methods, fractions and seeds may change)")
 
 
+def _run_stages(stages: list[Stage], exp: Path, *, share: bool, poll_s: float,
+                on_stage: Callable[[StageEvent], None] | None) -> dict[str, str]:
+    """Run every stage not yet done, in order, each under its claim lock; returns the failed
+    ones (name → reason). ``share``: a stage claimed by another process, or whose pretraining
+    another process is still running, is left for later, and the pass is repeated every
+    ``poll_s`` seconds until no stage is left that way."""
+    by_name = {stage.name: stage for stage in stages}
+    claims = exp / CLAIMS
+    claims.mkdir(exist_ok=True)
+    durations: dict[str, list[float]] = {}
+    failures: dict[str, str] = {}
+    finished: set[str] = set()  # done or failed, as far as this process knows
+    start = time.perf_counter()
+    while True:
+        elsewhere = False
+        for i, stage in enumerate(stages, 1):
+            if stage.name in finished:
+                continue
+            remaining = [s for s in stages[i - 1:] if s.name not in finished and not s.is_done()]
+            if stage.is_done():
+                finished.add(stage.name)
+                if on_stage:
+                    on_stage(StageEvent(i, len(stages), stage, True, True, 0.0,
+                                        time.perf_counter() - start,
+                                        estimate_eta(remaining, durations)))
+                continue
+            if stage.needs in failures:
+                failures[stage.name] = f"not run: {stage.needs} failed"
+                finished.add(stage.name)
+                log.error("[%d/%d] %s: %s", i, len(stages), stage.name, failures[stage.name])
+                continue
+            if stage.needs is not None and not by_name[stage.needs].is_done():
+                elsewhere = True  # (share) its pretraining is running in another worker
+                continue
+            try:
+                claim = acquire_lock(claims / f"{stage.name.replace(' ', '_')}.lock",
+                                     "`pimpic experiment --share`")
+            except LockHeld:
+                if not share:
+                    raise
+                elsewhere = True
+                continue
+            try:
+                if stage.is_done():  # finished by another worker since the check above
+                    continue
+                if on_stage:
+                    on_stage(StageEvent(i, len(stages), stage, False, False, 0.0,
+                                        time.perf_counter() - start,
+                                        estimate_eta(remaining, durations)))
+                t0 = time.perf_counter()
+                try:
+                    stage.run()
+                except TrainingDiverged as err:  # the cell failed; the others go on
+                    failures[stage.name] = str(err)
+                    finished.add(stage.name)
+                    log.error("[%d/%d] %s: failed — %s", i, len(stages), stage.name, err)
+                    continue
+                seconds = time.perf_counter() - t0
+                finished.add(stage.name)
+                durations.setdefault(stage.kind, []).append(seconds)
+                _record_timing(exp / TIMINGS, stage.name, seconds)
+                if on_stage:
+                    on_stage(StageEvent(i, len(stages), stage, True, False, seconds,
+                                        time.perf_counter() - start,
+                                        estimate_eta(remaining[1:], durations)))
+            finally:
+                claim.release()
+        if not (share and elsewhere):
+            return failures
+        time.sleep(poll_s)
+
+
+def _lock_experiment(exp: Path, share: bool, tries: int = 60) -> HeldLock:
+    """The experiment folder's lock. A ``share`` worker waits (up to ``tries`` seconds) while
+    another one checks the set-up; an invocation without ``share`` never waits."""
+    for _ in range(tries if share else 1):
+        try:
+            return acquire_lock(exp / RUN_LOCK, "`pimpic experiment`")
+        except LockHeld:
+            if not share:
+                raise
+            time.sleep(1.0)
+    return acquire_lock(exp / RUN_LOCK, "`pimpic experiment`")
+
+
+def _record_timing(path: Path, name: str, seconds: float) -> None:
+    """Add one stage's duration to ``timings.json`` (read again first: other workers write it
+    too)."""
+    timings: dict[str, float] = read_json(path) if path.is_file() else {}
+    timings[name] = round(seconds, 2)
+    write_json(path, timings)
+
+
 def run_experiment(
     config: str | Path | ExperimentConfig,
     out: str | Path,
@@ -296,6 +397,8 @@ def run_experiment(
     progress: bool = True,
     on_stage: Callable[[StageEvent], None] | None = log_status,
     report: bool = True,
+    share: bool = False,
+    poll_s: float = 60.0,
 ) -> Path:
     """Run (or resume) the whole grid in ``out`` and write the report; returns ``out``.
 
@@ -305,6 +408,12 @@ def run_experiment(
         progress: show the stages' own progress bars.
         on_stage: called before and after every stage (None: silent).
         report: write results.csv, table.md, stats.md, figures and report.md at the end.
+        share: work on the grid beside other ``share`` invocations on the same folder (one
+            per core or machine): each stage is claimed by the process that runs it (a lock
+            under ``.claims/``), the others take the next free stage whose pretraining is
+            finished and, when none is left, wait for those still running; the last to end
+            writes the report. Without it the folder is this invocation's alone.
+        poll_s: how often a ``share`` worker with nothing to do looks again (seconds).
     """
     cfg = config if isinstance(config, ExperimentConfig) else load_experiment_config(config)
     if not cfg.cache:
@@ -319,7 +428,7 @@ def run_experiment(
         cfg.finetune, num_classes=num_classes(cfg.finetune, cache)))
     exp = Path(out)
     exp.mkdir(parents=True, exist_ok=True)
-    lock = acquire_lock(exp / RUN_LOCK, "`pimpic experiment`")  # until this call ends
+    lock = _lock_experiment(exp, share)  # until this call ends, or (share) its set-up does
     split = cache.split()
     check_pool_leakage(cfg)
     _check_same_setup(cfg, exp, split)
@@ -335,48 +444,26 @@ def run_experiment(
                                     **{k: len(split.part(k)) for k in PARTS},
                                     "case_inputs": inputs})
 
-    timings_path = exp / TIMINGS
-    timings: dict[str, float] = read_json(timings_path) if timings_path.is_file() else {}
+    if share:  # from here on the stages are claimed one by one: other --share workers join
+        lock.release()
     stages = plan_stages(cfg, exp, progress=progress)
-    durations: dict[str, list[float]] = {}
-    failures: dict[str, str] = {}
-    start = time.perf_counter()
-    for i, stage in enumerate(stages, 1):
-        remaining = [s for s in stages[i - 1:] if not s.is_done()]
-        if stage.is_done():
-            if on_stage:
-                on_stage(StageEvent(i, len(stages), stage, True, True, 0.0,
-                                    time.perf_counter() - start,
-                                    estimate_eta(remaining, durations)))
-            continue
-        if stage.needs in failures:
-            failures[stage.name] = f"not run: {stage.needs} failed"
-            log.error("[%d/%d] %s: %s", i, len(stages), stage.name, failures[stage.name])
-            continue
-        if on_stage:
-            on_stage(StageEvent(i, len(stages), stage, False, False, 0.0,
-                                time.perf_counter() - start, estimate_eta(remaining, durations)))
-        t0 = time.perf_counter()
-        try:
-            stage.run()
-        except TrainingDiverged as err:  # the cell failed; the others go on
-            failures[stage.name] = str(err)
-            log.error("[%d/%d] %s: failed — %s", i, len(stages), stage.name, err)
-            continue
-        seconds = time.perf_counter() - t0
-        durations.setdefault(stage.kind, []).append(seconds)
-        timings[stage.name] = round(seconds, 2)
-        write_json(timings_path, timings)
-        if on_stage:
-            on_stage(StageEvent(i, len(stages), stage, True, False, seconds,
-                                time.perf_counter() - start,
-                                estimate_eta(remaining[1:], durations)))
+    failures = _run_stages(stages, exp, share=share, poll_s=poll_s, on_stage=on_stage)
+    by_name = {stage.name: stage for stage in stages}
+    if share and (exp / FAILURES).is_file():  # other workers' failures, unless redone since
+        failures = {k: v for k, v in {**read_json(exp / FAILURES), **failures}.items()
+                    if k in by_name and not by_name[k].is_done()}
     if failures:
         write_json(exp / FAILURES, failures)
     elif (exp / FAILURES).is_file():
         (exp / FAILURES).unlink()  # an earlier run's failures, all rerun successfully
-    if report:
+    if report and not share:
         write_all(exp, cfg)
+    elif report:
+        try:  # every worker ends when the grid does; one of them writes the report
+            with exclusive_lock(exp / RUN_LOCK, "`pimpic experiment` (its report)"):
+                write_all(exp, cfg)
+        except LockHeld:
+            log.info("%s: another worker is writing the report", exp)
     lock.release()
     if failures:
         first = next(iter(failures.items()))
