@@ -104,3 +104,14 @@ def test_neither_a_run_nor_an_experiment(tmp_path: Path) -> None:
     (tmp_path / CONFIG).write_text("cache: c\n")
     with pytest.raises(PimpicError, match="neither a run folder"):
         read_curves([tmp_path])
+
+
+def test_long_structure_names_keep_the_columns_aligned() -> None:
+    from pimpic.protocol.curves import ValidationCurve
+
+    curve = ValidationCurve("ft", 2, 3, (("val_dice_loss", (0.5, 0.4, 0.3)),
+                                         ("a_structure_with_a_long_name", (0.1, 0.2, 0.3)),
+                                         ("cord", (0.4, 0.5, 0.6))))
+    lines = format_curves([], [curve]).splitlines()
+    starts = {line.index("0.") for line in lines[1:4]}
+    assert len(starts) == 1, lines

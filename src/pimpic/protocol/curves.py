@@ -151,7 +151,8 @@ def format_curves(trends: Sequence[LossTrend], curves: Sequence[ValidationCurve]
         lines += [f"  {t.name:<{width}} {t.steps:4d} logged steps: {t.before:8.4f} → "
                   f"{t.last:8.4f} ({t.change:+5.1f} %)" for t in trends]
     if curves:
-        width = max(12, *(len(c.name) for c in curves))
+        width = max(12, *(len(c.name) for c in curves),
+                    *(len(n) + 2 for c in curves for n, _ in c.series[1:]))
         lines.append("fine-tuning: kept epoch / last epoch; validation Dice loss, then each "
                      "class's Dice, at the first → middle → last validation")
         for c in curves:
